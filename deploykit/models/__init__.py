@@ -1,0 +1,39 @@
+"""The five model families, one registry.
+
+>>> from deploykit.models import create_model, list_models
+>>> model = create_model("cvt_13")
+"""
+
+from deploykit.models.base import DataConfig, InputShapeError, VisionModel
+from deploykit.models.registry import (
+    Preset,
+    count_parameters,
+    create_model,
+    get_preset,
+    list_aliases,
+    list_models,
+    preset_parameter_count,
+    register_alias,
+    register_preset,
+)
+
+# importing a family module registers its presets
+from deploykit.models.deepvit import DeepViT  # noqa: E402  isort: skip
+
+deep_vit = DeepViT
+
+__all__ = [
+    "DataConfig",
+    "DeepViT",
+    "InputShapeError",
+    "Preset",
+    "VisionModel",
+    "count_parameters",
+    "create_model",
+    "get_preset",
+    "list_aliases",
+    "list_models",
+    "preset_parameter_count",
+    "register_alias",
+    "register_preset",
+]

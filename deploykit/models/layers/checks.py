@@ -1,0 +1,47 @@
+"""Argument checks shared by every model constructor: each failure is a ConfigError naming the parameter."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from deploykit.errors import ConfigError
+
+
+def positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def non_negative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def probability(name: str, value: object) -> float:
+    """A dropout / drop-path rate: a real number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def choice(name: str, value: object, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def divisible(name: str, value: int, by_name: str, by: int) -> None:
+    if value % by != 0:
+        raise ConfigError(f"{name}={value} is not divisible by {by_name}={by}")
+
+
+def optional_positive_float(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
+    return float(value)
