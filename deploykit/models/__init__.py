@@ -18,17 +18,26 @@ from deploykit.models.registry import (
 )
 
 # importing a family module registers its presets
+from deploykit.models.convit import ConViT  # noqa: E402  isort: skip
+from deploykit.models.cvt import CvT, CvTConfig  # noqa: E402  isort: skip
 from deploykit.models.deepvit import DeepViT  # noqa: E402  isort: skip
+from deploykit.models.hvt import HPool_ViT, hpool_vit  # noqa: E402  isort: skip
 
+convit = ConViT
 deep_vit = DeepViT
 
 __all__ = [
+    "ConViT",
+    "CvT",
+    "CvTConfig",
     "DataConfig",
     "DeepViT",
+    "HPool_ViT",
     "InputShapeError",
     "Preset",
     "VisionModel",
     "count_parameters",
+    "hpool_vit",
     "create_model",
     "get_preset",
     "list_aliases",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deploykit.errors import ConfigError
 from deploykit.models.base import VisionModel
 from deploykit.models.layers import (
     Attention,
@@ -127,15 +128,15 @@ class DeepViT(VisionModel):
         divisible("image_size", image_size, "patch_size", patch_size)
         divisible("d_model", d_model, "encoder_num_heads", encoder_num_heads)
         if patch_stem not in PATCH_STEMS:
-            raise ValueError(f"patch_stem must be one of {PATCH_STEMS}, got {patch_stem!r}")
+            raise ConfigError(f"patch_stem must be one of {PATCH_STEMS}, got {patch_stem!r}")
         if patch_stem == "cnn" and patch_size % 4 != 0:
-            raise ValueError(f"patch_stem='cnn' needs patch_size divisible by 4, got patch_size={patch_size}")
+            raise ConfigError(f"patch_stem='cnn' needs patch_size divisible by 4, got patch_size={patch_size}")
         if re_attention_depth is not None and not 0 <= re_attention_depth <= num_encoder_blocks:
-            raise ValueError(
+            raise ConfigError(
                 f"re_attention_depth must be in [0, num_encoder_blocks={num_encoder_blocks}], got {re_attention_depth}"
             )
         if residual_scale <= 0:
-            raise ValueError(f"residual_scale must be positive, got {residual_scale}")
+            raise ConfigError(f"residual_scale must be positive, got {residual_scale}")
         super().__init__(in_channels, image_size, num_classes)
         self.num_features = d_model
         num_patches = (image_size // patch_size) ** 2

@@ -1,0 +1,1 @@
+"""Export pipeline: rewrites -> ONNX -> simplify -> validate -> lint -> manifest (each stage runnable alone)."""

@@ -1,0 +1,22 @@
+"""Registered export rewrites (importing a family's module registers its rewrites)."""
+
+from deploykit.export.rewrites import common, convit, cvt, deepvit, hvt  # noqa: F401  (registration)
+from deploykit.export.rewrites.base import (
+    REWRITES,
+    Rewrite,
+    RewriteRecord,
+    apply_rewrites,
+    fold_conv_bn,
+    randomize_batchnorm_,
+    register_rewrite,
+)
+
+__all__ = [
+    "REWRITES",
+    "Rewrite",
+    "RewriteRecord",
+    "apply_rewrites",
+    "fold_conv_bn",
+    "randomize_batchnorm_",
+    "register_rewrite",
+]

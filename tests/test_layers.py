@@ -1,0 +1,124 @@
+"""Shared blocks: ln_order wiring, stochastic-depth schedule and its update, patch embedding equivalence."""
+
+import pytest
+import torch
+from torch import nn
+
+from deploykit.errors import ConfigError
+from deploykit.models import DeepViT
+from deploykit.models.layers import Attention, Block, DropPath, Encoder, Mlp, PatchEmbed, drop_path_rates
+
+
+def _block(ln_order, dim=16):
+    return Block(dim, Attention(dim, 4), Mlp(dim, 32), ln_order=ln_order).eval()
+
+
+@pytest.mark.parametrize("ln_order", ["pre", "post"])
+def test_block_matches_written_formula(ln_order):
+    blk = _block(ln_order)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        A, F, n1, n2 = blk.attn, blk.mlp, blk.norm1, blk.norm2
+        if ln_order == "pre":
+            y = x + A(n1(x))
+            want = y + F(n2(y))
+        else:
+            y = n1(x + A(x))
+            want = n2(y + F(y))
+        torch.testing.assert_close(blk(x), want)
+
+
+def test_dual_residual_encoder_matches_formula():
+    blocks = [_block("residual") for _ in range(2)]
+    enc = Encoder(blocks, 16, "residual").eval()
+    nn.init.normal_(enc.final_norm.weight)
+    x0 = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        x, r = x0, x0
+        for b in blocks:
+            a = b.attn(x)
+            x = b.norm1(x + a)
+            r = r + a
+            m = b.mlp(x)
+            x = b.norm2(x + m)
+            r = r + m
+        torch.testing.assert_close(enc(x0), x + enc.final_norm(r))
+
+
+def test_drop_path_schedule_is_linear_ramp():
+    assert drop_path_rates(True, 0.1, 5) == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1])
+    assert drop_path_rates(False, None, 3) == [None, None, None]
+    with pytest.raises(ConfigError, match="stochastic_depth_mp"):
+        drop_path_rates(True, None, 3)
+    with pytest.raises(ConfigError, match="stochastic_depth_mp"):
+        drop_path_rates(True, 1.5, 3)
+
+
+def _rates(model):
+    return {m.block_index: m.drop_prob for m in model.modules() if isinstance(m, DropPath)}
+
+
+def test_update_stochastic_depth_rate_matches_documented_formula():
+    # SPEC §1.5 [run]: 32 blocks, mp 0.1, k 0.05: last block 0.10 -> 0.15, block 1 0.0032 -> 0.0048
+    model = DeepViT(10, 32, 32, 16, None, 32, 2, 32, stochastic_depth=True, stochastic_depth_mp=0.1)
+    before = _rates(model)
+    assert before[31] == pytest.approx(0.10) and before[1] == pytest.approx(0.1 / 31)
+    model.updateStochasticDepthRate(0.05)
+    after = _rates(model)
+    assert after[31] == pytest.approx(0.15) and after[1] == pytest.approx(0.0048, abs=1e-4)
+    for i in range(32):
+        assert after[i] == pytest.approx(before[i] + i * 0.05 / 31)
+    model.update_stochastic_depth_rate(0.05)  # cumulative
+    assert _rates(model)[31] == pytest.approx(0.20)
+
+
+def test_update_without_stochastic_depth_is_noop():
+    model = DeepViT(10, 32, 32, 16, None, 32, 2, 4)
+    assert not _rates(model)
+    model.updateStochasticDepthRate(0.05)
+    assert not _rates(model)
+
+
+def test_drop_path_behaviour():
+    dp = DropPath(0.5)
+    x = torch.ones(4000, 3)
+    dp.train()
+    y = dp(x)
+    kept = (y[:, 0] != 0).float().mean().item()
+    assert 0.45 < kept < 0.55
+    assert set(torch.unique(y).tolist()) <= {0.0, 2.0}
+    dp.eval()
+    torch.testing.assert_close(dp(x), x)
+    dp.drop_prob = 1.2  # the cumulative update has no clamp: an always-dropped branch, never NaN
+    dp.train()
+    assert torch.equal(dp(x), torch.zeros_like(x))
+
+
+def test_linear_and_conv_patchify_are_the_same_map():
+    lin = PatchEmbed(4, 3, 8, "linear", norm=False)
+    conv = PatchEmbed(4, 3, 8, "convolutional", norm=False)
+    with torch.no_grad():
+        conv.proj.weight.copy_(lin.proj.weight.reshape(8, 3, 4, 4))
+        conv.proj.bias.copy_(lin.proj.bias)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(lin(x), conv(x))
+    assert "proj.weight" in conv.state_dict()  # registered, trainable (not a per-call random conv)
+    assert conv.proj.weight.requires_grad
+
+
+def test_attention_context_matches_full_attention_rows():
+    attn = Attention(16, 4, qkv_bias=True).eval()
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        full = attn(x)
+        last = attn(x[:, -1:], context=x)
+    torch.testing.assert_close(last, full[:, -1:])
+
+
+def test_bad_arguments_name_the_parameter():
+    with pytest.raises(ConfigError, match="ln_order"):
+        _block("sandwich")
+    with pytest.raises(ConfigError, match="patchify_technique"):
+        PatchEmbed(4, 3, 8, "pixelshuffle")
+    with pytest.raises(ConfigError, match="encoder_num_heads"):
+        Attention(10, 3)
