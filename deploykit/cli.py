@@ -60,7 +60,9 @@ def list_cmd(pattern: str | None) -> None:
     for name in list_models(pattern):
         p = get_preset(name)
         params = preset_parameter_count(name)
-        ref = "" if p.reference_params_m is None else f"{p.reference_params_m:.{p.reference_params_decimals}f}"
+        ref = (
+            "" if p.reference_params_m is None else f"{p.reference_params_m:.{p.reference_params_decimals}f}"
+        )
         size = p.kwargs.get("image_size", 224)
         table.add_row(name, p.family, f"{params / 1e6:.3f}", ref, f"{size}x{size}", p.reference)
     console = Console(width=max(Console().width, 120))

@@ -13,3 +13,11 @@ class ConfigError(DeployKitError, ValueError):
 
 class UnknownModelError(DeployKitError, ValueError):
     """A model name that is not registered."""
+
+
+class InputError(DeployKitError, ValueError):
+    """Validation inputs that cannot be built: a missing or empty image directory, an unreadable image."""
+
+
+class ComparisonError(DeployKitError, ValueError):
+    """Two sets of outputs that cannot be compared: different shapes, names or empty arrays."""

@@ -6,14 +6,30 @@ from deploykit.models import ConViT, count_parameters
 from deploykit.models.convit import GPSA, relative_position_table
 from deploykit.models.layers import Attention
 
-TINY = dict(d_model=32, image_size=32, patch_size=8, classifier_mlp_d=16, encoder_mlp_d=64,
-            encoder_num_heads=4, num_encoder_blocks=4, num_gated_blocks=2, num_classes=5)
+TINY = dict(
+    d_model=32,
+    image_size=32,
+    patch_size=8,
+    classifier_mlp_d=16,
+    encoder_mlp_d=64,
+    encoder_num_heads=4,
+    num_encoder_blocks=4,
+    num_gated_blocks=2,
+    num_classes=5,
+)
 
 
 @pytest.mark.slow
 def test_seed_example():
-    model = ConViT(d_model=1024, image_size=224, patch_size=16, classifier_mlp_d=2048, encoder_mlp_d=4096,
-                   encoder_num_heads=16, num_encoder_blocks=12).eval()
+    model = ConViT(
+        d_model=1024,
+        image_size=224,
+        patch_size=16,
+        classifier_mlp_d=2048,
+        encoder_mlp_d=4096,
+        encoder_num_heads=16,
+        num_encoder_blocks=12,
+    ).eval()
     assert round(count_parameters(model) / 1e6, 2) == 156.06  # SPEC §2.6 cv count
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
@@ -22,10 +38,21 @@ def test_seed_example():
 @pytest.mark.parametrize("ln_order", ["residual", "pre", "post"])
 @pytest.mark.parametrize("patchify", ["linear", "convolutional"])
 def test_options_train_and_eval(ln_order, patchify):
-    model = ConViT(**TINY, ln_order=ln_order, patchify_technique=patchify, stochastic_depth=True,
-                   stochastic_depth_mp=0.1, layer_scale=0.1, dropout=0.1, encoder_dropout=0.1,
-                   encoder_attention_dropout=0.1, encoder_projection_dropout=0.1, locality_strength=2.0,
-                   locality_distance_method="adaptive", d_pos=5)
+    model = ConViT(
+        **TINY,
+        ln_order=ln_order,
+        patchify_technique=patchify,
+        stochastic_depth=True,
+        stochastic_depth_mp=0.1,
+        layer_scale=0.1,
+        dropout=0.1,
+        encoder_dropout=0.1,
+        encoder_attention_dropout=0.1,
+        encoder_projection_dropout=0.1,
+        locality_strength=2.0,
+        locality_distance_method="adaptive",
+        d_pos=5,
+    )
     x = torch.randn(3, 3, 32, 32)
     model.train()
     out = model(x)

@@ -5,14 +5,30 @@ from deploykit.errors import ConfigError
 from deploykit.models import DeepViT, count_parameters, create_model
 from deploykit.models.deepvit import ReAttention
 
-TINY = dict(num_classes=5, d_model=24, image_size=32, patch_size=8, classifier_mlp_d=16, encoder_mlp_d=48,
-            encoder_num_heads=3, num_encoder_blocks=3)
+TINY = dict(
+    num_classes=5,
+    d_model=24,
+    image_size=32,
+    patch_size=8,
+    classifier_mlp_d=16,
+    encoder_mlp_d=48,
+    encoder_num_heads=3,
+    num_encoder_blocks=3,
+)
 
 
 @pytest.mark.slow
 def test_seed_example():
-    model = DeepViT(num_classes=1000, d_model=384, image_size=224, patch_size=16, classifier_mlp_d=2048,
-                    encoder_mlp_d=1152, encoder_num_heads=12, num_encoder_blocks=32).eval()
+    model = DeepViT(
+        num_classes=1000,
+        d_model=384,
+        image_size=224,
+        patch_size=16,
+        classifier_mlp_d=2048,
+        encoder_mlp_d=1152,
+        encoder_num_heads=12,
+        num_encoder_blocks=32,
+    ).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
     # cv count 50.43M (residual) + our real position embedding (196 extra rows x 384)
@@ -23,9 +39,19 @@ def test_seed_example():
 @pytest.mark.parametrize("patchify", ["linear", "convolutional"])
 @pytest.mark.parametrize("re_attention", [False, True])
 def test_options_train_and_eval(ln_order, patchify, re_attention):
-    model = DeepViT(**TINY, ln_order=ln_order, patchify_technique=patchify, re_attention=re_attention,
-                    stochastic_depth=True, stochastic_depth_mp=0.2, layer_scale=1e-4, dropout=0.1,
-                    encoder_dropout=0.1, encoder_attention_dropout=0.1, encoder_projection_dropout=0.1)
+    model = DeepViT(
+        **TINY,
+        ln_order=ln_order,
+        patchify_technique=patchify,
+        re_attention=re_attention,
+        stochastic_depth=True,
+        stochastic_depth_mp=0.2,
+        layer_scale=1e-4,
+        dropout=0.1,
+        encoder_dropout=0.1,
+        encoder_attention_dropout=0.1,
+        encoder_projection_dropout=0.1,
+    )
     x = torch.randn(3, 3, 32, 32)
     model.train()
     out = model(x)

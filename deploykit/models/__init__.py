@@ -18,6 +18,7 @@ from deploykit.models.registry import (
 )
 
 # importing a family module registers its presets
+from deploykit.models.ceit import CeiT  # noqa: E402  isort: skip
 from deploykit.models.convit import ConViT  # noqa: E402  isort: skip
 from deploykit.models.cvt import CvT, CvTConfig  # noqa: E402  isort: skip
 from deploykit.models.deepvit import DeepViT  # noqa: E402  isort: skip
@@ -27,6 +28,7 @@ convit = ConViT
 deep_vit = DeepViT
 
 __all__ = [
+    "CeiT",
     "ConViT",
     "CvT",
     "CvTConfig",

@@ -99,7 +99,9 @@ class GPSA(nn.Module):
     def local_init(self, locality_strength: float, locality_distance_method: str) -> None:
         """Convolutional init: ``v = I`` and head ``h1 + k*h2`` attends around offset ``(h2 - c, h1 - c)``."""
         self.v.weight.copy_(torch.eye(self.dim))
-        distance = 1.0 if locality_distance_method == "constant" else max(1.0, 1.0 / math.sqrt(locality_strength))
+        distance = (
+            1.0 if locality_distance_method == "constant" else max(1.0, 1.0 / math.sqrt(locality_strength))
+        )
         k = int(math.isqrt(self.num_heads))
         center = (k - 1) / 2 if k % 2 == 0 else k // 2
         for h1 in range(k):
@@ -174,9 +176,15 @@ class ConViT(VisionModel):
         norm_eps: float = 1e-5,
         final_norm: bool = False,
     ) -> None:
-        for name, value in (("d_model", d_model), ("image_size", image_size), ("patch_size", patch_size),
-                            ("encoder_mlp_d", encoder_mlp_d), ("encoder_num_heads", encoder_num_heads),
-                            ("num_encoder_blocks", num_encoder_blocks), ("in_channels", in_channels)):
+        for name, value in (
+            ("d_model", d_model),
+            ("image_size", image_size),
+            ("patch_size", patch_size),
+            ("encoder_mlp_d", encoder_mlp_d),
+            ("encoder_num_heads", encoder_num_heads),
+            ("num_encoder_blocks", num_encoder_blocks),
+            ("in_channels", in_channels),
+        ):
             positive_int(name, value)
         non_negative_int("num_classes", num_classes)
         non_negative_int("num_gated_blocks", num_gated_blocks)
@@ -186,9 +194,12 @@ class ConViT(VisionModel):
             )
         if classifier_mlp_d is not None:
             positive_int("classifier_mlp_d", classifier_mlp_d)
-        for name, value in (("dropout", dropout), ("encoder_dropout", encoder_dropout),
-                            ("encoder_attention_dropout", encoder_attention_dropout),
-                            ("encoder_projection_dropout", encoder_projection_dropout)):
+        for name, value in (
+            ("dropout", dropout),
+            ("encoder_dropout", encoder_dropout),
+            ("encoder_attention_dropout", encoder_attention_dropout),
+            ("encoder_projection_dropout", encoder_projection_dropout),
+        ):
             probability(name, value)
         optional_positive_float("locality_strength", locality_strength)
         optional_positive_float("layer_scale", layer_scale)
@@ -214,16 +225,38 @@ class ConViT(VisionModel):
         for i in range(L):
             if i < num_gated_blocks:
                 attn: nn.Module = GPSA(
-                    d_model, encoder_num_heads, grid, qkv_bias, encoder_attention_dropout,
-                    encoder_projection_dropout, locality_strength, use_conv_init, locality_distance_method, d_pos,
+                    d_model,
+                    encoder_num_heads,
+                    grid,
+                    qkv_bias,
+                    encoder_attention_dropout,
+                    encoder_projection_dropout,
+                    locality_strength,
+                    use_conv_init,
+                    locality_distance_method,
+                    d_pos,
                 )
             else:
-                attn = Attention(d_model, encoder_num_heads, qkv_bias, encoder_attention_dropout,
-                                 encoder_projection_dropout)
-            blocks.append(Block(
-                d_model, attn, Mlp(d_model, encoder_mlp_d, drop=encoder_dropout), ln_order=ln_order,
-                layer_scale=layer_scale, drop_path=rates[i], block_index=i, num_blocks=L, norm_eps=norm_eps,
-            ))
+                attn = Attention(
+                    d_model,
+                    encoder_num_heads,
+                    qkv_bias,
+                    encoder_attention_dropout,
+                    encoder_projection_dropout,
+                )
+            blocks.append(
+                Block(
+                    d_model,
+                    attn,
+                    Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
+                    ln_order=ln_order,
+                    layer_scale=layer_scale,
+                    drop_path=rates[i],
+                    block_index=i,
+                    num_blocks=L,
+                    norm_eps=norm_eps,
+                )
+            )
         self.encoder = Encoder(blocks, d_model, ln_order, norm_eps)
         self.norm = nn.LayerNorm(d_model, eps=norm_eps) if final_norm else nn.Identity()
         self.head = ClassifierHead(d_model, num_classes, classifier_mlp_d, dropout)
@@ -253,9 +286,20 @@ def _timm(heads: int, head_dim: int) -> dict:
     no qkv bias, final norm, Linear head, local init with locality strength 1."""
     d = heads * head_dim
     return dict(
-        d_model=d, image_size=224, patch_size=16, classifier_mlp_d=None, encoder_mlp_d=4 * d,
-        encoder_num_heads=heads, num_encoder_blocks=12, num_gated_blocks=10, patchify_technique="convolutional",
-        ln_order="pre", embed_norm=False, abs_pos_embed=True, norm_eps=1e-6, final_norm=True,
+        d_model=d,
+        image_size=224,
+        patch_size=16,
+        classifier_mlp_d=None,
+        encoder_mlp_d=4 * d,
+        encoder_num_heads=heads,
+        num_encoder_blocks=12,
+        num_gated_blocks=10,
+        patchify_technique="convolutional",
+        ln_order="pre",
+        embed_norm=False,
+        abs_pos_embed=True,
+        norm_eps=1e-6,
+        final_norm=True,
     )
 
 
@@ -267,9 +311,16 @@ for _name, _heads, _hd, _params in (
     ("convit_small_plus", 9, 64, 48.980),
     ("convit_base_plus", 16, 64, 153.135),
 ):
-    register_preset(Preset(
-        _name, family="convit", builder=ConViT, kwargs=_timm(_heads, _hd),
-        reference=f"timm {_name.removesuffix('_plus')}" + (" (64 dims/head)" if _name.endswith("plus") else ""),
-        reference_params_m=_params, reference_params_decimals=3,
-    ))
+    register_preset(
+        Preset(
+            _name,
+            family="convit",
+            builder=ConViT,
+            kwargs=_timm(_heads, _hd),
+            reference=f"timm {_name.removesuffix('_plus')}"
+            + (" (64 dims/head)" if _name.endswith("plus") else ""),
+            reference_params_m=_params,
+            reference_params_decimals=3,
+        )
+    )
 register_alias("convit", "convit_tiny")

@@ -113,16 +113,25 @@ class DeepViT(VisionModel):
         residual_scale: float = 1.0,
         patch_stem: str = "none",
     ) -> None:
-        for name, value in (("d_model", d_model), ("image_size", image_size), ("patch_size", patch_size),
-                            ("encoder_mlp_d", encoder_mlp_d), ("encoder_num_heads", encoder_num_heads),
-                            ("num_encoder_blocks", num_encoder_blocks), ("in_channels", in_channels)):
+        for name, value in (
+            ("d_model", d_model),
+            ("image_size", image_size),
+            ("patch_size", patch_size),
+            ("encoder_mlp_d", encoder_mlp_d),
+            ("encoder_num_heads", encoder_num_heads),
+            ("num_encoder_blocks", num_encoder_blocks),
+            ("in_channels", in_channels),
+        ):
             positive_int(name, value)
         non_negative_int("num_classes", num_classes)
         if classifier_mlp_d is not None:
             positive_int("classifier_mlp_d", classifier_mlp_d)
-        for name, value in (("dropout", dropout), ("encoder_dropout", encoder_dropout),
-                            ("encoder_attention_dropout", encoder_attention_dropout),
-                            ("encoder_projection_dropout", encoder_projection_dropout)):
+        for name, value in (
+            ("dropout", dropout),
+            ("encoder_dropout", encoder_dropout),
+            ("encoder_attention_dropout", encoder_attention_dropout),
+            ("encoder_projection_dropout", encoder_projection_dropout),
+        ):
             probability(name, value)
         optional_positive_float("layer_scale", layer_scale)
         divisible("image_size", image_size, "patch_size", patch_size)
@@ -130,7 +139,9 @@ class DeepViT(VisionModel):
         if patch_stem not in PATCH_STEMS:
             raise ConfigError(f"patch_stem must be one of {PATCH_STEMS}, got {patch_stem!r}")
         if patch_stem == "cnn" and patch_size % 4 != 0:
-            raise ConfigError(f"patch_stem='cnn' needs patch_size divisible by 4, got patch_size={patch_size}")
+            raise ConfigError(
+                f"patch_stem='cnn' needs patch_size divisible by 4, got patch_size={patch_size}"
+            )
         if re_attention_depth is not None and not 0 <= re_attention_depth <= num_encoder_blocks:
             raise ConfigError(
                 f"re_attention_depth must be in [0, num_encoder_blocks={num_encoder_blocks}], got {re_attention_depth}"
@@ -144,7 +155,9 @@ class DeepViT(VisionModel):
         if patch_stem == "cnn":
             self.patch_embed: nn.Module = CNNStem(patch_size, in_channels, d_model)
         else:
-            self.patch_embed = PatchEmbed(patch_size, in_channels, d_model, patchify_technique, norm=embed_norm)
+            self.patch_embed = PatchEmbed(
+                patch_size, in_channels, d_model, patchify_technique, norm=embed_norm
+            )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, d_model))
         self.pos_drop = nn.Dropout(dropout)
@@ -157,8 +170,14 @@ class DeepViT(VisionModel):
             Block(
                 d_model,
                 Attention(
-                    d_model, encoder_num_heads, qkv_bias, encoder_attention_dropout, encoder_projection_dropout,
-                    attn_transform=ReAttention(encoder_num_heads, head_scale) if re_attention and i >= first_re else None,
+                    d_model,
+                    encoder_num_heads,
+                    qkv_bias,
+                    encoder_attention_dropout,
+                    encoder_projection_dropout,
+                    attn_transform=ReAttention(encoder_num_heads, head_scale)
+                    if re_attention and i >= first_re
+                    else None,
                 ),
                 Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
                 ln_order=ln_order,
@@ -190,29 +209,78 @@ class DeepViT(VisionModel):
 def _official(depth: int, dim: int = 384, **extra: object) -> dict:
     """zhoudaquan/dvit_repo layout: conv16 patch embed, pos_embed (1,197,d), pre-LN eps 1e-6, final norm."""
     return dict(
-        num_classes=1000, d_model=dim, image_size=224, patch_size=16, classifier_mlp_d=None,
-        encoder_mlp_d=3 * dim, encoder_num_heads=12, num_encoder_blocks=depth, patchify_technique="convolutional",
-        ln_order="pre", re_attention=True, embed_norm=False, qkv_bias=True, norm_eps=1e-6, final_norm=True,
+        num_classes=1000,
+        d_model=dim,
+        image_size=224,
+        patch_size=16,
+        classifier_mlp_d=None,
+        encoder_mlp_d=3 * dim,
+        encoder_num_heads=12,
+        num_encoder_blocks=depth,
+        patchify_technique="convolutional",
+        ln_order="pre",
+        re_attention=True,
+        embed_norm=False,
+        qkv_bias=True,
+        norm_eps=1e-6,
+        final_norm=True,
         **extra,
     )
 
 
-_DVIT = dict(family="deepvit", builder=DeepViT, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.9,
-             reference_params_decimals=2)
-register_preset(Preset("deepvit_16b", kwargs=_official(16), reference="dvit_repo deepvit_patch16_224_re_attn_16b",
-                       reference_params_m=24.43, **_DVIT))
-register_preset(Preset("deepvit_24b", kwargs=_official(24), reference="dvit_repo deepvit_patch16_224_re_attn_24b",
-                       reference_params_m=36.26, **_DVIT))
-register_preset(Preset("deepvit_32b", kwargs=_official(32), reference="dvit_repo deepvit_patch16_224_re_attn_32b",
-                       reference_params_m=48.10, **_DVIT))
-register_preset(Preset(
-    "deepvit_s",
-    kwargs=_official(16, 396, re_attention_depth=5, re_attention_scale=True, residual_scale=0.5, patch_stem="cnn"),
-    reference="dvit_repo deepvit_S", reference_params_m=27.31, **_DVIT,
-))
-register_preset(Preset(
-    "deepvit_l",
-    kwargs=_official(32, 420, re_attention_depth=12, residual_scale=0.5, patch_stem="cnn"),
-    reference="dvit_repo deepvit_L", reference_params_m=58.88, **_DVIT,
-))
+_DVIT = dict(
+    family="deepvit",
+    builder=DeepViT,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    crop_pct=0.9,
+    reference_params_decimals=2,
+)
+register_preset(
+    Preset(
+        "deepvit_16b",
+        kwargs=_official(16),
+        reference="dvit_repo deepvit_patch16_224_re_attn_16b",
+        reference_params_m=24.43,
+        **_DVIT,
+    )
+)
+register_preset(
+    Preset(
+        "deepvit_24b",
+        kwargs=_official(24),
+        reference="dvit_repo deepvit_patch16_224_re_attn_24b",
+        reference_params_m=36.26,
+        **_DVIT,
+    )
+)
+register_preset(
+    Preset(
+        "deepvit_32b",
+        kwargs=_official(32),
+        reference="dvit_repo deepvit_patch16_224_re_attn_32b",
+        reference_params_m=48.10,
+        **_DVIT,
+    )
+)
+register_preset(
+    Preset(
+        "deepvit_s",
+        kwargs=_official(
+            16, 396, re_attention_depth=5, re_attention_scale=True, residual_scale=0.5, patch_stem="cnn"
+        ),
+        reference="dvit_repo deepvit_S",
+        reference_params_m=27.31,
+        **_DVIT,
+    )
+)
+register_preset(
+    Preset(
+        "deepvit_l",
+        kwargs=_official(32, 420, re_attention_depth=12, residual_scale=0.5, patch_stem="cnn"),
+        reference="dvit_repo deepvit_L",
+        reference_params_m=58.88,
+        **_DVIT,
+    )
+)
 register_alias("deepvit", "deepvit_16b")

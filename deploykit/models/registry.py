@@ -74,7 +74,11 @@ def get_preset(name: str) -> Preset:
     if key not in _PRESETS:
         known = list(_PRESETS) + list(_ALIASES)
         close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known families: {', '.join(sorted(_ALIASES))}"
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else f"; known families: {', '.join(sorted(_ALIASES))}"
+        )
         raise UnknownModelError(f"unknown model {name!r}{hint} (`deploykit list` shows all presets)")
     return _PRESETS[key]
 

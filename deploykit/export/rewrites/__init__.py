@@ -1,6 +1,6 @@
 """Registered export rewrites (importing a family's module registers its rewrites)."""
 
-from deploykit.export.rewrites import common, convit, cvt, deepvit, hvt  # noqa: F401  (registration)
+from deploykit.export.rewrites import ceit, common, convit, cvt, deepvit, hvt  # noqa: F401  (registration)
 from deploykit.export.rewrites.base import (
     REWRITES,
     Rewrite,

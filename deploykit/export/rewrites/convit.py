@@ -47,15 +47,17 @@ def _example() -> tuple[nn.Module, torch.Tensor]:
     return gpsa, torch.randn(3, 16, 32)
 
 
-register_rewrite(Rewrite(
-    name="gpsa-constant-positional-attention",
-    fixes=(
-        "GPSA's positional attention softmax(pos_proj(R)) and its sigmoid gates do not depend on the input; "
-        "exported as-is they are recomputed every call from a 4-D relative-position table (N^2 x d_pos "
-        "MatMul + Softmax per block). Folding g*P and 1-g into constants leaves one Mul+Add per block; the "
-        "no-op row renormalisation (ReduceSum + Div) is dropped."
-    ),
-    source=GPSA,
-    convert=GPSAConstantPositional,
-    example=_example,
-))
+register_rewrite(
+    Rewrite(
+        name="gpsa-constant-positional-attention",
+        fixes=(
+            "GPSA's positional attention softmax(pos_proj(R)) and its sigmoid gates do not depend on the input; "
+            "exported as-is they are recomputed every call from a 4-D relative-position table (N^2 x d_pos "
+            "MatMul + Softmax per block). Folding g*P and 1-g into constants leaves one Mul+Add per block; the "
+            "no-op row renormalisation (ReduceSum + Div) is dropped."
+        ),
+        source=GPSA,
+        convert=GPSAConstantPositional,
+        example=_example,
+    )
+)

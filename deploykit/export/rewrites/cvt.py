@@ -24,14 +24,16 @@ def _convert(module: ConvProjection) -> nn.Module | None:
     return ConvProjectionFolded(module) if module.method == "dw_bn" else None
 
 
-register_rewrite(Rewrite(
-    name="cvt-depthwise-projection-folded-batchnorm",
-    fixes=(
-        "Every CvT q/k/v projection is a depthwise Conv followed by BatchNorm2d (3 per block, 39 in CvT-13). "
-        "Eval-mode BatchNorm is a per-channel affine map, so it folds exactly into the depthwise conv's "
-        "weight and a new bias, removing the BatchNormalization nodes."
-    ),
-    source=ConvProjection,
-    convert=_convert,
-    example=lambda: (randomize_batchnorm_(ConvProjection(8, "dw_bn", 3, 2, 1)), torch.randn(2, 8, 7, 7)),
-))
+register_rewrite(
+    Rewrite(
+        name="cvt-depthwise-projection-folded-batchnorm",
+        fixes=(
+            "Every CvT q/k/v projection is a depthwise Conv followed by BatchNorm2d (3 per block, 39 in CvT-13). "
+            "Eval-mode BatchNorm is a per-channel affine map, so it folds exactly into the depthwise conv's "
+            "weight and a new bias, removing the BatchNormalization nodes."
+        ),
+        source=ConvProjection,
+        convert=_convert,
+        example=lambda: (randomize_batchnorm_(ConvProjection(8, "dw_bn", 3, 2, 1)), torch.randn(2, 8, 7, 7)),
+    )
+)

@@ -39,27 +39,31 @@ class CNNStemFolded(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
 
 
-register_rewrite(Rewrite(
-    name="reattention-folded-batchnorm",
-    fixes=(
-        "Re-attention is a 1x1 Conv over heads followed by BatchNorm2d over heads; TensorRT would run the "
-        "BatchNormalization as a separate scale layer over the (B, H, N, N) maps. In eval mode BN is an "
-        "affine map per head, so it (and the optional head_dim**-0.5 scale) folds exactly into the conv."
-    ),
-    source=ReAttention,
-    convert=ReAttentionFolded,
-    example=lambda: (
-        randomize_batchnorm_(ReAttention(4, scale=0.3)),
-        torch.softmax(torch.randn(2, 4, 9, 9), dim=-1),
-    ),
-))
-register_rewrite(Rewrite(
-    name="cnn-stem-folded-batchnorm",
-    fixes=(
-        "The DeepViT-S/L stem has Conv->BN->ReLU twice; eval-mode BatchNorm folds exactly into the preceding "
-        "convolution's weight and bias, removing two full-resolution BatchNormalization layers."
-    ),
-    source=CNNStem,
-    convert=CNNStemFolded,
-    example=lambda: (randomize_batchnorm_(CNNStem(16, 3, 24)), torch.randn(2, 3, 32, 32)),
-))
+register_rewrite(
+    Rewrite(
+        name="reattention-folded-batchnorm",
+        fixes=(
+            "Re-attention is a 1x1 Conv over heads followed by BatchNorm2d over heads; TensorRT would run the "
+            "BatchNormalization as a separate scale layer over the (B, H, N, N) maps. In eval mode BN is an "
+            "affine map per head, so it (and the optional head_dim**-0.5 scale) folds exactly into the conv."
+        ),
+        source=ReAttention,
+        convert=ReAttentionFolded,
+        example=lambda: (
+            randomize_batchnorm_(ReAttention(4, scale=0.3)),
+            torch.softmax(torch.randn(2, 4, 9, 9), dim=-1),
+        ),
+    )
+)
+register_rewrite(
+    Rewrite(
+        name="cnn-stem-folded-batchnorm",
+        fixes=(
+            "The DeepViT-S/L stem has Conv->BN->ReLU twice; eval-mode BatchNorm folds exactly into the preceding "
+            "convolution's weight and bias, removing two full-resolution BatchNormalization layers."
+        ),
+        source=CNNStem,
+        convert=CNNStemFolded,
+        example=lambda: (randomize_batchnorm_(CNNStem(16, 3, 24)), torch.randn(2, 3, 32, 32)),
+    )
+)

@@ -21,14 +21,16 @@ class TokenPool2d(nn.Module):
         return x.squeeze(2).transpose(1, 2)  # (B, N', d)
 
 
-register_rewrite(Rewrite(
-    name="token-maxpool-as-2d-pool",
-    fixes=(
-        "TensorRT's ONNX parser documents MaxPool as 2D or 3D pooling only, so HVT's MaxPool1d over the token "
-        "axis is rejected. A (1, k) kernel with (1, s) stride over a (B, d, 1, N) map visits exactly the same "
-        "windows."
-    ),
-    source=TokenPool,
-    convert=TokenPool2d,
-    example=lambda: (TokenPool(), torch.randn(2, 37, 8)),
-))
+register_rewrite(
+    Rewrite(
+        name="token-maxpool-as-2d-pool",
+        fixes=(
+            "TensorRT's ONNX parser documents MaxPool as 2D or 3D pooling only, so HVT's MaxPool1d over the token "
+            "axis is rejected. A (1, k) kernel with (1, s) stride over a (B, d, 1, N) map visits exactly the same "
+            "windows."
+        ),
+        source=TokenPool,
+        convert=TokenPool2d,
+        example=lambda: (TokenPool(), torch.randn(2, 37, 8)),
+    )
+)

@@ -2,7 +2,12 @@
 
 from deploykit.models.layers.attention import Attention
 from deploykit.models.layers.block import LN_ORDERS, Block, Encoder, Streams
-from deploykit.models.layers.drop import DropPath, drop_path_rates, make_drop_path, update_stochastic_depth_rate
+from deploykit.models.layers.drop import (
+    DropPath,
+    drop_path_rates,
+    make_drop_path,
+    update_stochastic_depth_rate,
+)
 from deploykit.models.layers.head import ClassifierHead
 from deploykit.models.layers.layer_scale import LayerScale, make_layer_scale
 from deploykit.models.layers.mlp import Mlp, QuickGELU

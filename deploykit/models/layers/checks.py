@@ -42,6 +42,11 @@ def divisible(name: str, value: int, by_name: str, by: int) -> None:
 def optional_positive_float(name: str, value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
     return float(value)

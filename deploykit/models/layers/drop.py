@@ -43,7 +43,9 @@ def drop_path_rates(stochastic_depth: bool, max_prob: float | None, num_blocks: 
     if not stochastic_depth:
         return [None] * num_blocks
     if max_prob is None:
-        raise ConfigError("stochastic_depth_mp must be a number in [0, 1) when stochastic_depth=True, got None")
+        raise ConfigError(
+            "stochastic_depth_mp must be a number in [0, 1) when stochastic_depth=True, got None"
+        )
     max_prob = probability("stochastic_depth_mp", max_prob)
     if num_blocks == 1:
         return [0.0]

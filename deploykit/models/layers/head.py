@@ -10,7 +10,9 @@ class ClassifierHead(nn.Module):
     """``Linear(d, hidden) -> Tanh -> Dropout -> Linear(hidden, classes)`` when ``hidden`` is set,
     else ``Linear(d, classes)``; ``num_classes=0`` leaves the features (``Identity``)."""
 
-    def __init__(self, dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if hidden_dim is None:
             self.pre_logits: nn.Module = nn.Identity()

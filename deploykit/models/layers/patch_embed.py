@@ -37,7 +37,9 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W) -> (B, (H//p)*(W//p), D)``; remainder pixels are dropped, as a strided conv does."""
         if self.technique == "linear":
-            x = F.unfold(x, kernel_size=self.patch_size, stride=self.patch_size).transpose(1, 2)  # (B, N, C*p*p)
+            x = F.unfold(x, kernel_size=self.patch_size, stride=self.patch_size).transpose(
+                1, 2
+            )  # (B, N, C*p*p)
             x = self.proj(x)
         else:
             x = self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)

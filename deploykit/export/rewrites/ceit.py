@@ -1,0 +1,84 @@
+"""CeiT image-to-tokens stem and LeFF in export form."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from deploykit.export.rewrites.base import Rewrite, fold_conv_bn, randomize_batchnorm_, register_rewrite
+from deploykit.models.ceit import Image2Tokens, LeFF
+
+
+class Image2TokensFolded(nn.Module):
+    """I2T stem with its BatchNorm folded into the convolution: ``MaxPool(Conv'(x))``."""
+
+    def __init__(self, module: Image2Tokens) -> None:
+        super().__init__()
+        self.conv = fold_conv_bn(module.conv, module.bn)
+        self.pool = module.pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(x))
+
+
+class LeFFFolded(nn.Module):
+    """LeFF as ``Conv1x1' -> GELU -> DWConv' [-> PW'] -> GELU -> Conv1x1' [-> GELU]`` with every BatchNorm
+    folded into the convolution before it. The token grid side is a static Python int under tracing."""
+
+    def __init__(self, module: LeFF) -> None:
+        super().__init__()
+        self.conv1 = fold_conv_bn(module.conv1, module.bn1)
+        if isinstance(module.pointwise, nn.Conv2d):
+            self.conv2: nn.Module = module.conv2
+            self.pointwise: nn.Module = fold_conv_bn(module.pointwise, module.bn2)
+        else:
+            self.conv2 = fold_conv_bn(module.conv2, module.bn2)
+            self.pointwise = nn.Identity()
+        self.conv3 = fold_conv_bn(module.conv3, module.bn3)
+        self.act = nn.GELU()
+        self.out_act = module.out_act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N1, C = x.shape
+        side = math.isqrt(N1 - 1)
+        cls, tokens = x[:, :1], x[:, 1:]
+        t = tokens.transpose(1, 2).reshape(B, C, side, side)  # (B, d, h, w)
+        t = self.act(self.conv1(t))
+        t = self.act(self.pointwise(self.conv2(t)))
+        t = self.out_act(self.conv3(t))  # (B, d, h, w)
+        return torch.cat([cls, t.flatten(2).transpose(1, 2)], dim=1)  # (B, 1 + N, d)
+
+
+register_rewrite(
+    Rewrite(
+        name="ceit-i2t-folded-batchnorm",
+        fixes=(
+            "The image-to-tokens stem is Conv->BatchNorm->MaxPool; eval-mode BatchNorm is a per-channel affine "
+            "map and folds exactly into the convolution, removing a full-resolution BatchNormalization node."
+        ),
+        source=Image2Tokens,
+        convert=Image2TokensFolded,
+        example=lambda: (
+            randomize_batchnorm_(Image2Tokens(3, 8, 7, 2, 3, False, 3, 2, 1)),
+            torch.randn(2, 3, 32, 32),
+        ),
+    )
+)
+register_rewrite(
+    Rewrite(
+        name="ceit-leff-folded-batchnorm",
+        fixes=(
+            "LeFF runs three convolutions each followed by BatchNorm2d on the token map; the parser would emit "
+            "separate BatchNormalization/scale layers. Eval-mode BatchNorm folds exactly into the preceding conv "
+            "(the pointwise conv when the depthwise-separable option is on). The grid side is static."
+        ),
+        source=LeFF,
+        convert=LeFFFolded,
+        example=lambda: (
+            randomize_batchnorm_(LeFF(8, 4, 3, 1, separable=True, out_act=True)),
+            torch.randn(2, 17, 8),
+        ),
+    )
+)
