@@ -71,6 +71,113 @@ def list_cmd(pattern: str | None) -> None:
     console.print(f"family aliases: {aliases}")
 
 
+class _Progress:
+    """Per-stage progress lines on stderr (``--quiet`` silences them)."""
+
+    def __init__(self, quiet: bool) -> None:
+        import time
+
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+        self.clock = time.perf_counter
+
+    def __call__(self, stage: str, message: str) -> None:
+        if not self.quiet:
+            click.echo(f"[{self.clock() - self.t0:6.1f}s] {stage:<9} {message}", err=True)
+
+
+def _resolve_config(family: str, config_path: str | None, opset: int | None, batch: str | None,
+                    exporter: str | None, no_simplify: bool):
+    import dataclasses
+
+    from deploykit.errors import ConfigError
+    from deploykit.export.config import BatchProfile, default_config, load_config
+
+    config = load_config(config_path) if config_path else default_config(family)
+    if config.family != family:
+        raise ConfigError(f"config {config.source} is for family {config.family!r}, the model is {family!r}")
+    changes: dict[str, Any] = {}
+    if opset is not None:
+        changes["opset"] = opset
+    if batch is not None:
+        changes["batch"] = BatchProfile.parse(batch)
+    if exporter is not None:
+        changes["exporter"] = exporter
+    if no_simplify:
+        changes["simplify"] = False
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+@cli.command("export")
+@click.argument("model")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Export config TOML (default: export_configs/<family>.toml).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output directory (default ./deploykit_out/<preset>/).")
+@click.option("--opset", type=int, help="ONNX opset (17-24).")
+@click.option("--batch", help="Batch profile MIN,OPT,MAX.")
+@click.option("--weights", type=click.Path(dir_okay=True), help="Weights file (state_dict) to load first.")
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), help="torch exporter (default dynamo).")
+@click.option("--no-simplify", is_flag=True, help="Skip onnxsim/onnxslim.")
+@click.option("--inputs", "inputs_dir", type=click.Path(), help="Folder of your own validation images.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@_handle_errors
+def export_cmd(model: str, config_path: str | None, out_dir: str | None, opset: int | None, batch: str | None,
+               weights: str | None, exporter: str | None, no_simplify: bool, inputs_dir: str | None,
+               quiet: bool) -> None:
+    """Export MODEL (a preset or family alias) to a validated, simplified, dynamic-batch ONNX file."""
+    from deploykit.export.pipeline import run_export
+    from deploykit.models import get_preset
+
+    preset = get_preset(model)
+    config = _resolve_config(preset.family, config_path, opset, batch, exporter, no_simplify)
+    result = run_export(preset.name, out_dir, config, weights, inputs_dir, progress=_Progress(quiet))
+    final = result.parity["dynamic batch"]
+    lint = result.manifest["lint"]
+    click.echo(
+        f"exported {preset.name} -> {result.onnx_path}  "
+        f"(max abs logit error {final.worst_metric('max_abs'):.2e}, top-1 agreement "
+        f"{final.worst_metric('top1_agreement'):.0%}, lint violations {len(lint['violations'])})"
+    )
+
+
+@cli.command("inspect")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the facts as JSON.")
+@_handle_errors
+def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
+    """Opset, inputs/outputs, op histogram, size, metadata and TensorRT-parser lint of ONNX_FILE."""
+    import json
+    from collections import Counter
+    from pathlib import Path
+
+    from deploykit.export.io import atomic_write_text
+    from deploykit.export.lint import format_report, lint_model
+    from deploykit.export.onnx_export import load_onnx
+    from deploykit.export.pipeline import io_signature
+
+    proto = load_onnx(onnx_file)
+    size = Path(onnx_file).stat().st_size
+    opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
+    ops = Counter(n.op_type for n in proto.graph.node)
+    sig = io_signature(proto)
+    lint = lint_model(proto)
+    click.echo(f"{onnx_file}: {size / 1e6:.2f} MB, {len(proto.graph.node)} nodes, "
+               f"{len(proto.graph.initializer)} initializers, opsets {opsets}")
+    for kind in ("inputs", "outputs"):
+        for v in sig[kind]:
+            click.echo(f"  {kind[:-1]:<6} {v['name']}: {v['dtype']} {v['shape']}")
+    click.echo("  ops: " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
+    for p in proto.metadata_props:
+        click.echo(f"  meta {p.key} = {p.value}")
+    click.echo("  lint: " + ("no TensorRT-parser violations" if lint.ok else f"{len(lint.violations)} violation(s)"))
+    if not lint.ok:
+        click.echo(format_report(lint))
+    if json_out:
+        facts = {"file": onnx_file, "bytes": size, "nodes": len(proto.graph.node), "opsets": opsets,
+                 "ops": dict(ops.most_common()), **sig, "metadata": {p.key: p.value for p in proto.metadata_props},
+                 "lint": lint.to_dict()}
+        atomic_write_text(json_out, json.dumps(facts, indent=2) + "\n")
+
+
 def main() -> None:
     cli(prog_name="deploykit")
 

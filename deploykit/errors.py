@@ -21,3 +21,27 @@ class InputError(DeployKitError, ValueError):
 
 class ComparisonError(DeployKitError, ValueError):
     """Two sets of outputs that cannot be compared: different shapes, names or empty arrays."""
+
+
+class ArtifactError(DeployKitError):
+    """A missing, unreadable or corrupt artifact (ONNX file, weights file, engine)."""
+
+
+class WeightsError(DeployKitError):
+    """A weights file that cannot be read or does not fit the model."""
+
+
+class ExportError(DeployKitError):
+    """A stage of the export pipeline failed."""
+
+
+class ParityError(DeployKitError):
+    """An artifact does not compute what the PyTorch model computes (within the configured tolerances)."""
+
+    exit_code = 1
+
+
+class EngineUnavailableError(DeployKitError):
+    """TensorRT or a CUDA GPU is not available on this machine."""
+
+    exit_code = 3

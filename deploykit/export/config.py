@@ -1,0 +1,174 @@
+"""Export configuration: one TOML file per preset family under ``export_configs/``.
+
+Every value is validated on load; an unknown key or a bad value is a :class:`ConfigError` that names the
+file and the key. ``--config FILE`` takes any such file.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "export_configs"
+EXPORTERS = ("dynamo", "torchscript")
+#: LayerNormalization is a single op from opset 17; TensorRT 11's parser documents opsets up to 24
+MIN_OPSET, MAX_OPSET = 17, 24
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    min: int = 1
+    opt: int = 1
+    max: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("min", "opt", "max"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"batch.{name} must be a positive integer, got {v!r}")
+        if not self.min <= self.opt <= self.max:
+            raise ConfigError(f"batch must satisfy min <= opt <= max, got {self.min},{self.opt},{self.max}")
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        """``"MIN,OPT,MAX"`` (the CLI's ``--batch``)."""
+        parts = [p.strip() for p in str(text).split(",")]
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ConfigError(f"--batch must be MIN,OPT,MAX (three positive integers), got {text!r}")
+        return cls(*(int(p) for p in parts))
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Parity thresholds for one precision. ``max_abs`` bounds the logits' max abs error."""
+
+    max_abs: float
+    min_cosine: float
+    min_top1: float
+    min_top5: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_abs", "min_cosine", "min_top1", "min_top5"):
+            v = getattr(self, name)
+            if v is None and name == "min_top5":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"tolerances.{name} must be a finite non-negative number, got {v!r}")
+            if name != "max_abs" and v > 1:
+                raise ConfigError(f"tolerances.{name} is a fraction in [0, 1], got {v!r}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    family: str
+    opset: int = 18
+    exporter: str = "dynamo"
+    simplify: bool = True
+    image_size: int | None = None
+    batch: BatchProfile = field(default_factory=BatchProfile)
+    num_images: int = 16
+    seed: int = 0
+    fp32: Tolerances = field(default_factory=lambda: Tolerances(1e-4, 0.99999, 1.0, 1.0))
+    fp16: Tolerances = field(default_factory=lambda: Tolerances(0.5, 0.999, 0.99, None))
+    workspace_mib: int = 4096
+    builder_optimization_level: int = 3
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConfigError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset!r}")
+        if self.exporter not in EXPORTERS:
+            raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
+        if not isinstance(self.simplify, bool):
+            raise ConfigError(f"simplify must be true or false, got {self.simplify!r}")
+        if self.image_size is not None and (
+            isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 16
+        ):
+            raise ConfigError(f"image_size must be an integer >= 16, got {self.image_size!r}")
+        if isinstance(self.num_images, bool) or not isinstance(self.num_images, int) or self.num_images < 16:
+            raise ConfigError(f"validation.num_images must be an integer >= 16, got {self.num_images!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"validation.seed must be an integer, got {self.seed!r}")
+        if isinstance(self.workspace_mib, bool) or not isinstance(self.workspace_mib, int) or self.workspace_mib < 16:
+            raise ConfigError(f"engine.workspace_mib must be an integer >= 16, got {self.workspace_mib!r}")
+        level = self.builder_optimization_level
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 5:
+            raise ConfigError(f"engine.builder_optimization_level must be an integer in [0, 5], got {level!r}")
+
+    def tolerances(self, precision: str) -> Tolerances:
+        return self.fp16 if precision == "fp16" else self.fp32
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SECTIONS: dict[str, dict[str, str]] = {
+    "": {"family": "family"},
+    "export": {"opset": "opset", "exporter": "exporter", "simplify": "simplify", "image_size": "image_size"},
+    "batch": {"min": "min", "opt": "opt", "max": "max"},
+    "validation": {"num_images": "num_images", "seed": "seed"},
+    "engine": {"workspace_mib": "workspace_mib", "builder_optimization_level": "builder_optimization_level"},
+    "tolerances": {"fp32": "fp32", "fp16": "fp16"},
+}
+
+
+def _parse(data: dict[str, Any], source: str) -> ExportConfig:
+    kwargs: dict[str, Any] = {"source": source}
+    for key, value in data.items():
+        if key not in _SECTIONS and key != "family":
+            raise ConfigError(f"{source}: unknown section or key {key!r} (known: {', '.join(k for k in _SECTIONS if k)})")
+        if key == "family":
+            kwargs["family"] = value
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: [{key}] must be a table")
+        for sub, subval in value.items():
+            if sub not in _SECTIONS[key]:
+                raise ConfigError(f"{source}: unknown key {key}.{sub} (known: {', '.join(_SECTIONS[key])})")
+        if key == "batch":
+            kwargs["batch"] = BatchProfile(**value)
+        elif key == "tolerances":
+            for precision, tol in value.items():
+                if not isinstance(tol, dict):
+                    raise ConfigError(f"{source}: [tolerances.{precision}] must be a table")
+                unknown = set(tol) - {"max_abs", "min_cosine", "min_top1", "min_top5"}
+                if unknown:
+                    raise ConfigError(f"{source}: unknown key tolerances.{precision}.{sorted(unknown)[0]}")
+                try:
+                    kwargs[precision] = Tolerances(**tol)
+                except TypeError as exc:
+                    raise ConfigError(f"{source}: [tolerances.{precision}] {exc}") from None
+        else:
+            kwargs.update(value)
+    if "family" not in kwargs:
+        raise ConfigError(f"{source}: missing top-level key 'family'")
+    try:
+        return ExportConfig(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: str | Path) -> ExportConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return _parse(data, str(path))
+
+
+def default_config(family: str) -> ExportConfig:
+    """The shipped ``export_configs/<family>.toml``."""
+    path = CONFIG_DIR / f"{family}.toml"
+    if not path.is_file():
+        raise ConfigError(f"no default export config for family {family!r} (expected {path})")
+    return load_config(path)

@@ -1,0 +1,51 @@
+"""Stage: graph simplification with onnxsim, falling back to onnxslim, else the graph unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import onnx
+
+
+@dataclass(frozen=True)
+class SimplifyResult:
+    tool: str  # "onnxsim", "onnxslim" or "none"
+    nodes_before: int
+    nodes_after: int
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"tool": self.tool, "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
+                "notes": list(self.notes)}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def simplify_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifyResult]:
+    before = len(proto.graph.node)
+    notes: list[str] = []
+    try:
+        import onnxsim
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            simplified, ok = onnxsim.simplify(proto)
+        if not ok:
+            raise RuntimeError("onnxsim's own check failed")
+        return simplified, SimplifyResult("onnxsim", before, len(simplified.graph.node))
+    except Exception as exc:
+        notes.append(f"onnxsim failed: {_first_line(exc)}")
+    try:
+        import onnxslim
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            simplified = onnxslim.slim(proto)
+        return simplified, SimplifyResult("onnxslim", before, len(simplified.graph.node), tuple(notes))
+    except Exception as exc:
+        notes.append(f"onnxslim failed: {_first_line(exc)}")
+    notes.append("kept the unsimplified graph")
+    return proto, SimplifyResult("none", before, before, tuple(notes))

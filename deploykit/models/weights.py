@@ -1,0 +1,89 @@
+"""Weights files: read a checkpoint (torch pickle or safetensors), unwrap common nesting, load strictly.
+
+Loading is strict and checked before anything is copied: missing, unexpected and mis-shaped keys are listed
+by name in one :class:`WeightsError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deploykit.errors import WeightsError
+
+_NESTING_KEYS = ("state_dict", "model", "module", "model_state", "state_dict_ema")
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    path: str
+    sha256: str
+    format: str
+    tensors: int
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "sha256": self.sha256, "format": self.format, "tensors": self.tensors}
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {first[:200]})") from None
+    for _ in range(3):  # {'model': {'state_dict': ...}} and similar
+        if isinstance(obj, dict):
+            nested = [k for k in _NESTING_KEYS if isinstance(obj.get(k), dict)]
+            if nested and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+                obj = obj[nested[0]]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def _listing(kind: str, names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+    return f"{len(names)} {kind}: {shown}"
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    problems = [
+        _listing(kind, names)
+        for kind, names in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped))
+        if names
+    ]
+    if problems:
+        name = getattr(model, "preset_name", None) or type(model).__name__
+        raise WeightsError(f"{source} do not fit {name}: " + "; ".join(problems))
+
+
+def load_weights(model: nn.Module, path: str | Path) -> WeightsInfo:
+    """Strictly load a state_dict file into ``model`` (in place)."""
+    from deploykit.export.io import sha256_file
+
+    state = read_state_dict(path)
+    check_state_dict(model, state, f"weights {Path(path).name}")
+    model.load_state_dict(state, strict=True)
+    fmt = "safetensors" if Path(path).suffix == ".safetensors" else "torch"
+    return WeightsInfo(str(path), sha256_file(path), f"{fmt} state_dict", len(state))

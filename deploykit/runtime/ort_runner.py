@@ -1,0 +1,68 @@
+"""ONNX Runtime runner. The providers in use are read back from the session (``get_providers()``):
+``get_available_providers()`` lists what the wheel was built with, not what actually loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from deploykit.errors import ArtifactError
+
+
+class OrtRunner:
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        name: str = "onnxruntime",
+        profile_prefix: str | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
+        wanted = providers or ["CPUExecutionProvider"]
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(source, options, providers=wanted)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArtifactError(f"ONNX Runtime cannot load the model: {first}") from None
+        self.providers = self.session.get_providers()
+        self.input = self.session.get_inputs()[0]
+        self.input_name = self.input.name
+        self.input_dtype = np.float16 if "float16" in self.input.type else np.float32
+        self.name = f"{name}[{self.providers[0]}]"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})[0]
+        return out.astype(np.float32)
+
+
+def cuda_provider_loads() -> bool:
+    """True only when a session really runs on CUDAExecutionProvider (not merely listed as available)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        sess = ort.InferenceSession(onnx._serialize(probe), providers=["CUDAExecutionProvider"])
+    except Exception:
+        return False
+    return sess.get_providers()[0] == "CUDAExecutionProvider"
