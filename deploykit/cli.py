@@ -86,8 +86,14 @@ class _Progress:
             click.echo(f"[{self.clock() - self.t0:6.1f}s] {stage:<9} {message}", err=True)
 
 
-def _resolve_config(family: str, config_path: str | None, opset: int | None, batch: str | None,
-                    exporter: str | None, no_simplify: bool):
+def _resolve_config(
+    family: str,
+    config_path: str | None,
+    opset: int | None,
+    batch: str | None,
+    exporter: str | None,
+    no_simplify: bool,
+):
     import dataclasses
 
     from deploykit.errors import ConfigError
@@ -110,19 +116,40 @@ def _resolve_config(family: str, config_path: str | None, opset: int | None, bat
 
 @cli.command("export")
 @click.argument("model")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Export config TOML (default: export_configs/<family>.toml).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output directory (default ./deploykit_out/<preset>/).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Export config TOML (default: export_configs/<family>.toml).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Output directory (default ./deploykit_out/<preset>/).",
+)
 @click.option("--opset", type=int, help="ONNX opset (17-24).")
 @click.option("--batch", help="Batch profile MIN,OPT,MAX.")
 @click.option("--weights", type=click.Path(dir_okay=True), help="Weights file (state_dict) to load first.")
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), help="torch exporter (default dynamo).")
+@click.option(
+    "--exporter", type=click.Choice(["dynamo", "torchscript"]), help="torch exporter (default dynamo)."
+)
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim/onnxslim.")
 @click.option("--inputs", "inputs_dir", type=click.Path(), help="Folder of your own validation images.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_handle_errors
-def export_cmd(model: str, config_path: str | None, out_dir: str | None, opset: int | None, batch: str | None,
-               weights: str | None, exporter: str | None, no_simplify: bool, inputs_dir: str | None,
-               quiet: bool) -> None:
+def export_cmd(
+    model: str,
+    config_path: str | None,
+    out_dir: str | None,
+    opset: int | None,
+    batch: str | None,
+    weights: str | None,
+    exporter: str | None,
+    no_simplify: bool,
+    inputs_dir: str | None,
+    quiet: bool,
+) -> None:
     """Export MODEL (a preset or family alias) to a validated, simplified, dynamic-batch ONNX file."""
     from deploykit.export.pipeline import run_export
     from deploykit.models import get_preset
@@ -135,7 +162,7 @@ def export_cmd(model: str, config_path: str | None, out_dir: str | None, opset: 
     click.echo(
         f"exported {preset.name} -> {result.onnx_path}  "
         f"(max abs logit error {final.worst_metric('max_abs'):.2e}, top-1 agreement "
-        f"{final.worst_metric('top1_agreement'):.0%}, lint violations {len(lint['violations'])})"
+        f"{final.worst_metric('top1'):.0%}, lint violations {len(lint['violations'])})"
     )
 
 
@@ -160,22 +187,70 @@ def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
     ops = Counter(n.op_type for n in proto.graph.node)
     sig = io_signature(proto)
     lint = lint_model(proto)
-    click.echo(f"{onnx_file}: {size / 1e6:.2f} MB, {len(proto.graph.node)} nodes, "
-               f"{len(proto.graph.initializer)} initializers, opsets {opsets}")
+    click.echo(
+        f"{onnx_file}: {size / 1e6:.2f} MB, {len(proto.graph.node)} nodes, "
+        f"{len(proto.graph.initializer)} initializers, opsets {opsets}"
+    )
     for kind in ("inputs", "outputs"):
         for v in sig[kind]:
             click.echo(f"  {kind[:-1]:<6} {v['name']}: {v['dtype']} {v['shape']}")
     click.echo("  ops: " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
     for p in proto.metadata_props:
         click.echo(f"  meta {p.key} = {p.value}")
-    click.echo("  lint: " + ("no TensorRT-parser violations" if lint.ok else f"{len(lint.violations)} violation(s)"))
+    click.echo(
+        "  lint: " + ("no TensorRT-parser violations" if lint.ok else f"{len(lint.violations)} violation(s)")
+    )
     if not lint.ok:
         click.echo(format_report(lint))
     if json_out:
-        facts = {"file": onnx_file, "bytes": size, "nodes": len(proto.graph.node), "opsets": opsets,
-                 "ops": dict(ops.most_common()), **sig, "metadata": {p.key: p.value for p in proto.metadata_props},
-                 "lint": lint.to_dict()}
+        facts = {
+            "file": onnx_file,
+            "bytes": size,
+            "nodes": len(proto.graph.node),
+            "opsets": opsets,
+            "ops": dict(ops.most_common()),
+            **sig,
+            "metadata": {p.key: p.value for p in proto.metadata_props},
+            "lint": lint.to_dict(),
+        }
         atomic_write_text(json_out, json.dumps(facts, indent=2) + "\n")
+
+
+@cli.command("validate")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option(
+    "--model", "model", required=True, help="Preset (or family alias) the artifact was exported from."
+)
+@click.option("--weights", type=click.Path(), help="Weights the artifact was exported with.")
+@click.option("--inputs", "inputs_dir", type=click.Path(), help="Folder of your own validation images.")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Export config with the tolerances."
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the parity report as JSON.")
+@click.option("--junit", "junit_out", type=click.Path(dir_okay=False), help="Write a JUnit XML report.")
+@_handle_errors
+def validate_cmd(
+    artifact: str,
+    model: str,
+    weights: str | None,
+    inputs_dir: str | None,
+    config_path: str | None,
+    json_out: str | None,
+    junit_out: str | None,
+) -> None:
+    """Check ARTIFACT (.onnx, or a TensorRT .engine) against the PyTorch model: exit 0 pass, 1 fail, 2 bad input."""
+    from deploykit.models import get_preset
+    from deploykit.validation.gate import validate_artifact, write_json, write_junit
+
+    preset = get_preset(model)
+    config = _resolve_config(preset.family, config_path, None, None, None, False)
+    report = validate_artifact(artifact, preset.name, weights, inputs_dir, config)
+    if json_out:
+        write_json(report, json_out)
+    if junit_out:
+        write_junit(report, junit_out)
+    click.echo(report.summary())
+    sys.exit(0 if report.passed else 1)
 
 
 def main() -> None:

@@ -6,13 +6,14 @@ file and the key. ``--config FILE`` takes any such file.
 
 from __future__ import annotations
 
-import math
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from deploykit.errors import ConfigError
+from deploykit.validation.metrics import Tolerances
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "export_configs"
 EXPORTERS = ("dynamo", "torchscript")
@@ -44,26 +45,6 @@ class BatchProfile:
 
 
 @dataclass(frozen=True)
-class Tolerances:
-    """Parity thresholds for one precision. ``max_abs`` bounds the logits' max abs error."""
-
-    max_abs: float
-    min_cosine: float
-    min_top1: float
-    min_top5: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("max_abs", "min_cosine", "min_top1", "min_top5"):
-            v = getattr(self, name)
-            if v is None and name == "min_top5":
-                continue
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"tolerances.{name} must be a finite non-negative number, got {v!r}")
-            if name != "max_abs" and v > 1:
-                raise ConfigError(f"tolerances.{name} is a fraction in [0, 1], got {v!r}")
-
-
-@dataclass(frozen=True)
 class ExportConfig:
     family: str
     opset: int = 18
@@ -80,7 +61,11 @@ class ExportConfig:
     source: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+        if (
+            isinstance(self.opset, bool)
+            or not isinstance(self.opset, int)
+            or not MIN_OPSET <= self.opset <= MAX_OPSET
+        ):
             raise ConfigError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset!r}")
         if self.exporter not in EXPORTERS:
             raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
@@ -94,11 +79,17 @@ class ExportConfig:
             raise ConfigError(f"validation.num_images must be an integer >= 16, got {self.num_images!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"validation.seed must be an integer, got {self.seed!r}")
-        if isinstance(self.workspace_mib, bool) or not isinstance(self.workspace_mib, int) or self.workspace_mib < 16:
+        if (
+            isinstance(self.workspace_mib, bool)
+            or not isinstance(self.workspace_mib, int)
+            or self.workspace_mib < 16
+        ):
             raise ConfigError(f"engine.workspace_mib must be an integer >= 16, got {self.workspace_mib!r}")
         level = self.builder_optimization_level
         if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 5:
-            raise ConfigError(f"engine.builder_optimization_level must be an integer in [0, 5], got {level!r}")
+            raise ConfigError(
+                f"engine.builder_optimization_level must be an integer in [0, 5], got {level!r}"
+            )
 
     def tolerances(self, precision: str) -> Tolerances:
         return self.fp16 if precision == "fp16" else self.fp32
@@ -121,7 +112,9 @@ def _parse(data: dict[str, Any], source: str) -> ExportConfig:
     kwargs: dict[str, Any] = {"source": source}
     for key, value in data.items():
         if key not in _SECTIONS and key != "family":
-            raise ConfigError(f"{source}: unknown section or key {key!r} (known: {', '.join(k for k in _SECTIONS if k)})")
+            raise ConfigError(
+                f"{source}: unknown section or key {key!r} (known: {', '.join(k for k in _SECTIONS if k)})"
+            )
         if key == "family":
             kwargs["family"] = value
             continue

@@ -62,7 +62,7 @@ def export_onnx(
                     dynamic_shapes=({0: batch},),
                     opset_version=opset,
                     external_data=False,
-                    optimize=True,
+                    optimize=False,  # onnxsim does the clean-up, faster (measured in the README)
                     verify=False,
                     report=False,
                 )

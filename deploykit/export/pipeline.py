@@ -25,7 +25,13 @@ from torch import nn
 import deploykit
 from deploykit.errors import ExportError, ParityError
 from deploykit.export.config import ExportConfig, default_config
-from deploykit.export.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir, sha256_bytes, staging_dir
+from deploykit.export.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_writable_dir,
+    sha256_bytes,
+    staging_dir,
+)
 from deploykit.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, serialize, set_metadata
 from deploykit.export.rewrites import RewriteRecord, apply_rewrites
 from deploykit.export.simplify import SimplifyResult, simplify_onnx
@@ -53,8 +59,9 @@ class ExportResult:
 
 
 # ----------------------------------------------------------------------------------------------- stages
-def build_model(preset: str, image_size: int | None = None, weights: str | Path | None = None,
-                seed: int = 0) -> tuple[nn.Module, WeightsInfo | None]:
+def build_model(
+    preset: str, image_size: int | None = None, weights: str | Path | None = None, seed: int = 0
+) -> tuple[nn.Module, WeightsInfo | None]:
     """Stage 1: the registered preset in eval mode, built with a fixed seed, optionally with weights."""
     torch.manual_seed(seed)
     overrides = {"image_size": image_size} if image_size is not None else {}
@@ -67,8 +74,9 @@ def check_parity(stage: str, reference: np.ndarray, candidate: np.ndarray, toler
     return compare_outputs({OUTPUT_NAME: reference}, {OUTPUT_NAME: candidate}, tolerances, stage=stage)
 
 
-def dynamic_batch_parity(runner: OrtRunner, images: np.ndarray, reference: np.ndarray, sizes: list[int],
-                         tolerances) -> ParityResult:
+def dynamic_batch_parity(
+    runner: OrtRunner, images: np.ndarray, reference: np.ndarray, sizes: list[int], tolerances
+) -> ParityResult:
     """The same file at several batch sizes: each chunk's logits against the fp32 reference."""
     outs = [run_batched(runner, images[:n], n) for n in sizes]
     cand = np.concatenate(outs)
@@ -91,8 +99,13 @@ def _jsonable(value: Any) -> Any:
 def versions() -> dict[str, str]:
     import onnxruntime
 
-    out = {"deploykit": deploykit.__version__, "python": platform.python_version(), "torch": torch.__version__,
-           "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    out = {
+        "deploykit": deploykit.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
     for mod in ("onnxsim", "onnxslim", "onnxscript"):
         try:
             out[mod] = __import__(mod).__version__
@@ -104,8 +117,11 @@ def versions() -> dict[str, str]:
 def io_signature(proto: onnx.ModelProto) -> dict[str, Any]:
     def desc(v: onnx.ValueInfoProto) -> dict[str, Any]:
         t = v.type.tensor_type
-        return {"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(),
-                "shape": [d.dim_param or d.dim_value for d in t.shape.dim]}
+        return {
+            "name": v.name,
+            "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(),
+            "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
+        }
 
     return {"inputs": [desc(v) for v in proto.graph.input], "outputs": [desc(v) for v in proto.graph.output]}
 
@@ -143,25 +159,38 @@ def run_export(
 
     progress("rewrite", "export-friendly module swaps")
     rewritten, records = apply_rewrites(model)
-    parity = {"rewrites": check_parity("rewrites (torch)", reference, run_batched(TorchRunner(rewritten), images, max_batch), tol)}
+    parity = {
+        "rewrites": check_parity(
+            "rewrites (torch)", reference, run_batched(TorchRunner(rewritten), images, max_batch), tol
+        )
+    }
     mark("rewrite")
 
     progress("onnx", f"{config.exporter} exporter, opset {config.opset}")
     proto = export_onnx(rewritten, input_size, config.opset, config.exporter, max_batch)
     nodes_exported = len(proto.graph.node)
-    parity["onnx"] = check_parity("onnx (onnxruntime)", reference,
-                                  run_batched(OrtRunner(serialize(proto)), images, max_batch), tol)
+    parity["onnx"] = check_parity(
+        "onnx (onnxruntime)", reference, run_batched(OrtRunner(serialize(proto)), images, max_batch), tol
+    )
     mark("onnx")
 
     if config.simplify:
         progress("simplify", "onnxsim (fallback onnxslim)")
         simplified, simp = simplify_onnx(proto)
-        parity["simplified"] = check_parity("simplified (onnxruntime)", reference,
-                                            run_batched(OrtRunner(serialize(simplified)), images, max_batch), tol)
+        parity["simplified"] = check_parity(
+            "simplified (onnxruntime)",
+            reference,
+            run_batched(OrtRunner(serialize(simplified)), images, max_batch),
+            tol,
+        )
         if not parity["simplified"].passed and simp.tool != "none":
             # a simplifier that changes the numbers is not trusted: keep the exported graph
-            simp = SimplifyResult("none", simp.nodes_before, simp.nodes_before,
-                                  simp.notes + (f"{simp.tool} output failed parity; kept the exported graph",))
+            simp = SimplifyResult(
+                "none",
+                simp.nodes_before,
+                simp.nodes_before,
+                simp.notes + (f"{simp.tool} output failed parity; kept the exported graph",),
+            )
             simplified = proto
         proto = simplified
     else:
@@ -170,7 +199,9 @@ def run_export(
 
     progress("validate", f"{len(images)} images, batch sizes through one file")
     runner = OrtRunner(serialize(proto))
-    sizes = sorted({s for s in (config.batch.min, 1, 3, 8, config.batch.opt) if s <= min(max_batch, len(images))})
+    sizes = sorted(
+        {s for s in (config.batch.min, 1, 3, 8, config.batch.opt) if s <= min(max_batch, len(images))}
+    )
     parity["dynamic batch"] = dynamic_batch_parity(runner, images, reference, sizes, tol)
     final = parity["dynamic batch"]
     mark("validate")
@@ -191,9 +222,13 @@ def run_export(
         "deploykit.opset": str(config.opset),
         "deploykit.exporter": config.exporter,
         "deploykit.torch": torch.__version__,
-        "deploykit.parity": json.dumps({"max_abs": final.worst_metric("max_abs"),
-                                        "top1": final.worst_metric("top1_agreement"),
-                                        "passed": all(p.passed for p in parity.values())}),
+        "deploykit.parity": json.dumps(
+            {
+                "max_abs": final.worst_metric("max_abs"),
+                "top1": final.worst_metric("top1"),
+                "passed": all(p.passed for p in parity.values()),
+            }
+        ),
         "deploykit.lint_violations": str(len(lint.violations)),
     }
     if weights_info is not None:
@@ -204,7 +239,9 @@ def run_export(
     manifest = {
         "preset": spec.name,
         "family": spec.family,
-        "model_config": _jsonable(dict(spec.kwargs) | ({"image_size": config.image_size} if config.image_size else {})),
+        "model_config": _jsonable(
+            dict(spec.kwargs) | ({"image_size": config.image_size} if config.image_size else {})
+        ),
         "preprocessing": _jsonable(vars(model.data_config)),
         "export_config": _jsonable(config.to_dict()),
         "versions": versions(),
@@ -215,8 +252,11 @@ def run_export(
         "io": io_signature(proto),
         "nodes": {"exported": nodes_exported, "final": len(proto.graph.node)},
         "simplify": simp.to_dict(),
-        "validation_inputs": {"count": len(images), "names": list(batch.names),
-                              "source": str(inputs_dir) if inputs_dir else "built-in"},
+        "validation_inputs": {
+            "count": len(images),
+            "names": list(batch.names),
+            "source": str(inputs_dir) if inputs_dir else "built-in",
+        },
         "parity": {name: p.to_dict() for name, p in parity.items()},
         "lint": lint.to_dict(),
         "engine": {"status": "not requested (deploykit build FILE.onnx)"},
@@ -238,7 +278,10 @@ def run_export(
                 f"parity failed at stage {worst.stage!r}: {fail.describe() if fail else 'see manifest'}; "
                 f"nothing was published, rejected artifacts are in {rejected}"
             )
-        for name in ("model.onnx", "manifest.json"):  # model first: a manifest never describes a missing model
+        for name in (
+            "model.onnx",
+            "manifest.json",
+        ):  # model first: a manifest never describes a missing model
             (stage / name).replace(out / name)
     mark("publish")
     progress("done", f"{out / 'model.onnx'} ({len(data) / 1e6:.1f} MB), manifest.json")

@@ -17,8 +17,12 @@ class SimplifyResult:
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"tool": self.tool, "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
-                "notes": list(self.notes)}
+        return {
+            "tool": self.tool,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "notes": list(self.notes),
+        }
 
 
 def _first_line(exc: BaseException) -> str:

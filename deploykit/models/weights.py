@@ -41,7 +41,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {first[:200]})") from None
+        raise WeightsError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {first[:200]})"
+        ) from None
     for _ in range(3):  # {'model': {'state_dict': ...}} and similar
         if isinstance(obj, dict):
             nested = [k for k in _NESTING_KEYS if isinstance(obj.get(k), dict)]
@@ -70,7 +72,11 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     )
     problems = [
         _listing(kind, names)
-        for kind, names in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped keys", misshaped))
+        for kind, names in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("mis-shaped keys", misshaped),
+        )
         if names
     ]
     if problems:

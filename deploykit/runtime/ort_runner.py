@@ -56,7 +56,8 @@ def cuda_provider_loads() -> bool:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )

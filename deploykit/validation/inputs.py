@@ -297,7 +297,9 @@ def _shapes(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         elif kind == 1:
             draw.rectangle(box, fill=fill)
         else:
-            draw.polygon([(float(x), float(y)) for x, y in rng.uniform(0, 1, (3, 2)) * (width, height)], fill=fill)
+            draw.polygon(
+                [(float(x), float(y)) for x, y in rng.uniform(0, 1, (3, 2)) * (width, height)], fill=fill
+            )
     blurred = background.filter(ImageFilter.GaussianBlur(radius=max(height, width) / 224.0))
     return np.asarray(blurred, dtype=np.float64) / 255.0
 
@@ -329,7 +331,9 @@ def _stripes(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     image = np.broadcast_to(_colour(rng), (height, width, 3)).copy()
     for _ in range(2):
         u, _ = _rotated(rng, yy, xx)
-        t = (0.5 + 0.5 * np.sin(2 * math.pi * u * rng.uniform(3, 20) + rng.uniform(0, 2 * math.pi)))[..., None]
+        t = (0.5 + 0.5 * np.sin(2 * math.pi * u * rng.uniform(3, 20) + rng.uniform(0, 2 * math.pi)))[
+            ..., None
+        ]
         image = image * (1.0 - 0.5 * t) + _colour(rng) * 0.5 * t
     return image
 
@@ -342,7 +346,9 @@ def _pink_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     amplitude[0, 0] = 0.0
 
     def field() -> np.ndarray:
-        spectrum = amplitude * (rng.standard_normal(amplitude.shape) + 1j * rng.standard_normal(amplitude.shape))
+        spectrum = amplitude * (
+            rng.standard_normal(amplitude.shape) + 1j * rng.standard_normal(amplitude.shape)
+        )
         f = np.fft.irfft2(spectrum, s=(height, width))
         return (f - f.mean()) / max(f.std(), 1e-12)
 

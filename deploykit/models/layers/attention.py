@@ -57,8 +57,9 @@ class Attention(nn.Module):
             qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
         else:
-            w_q, w_kv = self.qkv.weight.split([C, 2 * C])
-            b_q, b_kv = self.qkv.bias.split([C, 2 * C]) if self.qkv.bias is not None else (None, None)
+            # plain slices of the weight (not split()): they fold to constants in the exported graph
+            w_q, w_kv = self.qkv.weight[:C], self.qkv.weight[C:]
+            b_q, b_kv = (self.qkv.bias[:C], self.qkv.bias[C:]) if self.qkv.bias is not None else (None, None)
             q = self._heads(F.linear(x, w_q, b_q))
             M = context.shape[1]
             kv = F.linear(context, w_kv, b_kv).reshape(B, M, 2, self.num_heads, self.head_dim)

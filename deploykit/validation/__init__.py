@@ -1,0 +1,24 @@
+"""Validation inputs and the parity comparator."""
+
+from deploykit.validation.inputs import ValidationBatch, validation_batch
+from deploykit.validation.metrics import (
+    Failure,
+    OutputMetrics,
+    ParityResult,
+    Tolerances,
+    check,
+    compare_outputs,
+    compute_metrics,
+)
+
+__all__ = [
+    "Failure",
+    "OutputMetrics",
+    "ParityResult",
+    "Tolerances",
+    "ValidationBatch",
+    "check",
+    "compare_outputs",
+    "compute_metrics",
+    "validation_batch",
+]

@@ -1,0 +1,193 @@
+"""The comparator: per-output parity metrics between a reference and a candidate, checked against
+tolerances. Separate from the runners (which only produce outputs).
+
+Definitions (``N`` samples, outputs flattened per sample):
+
+* ``max_abs`` / ``mean_abs``: of ``|candidate - reference|``.
+* ``max_rel``: ``max |c - r| / max(|r|, REL_FLOOR)`` — the floor keeps near-zero logits from dominating.
+* ``cosine_min`` / ``cosine_mean``: cosine similarity per sample, worst and mean.
+* ``top1``: fraction of samples whose arg-max class agrees. ``top5``: fraction whose SET of top-k classes
+  (``k = min(5, classes)``) is identical.
+* ``nonfinite``: NaN/Inf count in either array — any is a failure whatever the tolerances.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deploykit.errors import ComparisonError, ConfigError
+
+REL_FLOOR = 1e-3
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Parity thresholds for one precision: ``max_abs`` bounds the max abs error of every output."""
+
+    max_abs: float
+    min_cosine: float
+    min_top1: float
+    min_top5: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_abs", "min_cosine", "min_top1", "min_top5"):
+            v = getattr(self, name)
+            if v is None and name == "min_top5":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"tolerances.{name} must be a finite non-negative number, got {v!r}")
+            if name != "max_abs" and v > 1:
+                raise ConfigError(f"tolerances.{name} is a fraction in [0, 1], got {v!r}")
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    name: str
+    samples: int
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    cosine_min: float
+    cosine_mean: float
+    top1: float | None
+    top5: float | None
+    nonfinite: int
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Failure:
+    output: str
+    metric: str
+    value: float
+    threshold: float | None
+
+    def excess(self) -> float:
+        """How far past its threshold (relative), for picking the worst failure; non-finite is infinite."""
+        if self.metric == "nonfinite" or self.threshold is None:
+            return math.inf
+        if self.metric == "max_abs":
+            return self.value / max(self.threshold, 1e-30)
+        return (self.threshold - self.value) / max(self.threshold, 1e-30) + 1.0
+
+    def describe(self) -> str:
+        if self.metric == "nonfinite":
+            return f"{self.output}: {int(self.value)} NaN/Inf values"
+        op = "<=" if self.metric == "max_abs" else ">="
+        return f"{self.output}: {self.metric} = {self.value:.6g} (needs {op} {self.threshold:.6g})"
+
+    def to_dict(self) -> dict:
+        return {
+            "output": self.output,
+            "metric": self.metric,
+            "value": self.value,
+            "threshold": self.threshold,
+            "message": self.describe(),
+        }
+
+
+def compute_metrics(reference: np.ndarray, candidate: np.ndarray, name: str = "logits") -> OutputMetrics:
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    if ref.shape != cand.shape:
+        raise ComparisonError(f"output {name!r}: shape {cand.shape} does not match the reference {ref.shape}")
+    if ref.ndim == 0 or ref.shape[0] == 0:
+        raise ComparisonError(f"output {name!r}: nothing to compare (shape {ref.shape})")
+    n = ref.shape[0]
+    nonfinite = int((~np.isfinite(ref)).sum() + (~np.isfinite(cand)).sum())
+    r, c = ref.reshape(n, -1), cand.reshape(n, -1)
+    if nonfinite:
+        nan = float("nan")
+        return OutputMetrics(name, n, nan, nan, nan, nan, nan, None, None, nonfinite)
+    diff = np.abs(c - r)
+    rel = diff / np.maximum(np.abs(r), REL_FLOOR)
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+    cos = np.where(norms > 0, (r * c).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+    top1 = top5 = None
+    if ref.ndim == 2:
+        top1 = float((r.argmax(axis=1) == c.argmax(axis=1)).mean())
+        k = min(5, r.shape[1])
+        rk = np.sort(np.argsort(-r, axis=1, kind="stable")[:, :k], axis=1)
+        ck = np.sort(np.argsort(-c, axis=1, kind="stable")[:, :k], axis=1)
+        top5 = float((rk == ck).all(axis=1).mean())
+    return OutputMetrics(
+        name,
+        n,
+        float(diff.max()),
+        float(rel.max()),
+        float(diff.mean()),
+        float(cos.min()),
+        float(cos.mean()),
+        top1,
+        top5,
+        0,
+    )
+
+
+def check(metrics: OutputMetrics, tol: Tolerances) -> list[Failure]:
+    m = metrics
+    if m.nonfinite:
+        return [Failure(m.name, "nonfinite", float(m.nonfinite), None)]
+    fails = []
+    if m.max_abs > tol.max_abs:
+        fails.append(Failure(m.name, "max_abs", m.max_abs, tol.max_abs))
+    if m.cosine_min < tol.min_cosine:
+        fails.append(Failure(m.name, "cosine_min", m.cosine_min, tol.min_cosine))
+    if m.top1 is not None and m.top1 < tol.min_top1:
+        fails.append(Failure(m.name, "top1", m.top1, tol.min_top1))
+    if m.top5 is not None and tol.min_top5 is not None and m.top5 < tol.min_top5:
+        fails.append(Failure(m.name, "top5", m.top5, tol.min_top5))
+    return fails
+
+
+@dataclass
+class ParityResult:
+    stage: str
+    tolerances: Tolerances
+    outputs: dict[str, OutputMetrics] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def worst(self) -> Failure | None:
+        return max(self.failures, key=Failure.excess, default=None)
+
+    def worst_metric(self, metric: str) -> float:
+        """The worst value of ``metric`` over outputs (max for errors, min for agreements)."""
+        values = [getattr(m, metric) for m in self.outputs.values() if getattr(m, metric) is not None]
+        if not values:
+            return float("nan")
+        return max(values) if metric in ("max_abs", "max_rel", "mean_abs", "nonfinite") else min(values)
+
+    def to_dict(self) -> dict:
+        return {
+            "stage": self.stage,
+            "passed": self.passed,
+            "tolerances": {k: getattr(self.tolerances, k) for k in self.tolerances.__dataclass_fields__},
+            "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
+            "failures": [f.to_dict() for f in self.failures],
+        }
+
+
+def compare_outputs(
+    references: dict[str, np.ndarray],
+    candidates: dict[str, np.ndarray],
+    tolerances: Tolerances,
+    stage: str = "",
+) -> ParityResult:
+    missing = sorted(set(references) - set(candidates))
+    if missing:
+        raise ComparisonError(f"candidate is missing output(s): {', '.join(missing)}")
+    result = ParityResult(stage, tolerances)
+    for name, ref in references.items():
+        metrics = compute_metrics(ref, candidates[name], name)
+        result.outputs[name] = metrics
+        result.failures.extend(check(metrics, tolerances))
+    return result
