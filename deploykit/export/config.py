@@ -120,7 +120,7 @@ def _parse(data: dict[str, Any], source: str) -> ExportConfig:
             continue
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: [{key}] must be a table")
-        for sub, subval in value.items():
+        for sub in value:
             if sub not in _SECTIONS[key]:
                 raise ConfigError(f"{source}: unknown key {key}.{sub} (known: {', '.join(_SECTIONS[key])})")
         if key == "batch":
