@@ -1,0 +1,166 @@
+"""Stage: the mixed-precision ONNX graph that a TensorRT 11 strongly typed build runs as FP16.
+
+TensorRT 11 has no weak typing (no ``BuilderFlag.FP16``): the precision of every layer is the type of its
+tensors in the ONNX graph. So "FP16" means this graph — FP16 weights and activations, with FP32 islands
+where half precision breaks transformers — and its accuracy is checked here with ONNX Runtime.
+
+FP32 islands come from two places, both listed in the report with the reason:
+
+1. **Op types** known to be fragile in FP16 (:data:`FP32_OPS`): LayerNormalization (mean/variance
+   reductions), Softmax (exp and row sums), explicit reductions and power/sqrt/exp.
+2. **The sensitivity check** over the validation images:
+   * *range*: every node whose FP32 activations reach :data:`OVERFLOW_LIMIT` (half of FP16's max
+     finite value 65504) would overflow or saturate in FP16 and stays FP32;
+   * *segments*: if the converted graph still misses the FP16 tolerances, the graph is cut into
+     segments at each LayerNormalization (one transformer sub-block each), each segment's error is
+     measured with only that segment in FP16, and the worst segments are kept FP32 until the tolerances
+     hold.
+
+The conversion itself is onnxconverter-common's ``convert_float_to_float16`` with a node block list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+FP32_OPS: dict[str, str] = {
+    "LayerNormalization": "mean/variance reductions lose precision and overflow in FP16",
+    "Softmax": "exp() of attention scores and the row sums overflow / lose precision in FP16",
+    "ReduceMean": "reduction over many elements accumulates error in FP16",
+    "ReduceSum": "reduction over many elements accumulates error in FP16",
+    "Pow": "squares overflow FP16's range",
+    "Sqrt": "normalisation statistics need FP32",
+    "Exp": "exp() overflows FP16 above ~11",
+}
+FP16_MAX = 65504.0
+OVERFLOW_LIMIT = FP16_MAX / 2
+
+
+@dataclass
+class Fp16Report:
+    kept_fp32: list[dict] = field(default_factory=list)  # {"node", "op", "reason"}
+    fp16_nodes: int = 0
+    total_nodes: int = 0
+    segments_checked: int = 0
+
+    def to_dict(self) -> dict:
+        return {"kept_fp32": self.kept_fp32, "fp16_nodes": self.fp16_nodes, "total_nodes": self.total_nodes,
+                "segments_checked": self.segments_checked}
+
+
+def _name_nodes(proto: onnx.ModelProto) -> None:
+    """Give every node a unique name (the block list addresses nodes by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(proto.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def activation_ranges(proto: onnx.ModelProto, images: np.ndarray, chunk: int = 4) -> dict[str, float]:
+    """Max |x| of every float node output of the FP32 graph over ``images`` (ONNX Runtime, CPU)."""
+    from deploykit.runtime.ort_runner import OrtRunner
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    inferred = onnx.shape_inference.infer_shapes(probe)
+    float_values = {v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    existing = {o.name for o in probe.graph.output}
+    producer: dict[str, str] = {}
+    for node in probe.graph.node:
+        for out in node.output:
+            producer[out] = node.name
+            if out in float_values and out not in existing:
+                probe.graph.output.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+    runner = OrtRunner(probe.SerializeToString())
+    names = [o.name for o in runner.session.get_outputs()]
+    peak: dict[str, float] = {}
+    for i in range(0, len(images), chunk):
+        outs = runner.session.run(None, {runner.input_name: images[i : i + chunk]})
+        for name, value in zip(names, outs):
+            if name in producer and value.dtype == np.float32 and value.size:
+                peak[producer[name]] = max(peak.get(producer[name], 0.0), float(np.abs(value).max()))
+    return peak
+
+
+def convert(proto: onnx.ModelProto, block_nodes: set[str], fp16_io: bool = False) -> onnx.ModelProto:
+    from onnxconverter_common import float16
+
+    src = onnx.ModelProto()
+    src.CopyFrom(proto)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = float16.convert_float_to_float16(
+            src, keep_io_types=not fp16_io, op_block_list=list(FP32_OPS), node_block_list=sorted(block_nodes),
+            max_finite_val=FP16_MAX, disable_shape_infer=False,
+        )
+    return out
+
+
+def segments(proto: onnx.ModelProto) -> list[list[str]]:
+    """Contiguous node groups, each starting at a LayerNormalization (topological order)."""
+    groups: list[list[str]] = [[]]
+    for node in proto.graph.node:
+        if node.op_type == "LayerNormalization" and groups[-1]:
+            groups.append([])
+        groups[-1].append(node.name)
+    return [g for g in groups if g]
+
+
+def make_fp16(
+    proto: onnx.ModelProto,
+    images: np.ndarray,
+    reference: np.ndarray,
+    passes,  # Callable[[np.ndarray], bool]: do these logits meet the FP16 tolerances?
+    fp16_io: bool = False,
+    max_batch: int = 16,
+) -> tuple[onnx.ModelProto, Fp16Report]:
+    """Convert ``proto`` (FP32, nodes named) to mixed precision, keeping FP32 what the checks require."""
+    from deploykit.runtime.base import run_batched
+    from deploykit.runtime.ort_runner import OrtRunner
+
+    fp32 = onnx.ModelProto()
+    fp32.CopyFrom(proto)
+    _name_nodes(fp32)
+    report = Fp16Report(total_nodes=len(fp32.graph.node))
+    ops = {n.name: n.op_type for n in fp32.graph.node}
+    for name, op in ops.items():
+        if op in FP32_OPS:
+            report.kept_fp32.append({"node": name, "op": op, "reason": FP32_OPS[op]})
+    blocked: set[str] = set()
+    for name, peak in sorted(activation_ranges(fp32, images).items()):
+        if peak >= OVERFLOW_LIMIT and ops.get(name) not in FP32_OPS:
+            blocked.add(name)
+            report.kept_fp32.append({"node": name, "op": ops[name],
+                                     "reason": f"range check: activations reach |x| = {peak:.4g} (FP16 max 65504)"})
+
+    def logits(model: onnx.ModelProto) -> np.ndarray:
+        return run_batched(OrtRunner(model.SerializeToString()), images, max_batch)
+
+    converted = convert(fp32, blocked, fp16_io)
+    if not passes(logits(converted)):
+        groups = segments(fp32)
+        errors = []
+        for i, group in enumerate(groups):
+            others = {n for g in groups for n in g} - set(group)
+            out = logits(convert(fp32, others | blocked, fp16_io))
+            errors.append((float(np.abs(out - reference).max()), i))
+        report.segments_checked = len(groups)
+        for err, i in sorted(errors, reverse=True):
+            blocked |= set(groups[i])
+            for name in groups[i]:
+                if ops[name] not in FP32_OPS:
+                    report.kept_fp32.append({"node": name, "op": ops[name],
+                                             "reason": f"segment check: segment {i} alone in FP16 gives max abs "
+                                                       f"logit error {err:.3g}"})
+            converted = convert(fp32, blocked, fp16_io)
+            if passes(logits(converted)):
+                break
+    report.fp16_nodes = report.total_nodes - len({k["node"] for k in report.kept_fp32})
+    return converted, report
