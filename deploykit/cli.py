@@ -136,6 +136,14 @@ def _resolve_config(
 )
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim/onnxslim.")
 @click.option("--inputs", "inputs_dir", type=click.Path(), help="Folder of your own validation images.")
+@click.option(
+    "--fp16", is_flag=True, help="Also write model.fp16.onnx (FP16 with FP32 islands), verified on CPU."
+)
+@click.option("--fp16-io", is_flag=True, help="FP16 graph inputs/outputs (default: FP32 I/O).")
+@click.option("--no-engine", is_flag=True, help="Skip the TensorRT engine stage.")
+@click.option(
+    "--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache to load and save."
+)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_handle_errors
 def export_cmd(
@@ -148,15 +156,33 @@ def export_cmd(
     exporter: str | None,
     no_simplify: bool,
     inputs_dir: str | None,
+    fp16: bool,
+    fp16_io: bool,
+    no_engine: bool,
+    timing_cache: str | None,
     quiet: bool,
 ) -> None:
     """Export MODEL (a preset or family alias) to a validated, simplified, dynamic-batch ONNX file."""
+    from deploykit.errors import ConfigError
     from deploykit.export.pipeline import run_export
     from deploykit.models import get_preset
 
     preset = get_preset(model)
     config = _resolve_config(preset.family, config_path, opset, batch, exporter, no_simplify)
-    result = run_export(preset.name, out_dir, config, weights, inputs_dir, progress=_Progress(quiet))
+    if fp16_io and not fp16:
+        raise ConfigError("--fp16-io needs --fp16")
+    result = run_export(
+        preset.name,
+        out_dir,
+        config,
+        weights,
+        inputs_dir,
+        progress=_Progress(quiet),
+        fp16=fp16,
+        fp16_io=fp16_io,
+        engine=not no_engine,
+        timing_cache=timing_cache,
+    )
     final = result.parity["dynamic batch"]
     lint = result.manifest["lint"]
     click.echo(
@@ -164,6 +190,23 @@ def export_cmd(
         f"(max abs logit error {final.worst_metric('max_abs'):.2e}, top-1 agreement "
         f"{final.worst_metric('top1'):.0%}, lint violations {len(lint['violations'])})"
     )
+    if fp16:
+        half = result.parity["fp16"]
+        info = result.manifest["fp16"]
+        click.echo(
+            f"fp16 -> {result.out_dir / 'model.fp16.onnx'}  (cosine min {half.worst_metric('cosine_min'):.6f}, top-1 "
+            f"{half.worst_metric('top1'):.1%} ({half.worst_metric('top1_decisive'):.1%} counting near-ties as agreement), max abs {half.worst_metric('max_abs'):.2e} on {info['images']} images; "
+            f"{info['size_ratio']:.2f}x the fp32 file; {len(info['kept_fp32'])} nodes kept FP32; "
+            f"lint violations {len(info['lint']['violations'])})"
+        )
+    engine = result.manifest["engine"]
+    if engine["status"].startswith("skipped"):
+        click.echo(
+            f"engine: {engine['status']}; run {result.out_dir / engine['script']} on the target GPU "
+            "(TensorRT 11 trtexec) to build it there"
+        )
+    elif engine["status"] == "built":
+        click.echo(f"engine -> {result.out_dir / 'model.engine'} ({engine.get('precision', '')})")
 
 
 @cli.command("inspect")
@@ -251,6 +294,86 @@ def validate_cmd(
         write_junit(report, junit_out)
     click.echo(report.summary())
     sys.exit(0 if report.passed else 1)
+
+
+@cli.command("build")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("--batch", help="Optimization profile MIN,OPT,MAX (default: the config's [batch]).")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), help="Export config for [batch]/[engine]."
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False),
+    help="Timing cache to load and save (default <dir>/timing.cache).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Output directory (default: beside the ONNX file).",
+)
+@_handle_errors
+def build_cmd(
+    onnx_file: str, batch: str | None, config_path: str | None, timing_cache: str | None, out_dir: str | None
+) -> None:
+    """Build a TensorRT 11 engine from ONNX_FILE (strongly typed: FP16 comes from an FP16 graph).
+
+    Exit 0 built; 1 an FP16 graph came out FP32; 2 bad input or build failure; 3 TensorRT or a GPU is
+    missing (then build_engine.sh with the equivalent trtexec command is written instead).
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from deploykit.engine.builder import build_engine, onnx_input, tensorrt_available
+    from deploykit.engine.script import write_build_script
+    from deploykit.errors import EngineUnavailableError
+    from deploykit.export.config import BatchProfile, ExportConfig, load_config
+    from deploykit.export.io import ensure_writable_dir
+    from deploykit.export.onnx_export import load_onnx
+    from deploykit.validation.gate import onnx_precision
+
+    source = Path(onnx_file)
+    proto = load_onnx(source)
+    config = load_config(config_path) if config_path else ExportConfig(family="any")
+    if batch:
+        config = dataclasses.replace(config, batch=BatchProfile.parse(batch))
+    out = ensure_writable_dir(Path(out_dir) if out_dir else source.parent)
+    engine_path = out / f"{source.name.removesuffix('.onnx')}.engine"
+    cache = Path(timing_cache) if timing_cache else out / "timing.cache"
+    fp16 = onnx_precision(proto) == "fp16"
+    ok, reason = tensorrt_available()
+    if not ok:
+        if out.resolve() != source.parent.resolve():
+            import shutil
+
+            shutil.copyfile(source, out / source.name)
+        name, chw = onnx_input(source)
+        script = write_build_script(
+            out / source.name,
+            config.batch,
+            name,
+            chw,
+            config.workspace_mib,
+            config.builder_optimization_level,
+            cache.name,
+            engine_path.name,
+            reason,
+        )
+        raise EngineUnavailableError(f"engine not built: {reason}; wrote {script} (trtexec, TensorRT 11)")
+    result = build_engine(
+        source,
+        engine_path,
+        config.batch,
+        config.workspace_mib,
+        config.builder_optimization_level,
+        cache,
+        expect_fp16=fp16,
+    )
+    click.echo(
+        f"built {result.engine_path} ({result.sidecar.get('precision')}, FP16 layers "
+        f"{result.fp16_share:.0%}, {result.build_seconds:.1f} s) + {result.sidecar_path.name}"
+    )
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ class ExportConfig:
     num_images: int = 16
     seed: int = 0
     fp32: Tolerances = field(default_factory=lambda: Tolerances(1e-4, 0.99999, 1.0, 1.0))
-    fp16: Tolerances = field(default_factory=lambda: Tolerances(0.5, 0.999, 0.99, None))
+    fp16: Tolerances = field(default_factory=lambda: Tolerances(0.5, 0.999, 0.99, None, 0.01))
     workspace_mib: int = 4096
     builder_optimization_level: int = 3
     source: str = ""
@@ -129,7 +129,7 @@ def _parse(data: dict[str, Any], source: str) -> ExportConfig:
             for precision, tol in value.items():
                 if not isinstance(tol, dict):
                     raise ConfigError(f"{source}: [tolerances.{precision}] must be a table")
-                unknown = set(tol) - {"max_abs", "min_cosine", "min_top1", "min_top5"}
+                unknown = set(tol) - {"max_abs", "min_cosine", "min_top1", "min_top5", "top1_margin"}
                 if unknown:
                     raise ConfigError(f"{source}: unknown key tolerances.{precision}.{sorted(unknown)[0]}")
                 try:

@@ -50,8 +50,12 @@ class Fp16Report:
     segments_checked: int = 0
 
     def to_dict(self) -> dict:
-        return {"kept_fp32": self.kept_fp32, "fp16_nodes": self.fp16_nodes, "total_nodes": self.total_nodes,
-                "segments_checked": self.segments_checked}
+        return {
+            "kept_fp32": self.kept_fp32,
+            "fp16_nodes": self.fp16_nodes,
+            "total_nodes": self.total_nodes,
+            "segments_checked": self.segments_checked,
+        }
 
 
 def _name_nodes(proto: onnx.ModelProto) -> None:
@@ -63,6 +67,28 @@ def _name_nodes(proto: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
+def _unshare_initializers(proto: onnx.ModelProto) -> None:
+    """Give every consumer of a shared initializer its own copy.
+
+    onnxsim merges identical constants (e.g. an all-zero LayerNorm bias and an all-zero folded conv bias);
+    when one consumer stays FP32 and the other becomes FP16, the converter would have to give one tensor two
+    types and emits an invalid graph. Copies cost only the (small) shared tensors.
+    """
+    inits = {t.name: t for t in proto.graph.initializer}
+    seen: dict[str, int] = {}
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(inits[name])
+                copy.name = f"{name}__copy{seen[name] - 1}"
+                proto.graph.initializer.append(copy)
+                node.input[i] = copy.name
+
+
 def activation_ranges(proto: onnx.ModelProto, images: np.ndarray, chunk: int = 4) -> dict[str, float]:
     """Max |x| of every float node output of the FP32 graph over ``images`` (ONNX Runtime, CPU)."""
     from deploykit.runtime.ort_runner import OrtRunner
@@ -70,14 +96,18 @@ def activation_ranges(proto: onnx.ModelProto, images: np.ndarray, chunk: int = 4
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
     inferred = onnx.shape_inference.infer_shapes(probe)
-    float_values = {v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    float_values = {
+        v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
     existing = {o.name for o in probe.graph.output}
     producer: dict[str, str] = {}
     for node in probe.graph.node:
         for out in node.output:
             producer[out] = node.name
             if out in float_values and out not in existing:
-                probe.graph.output.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+                probe.graph.output.append(
+                    onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)
+                )
     runner = OrtRunner(probe.SerializeToString())
     names = [o.name for o in runner.session.get_outputs()]
     peak: dict[str, float] = {}
@@ -97,8 +127,12 @@ def convert(proto: onnx.ModelProto, block_nodes: set[str], fp16_io: bool = False
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = float16.convert_float_to_float16(
-            src, keep_io_types=not fp16_io, op_block_list=list(FP32_OPS), node_block_list=sorted(block_nodes),
-            max_finite_val=FP16_MAX, disable_shape_infer=False,
+            src,
+            keep_io_types=not fp16_io,
+            op_block_list=list(FP32_OPS),
+            node_block_list=sorted(block_nodes),
+            max_finite_val=FP16_MAX,
+            disable_shape_infer=False,
         )
     return out
 
@@ -128,6 +162,7 @@ def make_fp16(
     fp32 = onnx.ModelProto()
     fp32.CopyFrom(proto)
     _name_nodes(fp32)
+    _unshare_initializers(fp32)
     report = Fp16Report(total_nodes=len(fp32.graph.node))
     ops = {n.name: n.op_type for n in fp32.graph.node}
     for name, op in ops.items():
@@ -137,8 +172,13 @@ def make_fp16(
     for name, peak in sorted(activation_ranges(fp32, images).items()):
         if peak >= OVERFLOW_LIMIT and ops.get(name) not in FP32_OPS:
             blocked.add(name)
-            report.kept_fp32.append({"node": name, "op": ops[name],
-                                     "reason": f"range check: activations reach |x| = {peak:.4g} (FP16 max 65504)"})
+            report.kept_fp32.append(
+                {
+                    "node": name,
+                    "op": ops[name],
+                    "reason": f"range check: activations reach |x| = {peak:.4g} (FP16 max 65504)",
+                }
+            )
 
     def logits(model: onnx.ModelProto) -> np.ndarray:
         return run_batched(OrtRunner(model.SerializeToString()), images, max_batch)
@@ -156,11 +196,17 @@ def make_fp16(
             blocked |= set(groups[i])
             for name in groups[i]:
                 if ops[name] not in FP32_OPS:
-                    report.kept_fp32.append({"node": name, "op": ops[name],
-                                             "reason": f"segment check: segment {i} alone in FP16 gives max abs "
-                                                       f"logit error {err:.3g}"})
+                    report.kept_fp32.append(
+                        {
+                            "node": name,
+                            "op": ops[name],
+                            "reason": f"segment check: segment {i} alone in FP16 gives max abs "
+                            f"logit error {err:.3g}",
+                        }
+                    )
             converted = convert(fp32, blocked, fp16_io)
             if passes(logits(converted)):
                 break
     report.fp16_nodes = report.total_nodes - len({k["node"] for k in report.kept_fp32})
+    onnx.checker.check_model(converted)
     return converted, report

@@ -134,8 +134,14 @@ def run_export(
     weights: str | Path | None = None,
     inputs_dir: str | Path | None = None,
     progress: Progress = _silent,
+    fp16: bool = False,
+    fp16_io: bool = False,
+    engine: bool = False,
+    timing_cache: str | Path | None = None,
 ) -> ExportResult:
-    """Export ``preset`` to ``<out_dir>/model.onnx`` + ``manifest.json``; raise ParityError if parity fails."""
+    """Export ``preset`` to ``<out_dir>/model.onnx`` (+ ``model.fp16.onnx`` with ``fp16``) and
+    ``manifest.json``; with ``engine``, build (or script) the TensorRT engine. Raise ParityError if parity
+    fails (nothing is published then)."""
     from deploykit.export.lint import lint_model
 
     spec = get_preset(preset)
@@ -210,31 +216,53 @@ def run_export(
     lint = lint_model(proto)
     mark("lint")
 
+    artifacts: dict[str, bytes] = {}
+    manifest_extra: dict[str, Any] = {}
+    if fp16:
+        progress("fp16", "mixed-precision graph with FP32 islands, sensitivity check")
+        fp16_proto, fp16_info = _fp16_stage(model, proto, config, inputs_dir, lint_model, fp16_io)
+        parity["fp16"] = fp16_info.pop("parity")
+        manifest_extra["fp16"] = fp16_info
+        mark("fp16")
+
     worst = next((p for p in parity.values() if not p.passed), None)
-    metadata = {
+    base_meta = {
         "deploykit.version": deploykit.__version__,
         "deploykit.preset": spec.name,
         "deploykit.family": spec.family,
-        "deploykit.precision": "fp32",
         "deploykit.input": json.dumps({"name": INPUT_NAME, "shape": ["batch", *input_size]}),
         "deploykit.preprocessing": json.dumps(_jsonable(vars(model.data_config))),
         "deploykit.rewrites": ",".join(r.name for r in records),
         "deploykit.opset": str(config.opset),
         "deploykit.exporter": config.exporter,
         "deploykit.torch": torch.__version__,
-        "deploykit.parity": json.dumps(
-            {
-                "max_abs": final.worst_metric("max_abs"),
-                "top1": final.worst_metric("top1"),
-                "passed": all(p.passed for p in parity.values()),
-            }
-        ),
-        "deploykit.lint_violations": str(len(lint.violations)),
     }
     if weights_info is not None:
-        metadata["deploykit.weights_sha256"] = weights_info.sha256
-    set_metadata(proto, metadata)
-    data = serialize(proto)
+        base_meta["deploykit.weights_sha256"] = weights_info.sha256
+
+    def finish(graph: onnx.ModelProto, precision: str, result: ParityResult, lint_count: int) -> bytes:
+        meta = dict(base_meta)
+        meta["deploykit.precision"] = precision
+        meta["deploykit.parity"] = json.dumps(
+            {
+                "max_abs": result.worst_metric("max_abs"),
+                "cosine_min": result.worst_metric("cosine_min"),
+                "top1": result.worst_metric("top1"),
+                "passed": result.passed,
+            }
+        )
+        meta["deploykit.lint_violations"] = str(lint_count)
+        set_metadata(graph, meta)
+        return serialize(graph)
+
+    artifacts["model.onnx"] = finish(proto, "fp32", final, len(lint.violations))
+    if fp16:
+        artifacts["model.fp16.onnx"] = finish(
+            fp16_proto, "fp16", parity["fp16"], len(manifest_extra["fp16"]["lint"]["violations"])
+        )
+        manifest_extra["fp16"]["size_ratio"] = round(
+            len(artifacts["model.fp16.onnx"]) / len(artifacts["model.onnx"]), 4
+        )
 
     manifest = {
         "preset": spec.name,
@@ -259,33 +287,117 @@ def run_export(
         },
         "parity": {name: p.to_dict() for name, p in parity.items()},
         "lint": lint.to_dict(),
-        "engine": {"status": "not requested (deploykit build FILE.onnx)"},
-        "artifacts": {"model.onnx": {"sha256": sha256_bytes(data), "bytes": len(data)}},
+        **manifest_extra,
+        "engine": {"status": "not requested"},
+        "artifacts": {},
         "timings_s": timings,
         "passed": worst is None,
     }
 
     with staging_dir(out) as stage:
-        atomic_write_bytes(stage / "model.onnx", data)
-        atomic_write_text(stage / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        for name, data in artifacts.items():
+            atomic_write_bytes(stage / name, data)
+            manifest["artifacts"][name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
         if worst is not None:
+            atomic_write_text(stage / "manifest.json", json.dumps(manifest, indent=2) + "\n")
             rejected = out / "rejected"
             shutil.rmtree(rejected, ignore_errors=True)
-            (stage).rename(rejected)
+            stage.rename(rejected)
             stage.mkdir()  # staging_dir removes it on exit
             fail = worst.worst()
             raise ParityError(
                 f"parity failed at stage {worst.stage!r}: {fail.describe() if fail else 'see manifest'}; "
                 f"nothing was published, rejected artifacts are in {rejected}"
             )
-        for name in (
-            "model.onnx",
-            "manifest.json",
-        ):  # model first: a manifest never describes a missing model
+        if engine:
+            progress("engine", "TensorRT 11 strongly typed build")
+            source = "model.fp16.onnx" if fp16 else "model.onnx"
+            manifest["engine"] = _engine_stage(
+                stage, source, input_size, config, timing_cache, expect_fp16=fp16
+            )
+            for name in [manifest["engine"].get("script"), *manifest["engine"].get("files", [])]:
+                if name:
+                    data = (stage / name).read_bytes()
+                    manifest["artifacts"][name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+        mark("engine")
+        atomic_write_text(stage / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        # models first, manifest last: a published manifest never describes a missing file
+        for name in [*manifest["artifacts"], "manifest.json"]:
             (stage / name).replace(out / name)
     mark("publish")
-    progress("done", f"{out / 'model.onnx'} ({len(data) / 1e6:.1f} MB), manifest.json")
+    sizes = ", ".join(f"{n} ({len(d) / 1e6:.1f} MB)" for n, d in artifacts.items())
+    progress("done", f"{out}: {sizes}, manifest.json")
     return ExportResult(out, out / "model.onnx", out / "manifest.json", manifest, parity)
+
+
+def _fp16_stage(model, proto, config, inputs_dir, lint_model, fp16_io):
+    """The FP16 graph, validated on >= 64 images against PyTorch FP32."""
+    from deploykit.export.fp16 import make_fp16
+
+    tol = config.tolerances("fp16")
+    batch = validation_batch(model.data_config, max(64, config.num_images), config.seed, inputs_dir)
+    reference = run_batched(TorchRunner(model), batch.images, config.batch.max)
+
+    def passes(logits: np.ndarray) -> bool:
+        return check_parity("fp16", reference, logits, tol).passed
+
+    fp16_proto, report = make_fp16(proto, batch.images, reference, passes, fp16_io, config.batch.max)
+    runner = OrtRunner(serialize(fp16_proto))
+    result = check_parity(
+        f"fp16 (onnxruntime, {len(batch)} images)",
+        reference,
+        run_batched(runner, batch.images, config.batch.max),
+        tol,
+    )
+    lint = lint_model(fp16_proto)
+    return fp16_proto, {
+        "parity": result,
+        "io": "fp16" if fp16_io else "fp32",
+        "images": len(batch),
+        "lint": lint.to_dict(),
+        **report.to_dict(),
+    }
+
+
+def _engine_stage(
+    stage: Path, source: str, input_size, config: ExportConfig, timing_cache, expect_fp16: bool
+) -> dict:
+    """Build the engine where TensorRT and a GPU exist; otherwise write build_engine.sh and say why."""
+    from deploykit.engine.builder import build_engine, tensorrt_available
+    from deploykit.engine.script import write_build_script
+
+    ok, reason = tensorrt_available()
+    if not ok:
+        script = write_build_script(
+            stage / source,
+            config.batch,
+            INPUT_NAME,
+            tuple(input_size),
+            config.workspace_mib,
+            config.builder_optimization_level,
+            "timing.cache",
+            "model.engine",
+            reason,
+        )
+        return {"status": f"skipped: {reason}", "script": script.name, "source": source}
+    result = build_engine(
+        stage / source,
+        stage / "model.engine",
+        config.batch,
+        config.workspace_mib,
+        config.builder_optimization_level,
+        Path(timing_cache) if timing_cache else None,
+        expect_fp16=expect_fp16,
+    )
+    return {
+        "status": "built",
+        "source": source,
+        "files": [result.engine_path.name, result.sidecar_path.name],
+        "fp16_layer_share": result.fp16_share,
+        "build_seconds": result.build_seconds,
+        "precision": result.sidecar.get("precision"),
+        "sidecar": result.sidecar,
+    }
 
 
 def records_summary(records: list[RewriteRecord]) -> str:

@@ -6,7 +6,10 @@ Definitions (``N`` samples, outputs flattened per sample):
 * ``max_abs`` / ``mean_abs``: of ``|candidate - reference|``.
 * ``max_rel``: ``max |c - r| / max(|r|, REL_FLOOR)`` — the floor keeps near-zero logits from dominating.
 * ``cosine_min`` / ``cosine_mean``: cosine similarity per sample, worst and mean.
-* ``top1``: fraction of samples whose arg-max class agrees. ``top5``: fraction whose SET of top-k classes
+* ``top1``: fraction of samples whose arg-max class agrees (strict). ``top1_decisive``: the same, counting a
+  disagreement only when the reference prefers its class over the candidate's choice by at least
+  ``top1_margin`` logits (near-ties between classes are not decided by the model — randomly initialised
+  models have many); ``near_ties`` counts the forgiven samples. ``top5``: fraction whose SET of top-k classes
   (``k = min(5, classes)``) is identical.
 * ``nonfinite``: NaN/Inf count in either array — any is a failure whatever the tolerances.
 """
@@ -31,15 +34,17 @@ class Tolerances:
     min_cosine: float
     min_top1: float
     min_top5: float | None = None
+    #: reference-logit gap under which a top-1 disagreement is a near-tie (0 = strict top-1)
+    top1_margin: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("max_abs", "min_cosine", "min_top1", "min_top5"):
+        for name in ("max_abs", "min_cosine", "min_top1", "min_top5", "top1_margin"):
             v = getattr(self, name)
             if v is None and name == "min_top5":
                 continue
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"tolerances.{name} must be a finite non-negative number, got {v!r}")
-            if name != "max_abs" and v > 1:
+            if name not in ("max_abs", "top1_margin") and v > 1:
                 raise ConfigError(f"tolerances.{name} is a fraction in [0, 1], got {v!r}")
 
 
@@ -55,9 +60,16 @@ class OutputMetrics:
     top1: float | None
     top5: float | None
     nonfinite: int
+    top1_decisive: float | None = None
+    near_ties: int = 0
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """Plain JSON values: non-finite metrics (an output with NaN/Inf) become ``None``."""
+        out = {}
+        for k in self.__dataclass_fields__:
+            v = getattr(self, k)
+            out[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+        return out
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,9 @@ class Failure:
         }
 
 
-def compute_metrics(reference: np.ndarray, candidate: np.ndarray, name: str = "logits") -> OutputMetrics:
+def compute_metrics(
+    reference: np.ndarray, candidate: np.ndarray, name: str = "logits", top1_margin: float = 0.0
+) -> OutputMetrics:
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.shape != cand.shape:
@@ -108,9 +122,16 @@ def compute_metrics(reference: np.ndarray, candidate: np.ndarray, name: str = "l
     rel = diff / np.maximum(np.abs(r), REL_FLOOR)
     norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
     cos = np.where(norms > 0, (r * c).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
-    top1 = top5 = None
+    top1 = top5 = decisive = None
+    ties = 0
     if ref.ndim == 2:
-        top1 = float((r.argmax(axis=1) == c.argmax(axis=1)).mean())
+        r_top, c_top = r.argmax(axis=1), c.argmax(axis=1)
+        top1 = float((r_top == c_top).mean())
+        rows = np.arange(n)
+        gap = r[rows, r_top] - r[rows, c_top]  # how much the reference prefers its class to the candidate's
+        tie = (r_top != c_top) & (gap < top1_margin)
+        ties = int(tie.sum())
+        decisive = float(((r_top == c_top) | tie).mean())
         k = min(5, r.shape[1])
         rk = np.sort(np.argsort(-r, axis=1, kind="stable")[:, :k], axis=1)
         ck = np.sort(np.argsort(-c, axis=1, kind="stable")[:, :k], axis=1)
@@ -126,6 +147,8 @@ def compute_metrics(reference: np.ndarray, candidate: np.ndarray, name: str = "l
         top1,
         top5,
         0,
+        decisive,
+        ties,
     )
 
 
@@ -138,7 +161,10 @@ def check(metrics: OutputMetrics, tol: Tolerances) -> list[Failure]:
         fails.append(Failure(m.name, "max_abs", m.max_abs, tol.max_abs))
     if m.cosine_min < tol.min_cosine:
         fails.append(Failure(m.name, "cosine_min", m.cosine_min, tol.min_cosine))
-    if m.top1 is not None and m.top1 < tol.min_top1:
+    if tol.top1_margin > 0 and m.top1_decisive is not None:
+        if m.top1_decisive < tol.min_top1:
+            fails.append(Failure(m.name, "top1_decisive", m.top1_decisive, tol.min_top1))
+    elif m.top1 is not None and m.top1 < tol.min_top1:
         fails.append(Failure(m.name, "top1", m.top1, tol.min_top1))
     if m.top5 is not None and tol.min_top5 is not None and m.top5 < tol.min_top5:
         fails.append(Failure(m.name, "top5", m.top5, tol.min_top5))
@@ -187,7 +213,7 @@ def compare_outputs(
         raise ComparisonError(f"candidate is missing output(s): {', '.join(missing)}")
     result = ParityResult(stage, tolerances)
     for name, ref in references.items():
-        metrics = compute_metrics(ref, candidates[name], name)
+        metrics = compute_metrics(ref, candidates[name], name, tolerances.top1_margin)
         result.outputs[name] = metrics
         result.failures.extend(check(metrics, tolerances))
     return result

@@ -1,0 +1,26 @@
+"""The TensorRT 11 engine stage: build (builder.py), run (runner.py), or write the trtexec script
+(script.py) when this machine has no TensorRT or GPU. Nothing here imports ``tensorrt`` at import time."""
+
+from deploykit.engine.builder import (
+    FP16_SHARE_MIN,
+    EngineError,
+    EnginePrecisionError,
+    EngineResult,
+    build_engine,
+    fp16_layer_share,
+    onnx_input,
+    tensorrt_available,
+)
+from deploykit.engine.script import write_build_script
+
+__all__ = [
+    "FP16_SHARE_MIN",
+    "EngineError",
+    "EnginePrecisionError",
+    "EngineResult",
+    "build_engine",
+    "fp16_layer_share",
+    "onnx_input",
+    "tensorrt_available",
+    "write_build_script",
+]

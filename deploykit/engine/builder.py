@@ -1,0 +1,354 @@
+"""Stage: ONNX -> TensorRT 11 engine, written against the documented TensorRT 11 Python API.
+
+TensorRT 11 builds every network strongly typed ("Migrating Python Code from TensorRT 10.x to 11.x"):
+there is no ``BuilderFlag.FP16`` (or INT8/BF16/OBEY_PRECISION_CONSTRAINTS), and
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is deprecated and ignored, so the network is created with
+no flags. An FP16 engine therefore comes from an FP16 ONNX graph (:mod:`deploykit.export.fp16`); this
+stage only checks, through the engine inspector, that the engine really came out FP16.
+
+``tensorrt`` is imported lazily: importing this module never needs TensorRT or a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploykit.errors import ArtifactError, DeployKitError, EngineUnavailableError
+from deploykit.export.config import BatchProfile
+from deploykit.export.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+
+#: Every TensorRT name this module uses (classes, enum members, methods, properties). tests/test_engine.py
+#: checks each against the identifiers of the TensorRT 11 bindings and that the code uses no other.
+TRT_API_USED = (
+    "__version__",
+    "Logger",
+    "WARNING",
+    "Builder",
+    "create_network",
+    "OnnxParser",
+    "parse_from_file",
+    "num_errors",
+    "get_error",
+    "node_name",
+    "desc",
+    "create_builder_config",
+    "set_memory_pool_limit",
+    "MemoryPoolType",
+    "WORKSPACE",
+    "builder_optimization_level",
+    "profiling_verbosity",
+    "ProfilingVerbosity",
+    "DETAILED",
+    "create_optimization_profile",
+    "set_shape",
+    "add_optimization_profile",
+    "create_timing_cache",
+    "set_timing_cache",
+    "get_timing_cache",
+    "serialize",
+    "build_serialized_network",
+    "Runtime",
+    "deserialize_cuda_engine",
+    "create_engine_inspector",
+    "get_engine_information",
+    "LayerInformationFormat",
+    "JSON",
+)
+
+#: An engine built from an FP16 graph must have at least this share of FP16 layers (see fp16_layer_share)
+FP16_SHARE_MIN = 0.9
+MIN_TENSORRT_MAJOR = 11
+
+
+class EngineError(DeployKitError):
+    """The engine stage failed: the ONNX parser or the builder rejected the model."""
+
+    exit_code = 2
+
+
+class EnginePrecisionError(EngineError):
+    """An engine was built but is not the precision that was asked for (an FP16 graph came out FP32)."""
+
+    exit_code = 1
+
+
+@dataclass
+class EngineResult:
+    engine_path: Path
+    sidecar_path: Path
+    sidecar: dict[str, Any]
+    fp16_share: float
+    build_seconds: float
+    timing_cache: Path | None = None
+    timing_cache_loaded: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ availability
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """``(True, "TensorRT 11.x on <GPU>")`` or ``(False, <one-line reason>)``; never raises."""
+    try:
+        import tensorrt as trt
+    except Exception as exc:  # ImportError, or OSError when the TensorRT libraries are missing
+        detail = _one_line(str(exc)) or type(exc).__name__
+        return False, f"TensorRT is not importable ({type(exc).__name__}: {detail})"
+    version = str(getattr(trt, "__version__", "unknown"))
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) < MIN_TENSORRT_MAJOR:
+        return (
+            False,
+            f"TensorRT {version} is installed; the engine stage needs TensorRT {MIN_TENSORRT_MAJOR}+",
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        return (
+            False,
+            f"TensorRT {version} is installed but no CUDA GPU is visible (torch.cuda.is_available())",
+        )
+    return True, f"TensorRT {version} on {torch.cuda.get_device_name(0)}"
+
+
+def require_tensorrt():
+    """The ``tensorrt`` module, or :class:`EngineUnavailableError` (exit code 3) with a one-line reason."""
+    ok, reason = tensorrt_available()
+    if not ok:
+        raise EngineUnavailableError(reason)
+    import tensorrt as trt
+
+    return trt
+
+
+# --------------------------------------------------------------------------------------------- inspect
+_FLOAT_NAMES = {
+    "half": "fp16",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "float": "fp32",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+}
+_FORMAT_DTYPE = re.compile(r"\b(FP16|FP32|BF16|Half|Float|Int8|Int32|Int64|Bool|FP8|UInt8)\b", re.IGNORECASE)
+
+
+def _tensor_dtype(tensor: dict[str, Any]) -> str | None:
+    """``fp16``/``fp32``/``bf16`` for a floating tensor, ``other`` for int/bool, ``None`` if unknown.
+
+    TensorRT 11 reports the type in its own ``DataType`` field (e.g. ``"Half"``) and the layout in
+    ``Format`` ("IEngineInspector JSON Output" migration page: the 10.x ``Format/Datatype`` field was split).
+    Older engines only have ``Format/Datatype`` (e.g. ``"Row major linear FP16 format"``): read the type
+    token from that string.
+    """
+    if isinstance(tensor.get("DataType"), str):
+        name = tensor["DataType"].strip().lower()
+        return _FLOAT_NAMES.get(name, "other")
+    for key in ("Format/Datatype", "Format"):
+        if isinstance(tensor.get(key), str):
+            m = _FORMAT_DTYPE.search(tensor[key])
+            if m:
+                return _FLOAT_NAMES.get(m.group(1).lower(), "other")
+    return None
+
+
+def fp16_layer_share(info: dict[str, Any]) -> tuple[float, int, int]:
+    """``(share, fp16_layers, float_layers)`` from ``get_engine_information(LayerInformationFormat.JSON)``.
+
+    Parsing (TensorRT 11 layout, built with ``ProfilingVerbosity.DETAILED``): ``info["Layers"]`` is a list
+    of layer objects, each with ``"Outputs"``: a list of tensors carrying ``DataType``/``Format`` (see
+    :func:`_tensor_dtype`). A layer counts when at least one output is floating point; it is FP16 when all
+    its floating outputs are FP16. Layers that only produce network outputs are left out: the exported FP16
+    graph keeps FP32 I/O on purpose (``keep_io_types``), so the final cast to FP32 is not a precision
+    fallback. The I/O tensors are ``info["I/O Tensors"]`` (11.x) or ``info["Bindings"]`` (10.x). Layers
+    are TensorRT's (after fusion), not ONNX nodes.
+    """
+    layers = info.get("Layers")
+    if not isinstance(layers, list):
+        raise EngineError("engine inspector JSON has no 'Layers' list")
+    if any(isinstance(layer, str) for layer in layers):
+        raise EngineError(
+            "engine inspector returned layer names only: build with ProfilingVerbosity.DETAILED to see types"
+        )
+    io_names: set[str] = set()
+    for tensor in info.get("I/O Tensors", []) or []:
+        if isinstance(tensor, dict) and str(tensor.get("IOMode", "")).lower() == "output":
+            io_names.add(str(tensor.get("Name")))
+    for name in info.get("Bindings", []) or []:  # 10.x: names only (inputs and outputs)
+        io_names.add(str(name))
+    fp16 = counted = 0
+    for layer in layers:
+        outputs = [t for t in layer.get("Outputs", []) or [] if isinstance(t, dict)]
+        if outputs and all(str(t.get("Name")) in io_names for t in outputs):
+            continue
+        kinds = [_tensor_dtype(t) for t in outputs]
+        floats = [k for k in kinds if k in ("fp16", "fp32", "bf16")]
+        if not floats:
+            continue
+        counted += 1
+        fp16 += all(k == "fp16" for k in floats)
+    return (fp16 / counted if counted else 0.0), fp16, counted
+
+
+# ----------------------------------------------------------------------------------------------- build
+def onnx_input(onnx_path: Path) -> tuple[str, tuple[int, int, int]]:
+    """The graph's (first) real input name and its static C, H, W."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise ArtifactError(f"cannot read ONNX file {onnx_path}: {_one_line(str(exc))}") from None
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in initializers]
+    if len(inputs) != 1:
+        raise EngineError(f"{onnx_path}: expected one image input, found {[v.name for v in inputs]}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    chw = [d.dim_value if d.HasField("dim_value") else None for d in dims][1:]
+    if len(chw) != 3 or any(not d for d in chw):
+        raise EngineError(
+            f"{onnx_path}: input {inputs[0].name!r} must be (batch, C, H, W) with static C, H, W"
+        )
+    return inputs[0].name, (chw[0], chw[1], chw[2])
+
+
+def _parser_errors(parser) -> str:
+    lines = []
+    for i in range(parser.num_errors):
+        error = parser.get_error(i)
+        node = error.node_name() or "<graph>"
+        lines.append(f"node {node}: {_one_line(error.desc())}")
+    return "; ".join(lines) or "no parser error recorded"
+
+
+def _gpu() -> dict[str, Any]:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": props.name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "memory_mib": props.total_memory >> 20,
+    }
+
+
+def build_engine(
+    onnx_path: str | Path,
+    out_path: str | Path,
+    batch: BatchProfile,
+    workspace_mib: int = 4096,
+    opt_level: int = 3,
+    timing_cache: str | Path | None = None,
+    expect_fp16: bool = False,
+) -> EngineResult:
+    """Build ``out_path`` (serialized engine) + ``<out_path>.json`` (sidecar) from ``onnx_path``.
+
+    One optimization profile (batch min/opt/max at the ONNX input's C, H, W). ``timing_cache`` is loaded
+    when the file exists and written back (atomically) after the build. With ``expect_fp16`` an engine
+    whose FP16 layer share is below :data:`FP16_SHARE_MIN` raises :class:`EnginePrecisionError` and is not
+    written. Raises :class:`EngineUnavailableError` without TensorRT 11 or a CUDA GPU.
+    """
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    cache_path = Path(timing_cache) if timing_cache is not None else None
+    if not onnx_path.is_file():
+        raise ArtifactError(f"ONNX file not found: {onnx_path}")
+    trt = require_tensorrt()
+    input_name, (c, h, w) = onnx_input(onnx_path)
+    notes: list[str] = []
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 11: always strongly typed, no creation flag needed
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise EngineError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {_parser_errors(parser)}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    config.builder_optimization_level = opt_level
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, (batch.min, c, h, w), (batch.opt, c, h, w), (batch.max, c, h, w))
+    config.add_optimization_profile(profile)
+
+    cache_loaded = False
+    if cache_path is not None:
+        blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        if not config.set_timing_cache(cache, False):
+            notes.append(f"timing cache {cache_path.name} was made on another device/version; started empty")
+            cache = config.create_timing_cache(b"")
+            config.set_timing_cache(cache, False)
+        else:
+            cache_loaded = bool(blob)
+
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    build_seconds = round(time.perf_counter() - t0, 3)
+    if serialized is None:
+        raise EngineError(
+            f"TensorRT could not build an engine from {onnx_path.name} (see TensorRT's log above)"
+        )
+    data = bytes(memoryview(serialized))
+    if cache_path is not None:
+        cache = config.get_timing_cache()  # now holds this build's timings too
+        atomic_write_bytes(cache_path, bytes(memoryview(cache.serialize())))
+
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise EngineError("TensorRT built an engine it cannot deserialize (see TensorRT's log above)")
+    inspector = engine.create_engine_inspector()
+    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    share, fp16_layers, float_layers = fp16_layer_share(info)
+    if expect_fp16 and share < FP16_SHARE_MIN:
+        raise EnginePrecisionError(
+            f"the engine came out FP32: only {fp16_layers}/{float_layers} layers ({share:.0%}) produce FP16 "
+            f"(need {FP16_SHARE_MIN:.0%}); is {onnx_path.name} the FP16 graph? The engine was not written"
+        )
+
+    import deploykit
+
+    sidecar = {
+        "deploykit": deploykit.__version__,
+        "tensorrt": trt.__version__,
+        "gpu": _gpu(),
+        "precision": "fp16" if share >= FP16_SHARE_MIN else "fp32",
+        "fp16_layer_share": round(share, 4),
+        "layers": {"fp16": fp16_layers, "floating": float_layers, "total": len(info["Layers"])},
+        "profile": {
+            "input": input_name,
+            "min": [batch.min, c, h, w],
+            "opt": [batch.opt, c, h, w],
+            "max": [batch.max, c, h, w],
+        },
+        "workspace_mib": workspace_mib,
+        "builder_optimization_level": opt_level,
+        "timing_cache": {"file": cache_path.name, "loaded": cache_loaded} if cache_path else None,
+        "source_onnx": {"file": onnx_path.name, "sha256": sha256_file(onnx_path)},
+        "engine": {"bytes": len(data), "sha256": sha256_bytes(data)},
+        "build_seconds": build_seconds,
+        "notes": notes,
+    }
+    sidecar_path = sidecar_path_for(out_path)
+    atomic_write_bytes(out_path, data)  # engine first: a sidecar never describes a missing engine
+    atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2) + "\n")
+    return EngineResult(
+        out_path, sidecar_path, sidecar, share, build_seconds, cache_path, cache_loaded, notes
+    )
+
+
+def sidecar_path_for(engine_path: str | Path) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
