@@ -14,6 +14,17 @@ import click
 from deploykit import __version__
 from deploykit.errors import DeployKitError
 
+#: the layouts of ``deploykit.models.pretrained.FORMATS``, spelled out so that ``--help`` imports no torch
+WEIGHTS_FORMATS = (
+    "hf-cvt",
+    "official-cvt",
+    "timm-convit",
+    "official-ceit",
+    "official-deepvit",
+    "official-hvt",
+    "deploykit",
+)
+
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn DeployKitError (and OSError) into one clear line on stderr and the error's exit code."""
@@ -130,7 +141,17 @@ def _resolve_config(
 )
 @click.option("--opset", type=int, help="ONNX opset (17-24).")
 @click.option("--batch", help="Batch profile MIN,OPT,MAX.")
-@click.option("--weights", type=click.Path(dir_okay=True), help="Weights file (state_dict) to load first.")
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=True),
+    help="Weights to load first: a .pth/.pt/.bin/.safetensors file or a Hugging Face save_pretrained "
+    "directory (timm ConViT, HF or official CvT, official CeiT/DeepViT/HVT, or deploykit's own layout).",
+)
+@click.option(
+    "--weights-format",
+    type=click.Choice(WEIGHTS_FORMATS),
+    help="Checkpoint layout of --weights (default: detected from its keys).",
+)
 @click.option(
     "--exporter", type=click.Choice(["dynamo", "torchscript"]), help="torch exporter (default dynamo)."
 )
@@ -153,6 +174,7 @@ def export_cmd(
     opset: int | None,
     batch: str | None,
     weights: str | None,
+    weights_format: str | None,
     exporter: str | None,
     no_simplify: bool,
     inputs_dir: str | None,
@@ -182,6 +204,7 @@ def export_cmd(
         fp16_io=fp16_io,
         engine=not no_engine,
         timing_cache=timing_cache,
+        weights_format=weights_format,
     )
     final = result.parity["dynamic batch"]
     lint = result.manifest["lint"]
@@ -265,6 +288,11 @@ def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
     "--model", "model", required=True, help="Preset (or family alias) the artifact was exported from."
 )
 @click.option("--weights", type=click.Path(), help="Weights the artifact was exported with.")
+@click.option(
+    "--weights-format",
+    type=click.Choice(WEIGHTS_FORMATS),
+    help="Checkpoint layout of --weights (default: detected from its keys).",
+)
 @click.option("--inputs", "inputs_dir", type=click.Path(), help="Folder of your own validation images.")
 @click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), help="Export config with the tolerances."
@@ -276,6 +304,7 @@ def validate_cmd(
     artifact: str,
     model: str,
     weights: str | None,
+    weights_format: str | None,
     inputs_dir: str | None,
     config_path: str | None,
     json_out: str | None,
@@ -287,7 +316,9 @@ def validate_cmd(
 
     preset = get_preset(model)
     config = _resolve_config(preset.family, config_path, None, None, None, False)
-    report = validate_artifact(artifact, preset.name, weights, inputs_dir, config)
+    report = validate_artifact(
+        artifact, preset.name, weights, inputs_dir, config, weights_format=weights_format
+    )
     if json_out:
         write_json(report, json_out)
     if junit_out:

@@ -68,20 +68,26 @@ def bench(name: str, runs: int, out_root: Path) -> dict:
     model = create_model(name).eval()
     plain_nodes = len(export_onnx(model, model.input_size, config.opset, config.exporter).graph.node)
     runner = OrtRunner(result.onnx_path, threads=THREADS)
-    row = {"preset": name, "export_s": export_s, "nodes_plain": plain_nodes,
-           "nodes_final": result.manifest["nodes"]["final"],
-           "max_abs": result.manifest["parity"]["dynamic batch"]["outputs"]["logits"]["max_abs"],
-           "top1": result.manifest["parity"]["dynamic batch"]["outputs"]["logits"]["top1"]}
+    row = {
+        "preset": name,
+        "export_s": export_s,
+        "nodes_plain": plain_nodes,
+        "nodes_final": result.manifest["nodes"]["final"],
+        "max_abs": result.manifest["parity"]["dynamic batch"]["outputs"]["logits"]["max_abs"],
+        "top1": result.manifest["parity"]["dynamic batch"]["outputs"]["logits"]["top1"],
+    }
     torch.set_num_threads(THREADS)
     for batch in (1, 8):
         x = torch.randn(batch, *model.input_size)
         xn = x.numpy()
         with torch.inference_mode():
-            row[f"torch_b{batch}_ms"] = median_ms(lambda: model(x), runs)
-        row[f"ort_b{batch}_ms"] = median_ms(lambda: runner.run(xn), runs)
+            row[f"torch_b{batch}_ms"] = median_ms(lambda x=x: model(x), runs)
+        row[f"ort_b{batch}_ms"] = median_ms(lambda xn=xn: runner.run(xn), runs)
     row["ratio_b1"] = row["ort_b1_ms"] / row["torch_b1_ms"]
     if row["ratio_b1"] > 0.4:
-        row["ort_profile_b1"] = ort_profile(result.onnx_path, np.random.rand(1, *model.input_size).astype(np.float32))
+        row["ort_profile_b1"] = ort_profile(
+            result.onnx_path, np.random.rand(1, *model.input_size).astype(np.float32)
+        )
     return row
 
 
@@ -94,17 +100,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [bench(n, args.runs, Path(tmp)) for n in args.presets]
     print(f"torch {torch.__version__}, {THREADS} threads each, median of {args.runs} runs after 5 warm-up\n")
-    print("| preset | export s | nodes plain → deploykit | torch b1 ms | ORT b1 ms | ORT/torch b1 | torch b8 ms "
-          "| ORT b8 ms | max abs err | top-1 |")
+    print(
+        "| preset | export s | nodes plain → deploykit | torch b1 ms | ORT b1 ms | ORT/torch b1 | torch b8 ms "
+        "| ORT b8 ms | max abs err | top-1 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['export_s']:.1f} | {r['nodes_plain']} → {r['nodes_final']} | "
-              f"{r['torch_b1_ms']:.1f} | {r['ort_b1_ms']:.1f} | {r['ratio_b1']:.2f} | {r['torch_b8_ms']:.1f} | "
-              f"{r['ort_b8_ms']:.1f} | {r['max_abs']:.1e} | {r['top1']:.0%} |")
+        print(
+            f"| {r['preset']} | {r['export_s']:.1f} | {r['nodes_plain']} → {r['nodes_final']} | "
+            f"{r['torch_b1_ms']:.1f} | {r['ort_b1_ms']:.1f} | {r['ratio_b1']:.2f} | {r['torch_b8_ms']:.1f} | "
+            f"{r['ort_b8_ms']:.1f} | {r['max_abs']:.1e} | {r['top1']:.0%} |"
+        )
     for r in rows:
         if "ort_profile_b1" in r:
-            print(f"\n{r['preset']}: ORT/torch = {r['ratio_b1']:.2f} > 0.4 at batch 1; ORT time by op: "
-                  f"{r['ort_profile_b1']}")
+            print(
+                f"\n{r['preset']}: ORT/torch = {r['ratio_b1']:.2f} > 0.4 at batch 1; ORT time by op: "
+                f"{r['ort_profile_b1']}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     sys.stdout.flush()

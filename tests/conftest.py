@@ -1,8 +1,32 @@
+import dataclasses
+
 import pytest
 import torch
+
+from deploykit.export.config import default_config
+from deploykit.models import get_preset
+
+# one preset of every family, at reduced resolution for speed (cvt_13 also runs at 224 in test_export)
+FAMILY_CASES = {"convit_tiny": 64, "ceit_tiny": 64, "deepvit_s": 64, "cvt_13": 64, "hvt_s_4": 128}
+
+
+def small_config(preset: str, size: int, **changes):
+    return dataclasses.replace(default_config(get_preset(preset).family), image_size=size, **changes)
 
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """Every family exported once (FP32 + FP16 + engine stage) through the real pipeline."""
+    from deploykit.export.pipeline import run_export
+
+    root = tmp_path_factory.mktemp("exports")
+    return {
+        name: run_export(name, root / name, small_config(name, size), fp16=True, engine=True)
+        for name, size in FAMILY_CASES.items()
+    }

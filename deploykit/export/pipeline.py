@@ -35,8 +35,8 @@ from deploykit.export.io import (
 from deploykit.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, serialize, set_metadata
 from deploykit.export.rewrites import RewriteRecord, apply_rewrites
 from deploykit.export.simplify import SimplifyResult, simplify_onnx
-from deploykit.models import create_model, get_preset
-from deploykit.models.weights import WeightsInfo, load_weights
+from deploykit.models import create_model, get_preset, load_pretrained
+from deploykit.models.weights import WeightsInfo
 from deploykit.runtime.base import run_batched
 from deploykit.runtime.ort_runner import OrtRunner
 from deploykit.runtime.torch_runner import TorchRunner
@@ -60,13 +60,18 @@ class ExportResult:
 
 # ----------------------------------------------------------------------------------------------- stages
 def build_model(
-    preset: str, image_size: int | None = None, weights: str | Path | None = None, seed: int = 0
+    preset: str,
+    image_size: int | None = None,
+    weights: str | Path | None = None,
+    seed: int = 0,
+    weights_format: str | None = None,
 ) -> tuple[nn.Module, WeightsInfo | None]:
-    """Stage 1: the registered preset in eval mode, built with a fixed seed, optionally with weights."""
+    """Stage 1: the registered preset in eval mode, built with a fixed seed, optionally with weights
+    (a reference checkpoint or a deploykit state_dict, see :func:`deploykit.models.load_pretrained`)."""
     torch.manual_seed(seed)
     overrides = {"image_size": image_size} if image_size is not None else {}
     model = create_model(preset, **overrides).eval()
-    info = load_weights(model, weights) if weights is not None else None
+    info = load_pretrained(model, weights, weights_format)[1] if weights is not None else None
     return model.eval(), info
 
 
@@ -138,6 +143,7 @@ def run_export(
     fp16_io: bool = False,
     engine: bool = False,
     timing_cache: str | Path | None = None,
+    weights_format: str | None = None,
 ) -> ExportResult:
     """Export ``preset`` to ``<out_dir>/model.onnx`` (+ ``model.fp16.onnx`` with ``fp16``) and
     ``manifest.json``; with ``engine``, build (or script) the TensorRT engine. Raise ParityError if parity
@@ -154,7 +160,7 @@ def run_export(
         timings[stage] = round(time.perf_counter() - t0 - sum(timings.values()), 3)
 
     progress("build", f"{spec.name} ({spec.family})" + (f" with weights {weights}" if weights else ""))
-    model, weights_info = build_model(spec.name, config.image_size, weights, config.seed)
+    model, weights_info = build_model(spec.name, config.image_size, weights, config.seed, weights_format)
     input_size = tuple(model.input_size)
     batch = validation_batch(model.data_config, config.num_images, config.seed, inputs_dir)
     images = batch.images

@@ -23,6 +23,7 @@ from deploykit.models.convit import ConViT  # noqa: E402  isort: skip
 from deploykit.models.cvt import CvT, CvTConfig  # noqa: E402  isort: skip
 from deploykit.models.deepvit import DeepViT  # noqa: E402  isort: skip
 from deploykit.models.hvt import HPool_ViT, hpool_vit  # noqa: E402  isort: skip
+from deploykit.models.pretrained import load_pretrained  # noqa: E402  isort: skip
 
 convit = ConViT
 deep_vit = DeepViT
@@ -44,6 +45,7 @@ __all__ = [
     "get_preset",
     "list_aliases",
     "list_models",
+    "load_pretrained",
     "preset_parameter_count",
     "register_alias",
     "register_preset",

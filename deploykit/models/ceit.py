@@ -37,6 +37,7 @@ from deploykit.models.layers.checks import (
     probability,
 )
 from deploykit.models.registry import Preset, register_alias, register_preset
+from deploykit.models.weights import rename_keys
 
 LCA_LN_ORDERS = ("pre", "post")
 
@@ -422,6 +423,35 @@ class CeiT(VisionModel):
         if self.pos_layer_embed is not None:
             tokens = tokens + self.pos_layer_embed
         return self.norm(self.lca(tokens))  # (B, d)
+
+
+# -------------------------------------------------------------------------------- checkpoint conversion
+#: coeusguo/ceit key -> ours (SPEC §3.4). ``cls_token``, ``pos_embed``, ``pos_layer_embed``, ``lca.*`` and
+#: ``norm.*`` keep their names; the I2T stem loses its ``backbone`` level, LeFF becomes the block's ``mlp``
+_FROM_OFFICIAL = (
+    (r"^i2t\.backbone\.", "i2t."),
+    (r"^i2t\.proj\.", "patch_embed.proj."),
+    (r"^blocks\.(\d+)\.leff\.", r"encoder.blocks.\1.mlp."),
+    (r"^blocks\.", "encoder.blocks."),
+    (r"^head\.", "head.fc."),
+)
+_TO_OFFICIAL = (
+    (r"^i2t\.(conv|bn)\.", r"i2t.backbone.\1."),
+    (r"^patch_embed\.proj\.", "i2t.proj."),
+    (r"^encoder\.blocks\.(\d+)\.mlp\.", r"blocks.\1.leff."),
+    (r"^encoder\.blocks\.", "blocks."),
+    (r"^head\.fc\.", "head."),
+)
+
+
+def convert_official_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """coeusguo/ceit ``ceit_*_patch16_224`` state_dict -> this module's names (``ceit_*`` presets)."""
+    return rename_keys(state, _FROM_OFFICIAL)
+
+
+def to_official_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`convert_official_checkpoint`."""
+    return rename_keys(state, _TO_OFFICIAL)
 
 
 # ----------------------------------------------------------------------------------------- presets

@@ -35,6 +35,7 @@ from deploykit.models.layers.checks import (
     probability,
 )
 from deploykit.models.registry import Preset, register_alias, register_preset
+from deploykit.models.weights import rename_keys
 
 LOCALITY_DISTANCE_METHODS = ("constant", "adaptive")
 
@@ -278,6 +279,23 @@ class ConViT(VisionModel):
             streams = blk.step(streams)
         x = self.norm(self.encoder.finish(streams))
         return x[:, 0] if self.use_cls_token else x.mean(dim=1)
+
+
+# -------------------------------------------------------------------------------- checkpoint conversion
+#: timm ``ConVit`` key -> ours (SPEC §2.7); GPSA (``qk, v, proj, pos_proj, gating_param``) and MHSA (``qkv,
+#: proj``) blocks keep their sub-module names, so only the block prefix and the head move
+_FROM_TIMM = ((r"^blocks\.", "encoder.blocks."), (r"^head\.", "head.fc."))
+_TO_TIMM = ((r"^encoder\.blocks\.", "blocks."), (r"^head\.fc\.", "head."))
+
+
+def convert_timm_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ``convit_*`` state_dict -> this module's names (the ``convit_*`` presets load it strictly)."""
+    return rename_keys(state, _FROM_TIMM)
+
+
+def to_timm_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`convert_timm_checkpoint`: a ``convit_*`` preset's state_dict in timm's names."""
+    return rename_keys(state, _TO_TIMM)
 
 
 # ----------------------------------------------------------------------------------------- presets

@@ -26,6 +26,7 @@ from deploykit.models.base import VisionModel
 from deploykit.models.layers import Mlp, QuickGELU, make_drop_path
 from deploykit.models.layers.checks import choice, divisible, non_negative_int, positive_int, probability
 from deploykit.models.registry import Preset, register_alias, register_preset
+from deploykit.models.weights import rename_keys
 
 QKV_PROJ_METHODS = ("dw_bn", "avg", "linear")
 _METHOD_ALIASES = {"lin": "linear"}  # lucid's spelling
@@ -408,6 +409,14 @@ class CvT(VisionModel):
             return self.norm(cls)[:, 0]  # (B, D): index, never squeeze (B may be 1)
         return self.norm(x.flatten(2).transpose(1, 2)).mean(dim=1)  # (B, D)
 
+    def set_mlp_activation(self, act_layer: Callable[[], nn.Module]) -> None:
+        """Replace every MLP activation (and ``config.act_layer``): HF checkpoints were trained with exact
+        GELU, the official ones with QuickGELU (SPEC §5.4). No parameters change."""
+        self.config.act_layer = act_layer
+        for module in self.modules():
+            if isinstance(module, Mlp):
+                module.act = act_layer()
+
 
 def _init_weights(m: nn.Module) -> None:
     """Official ``init_weights_trunc_normal``: Linear trunc-normal(0.02) with zero bias; norms 1/0."""
@@ -418,6 +427,87 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm | nn.BatchNorm2d):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+# -------------------------------------------------------------------------------- checkpoint conversion
+# The official microsoft/CvT keys are this module's own names. Hugging Face ``CvtForImageClassification``
+# keys map by the renaming in SPEC §5.4 (an optional ``cvt.`` prefix: ``CvtModel`` saves without it).
+_QKV = {"query": "q", "key": "k", "value": "v"}
+_HF_STAGE = r"^(?:cvt\.)?encoder\.stages\.(\d+)\."
+_HF_LAYER = _HF_STAGE + r"layers\.(\d+)\."
+_FROM_HF = (
+    (_HF_STAGE + r"embedding\.convolution_embeddings\.projection\.", r"stage\1.patch_embed.proj."),
+    (_HF_STAGE + r"embedding\.convolution_embeddings\.normalization\.", r"stage\1.patch_embed.norm."),
+    (_HF_STAGE + r"cls_token$", r"stage\1.cls_token"),
+    (_HF_LAYER + r"layernorm_before\.", r"stage\1.blocks.\2.norm1."),
+    (_HF_LAYER + r"layernorm_after\.", r"stage\1.blocks.\2.norm2."),
+    (
+        _HF_LAYER + r"attention\.attention\.convolution_projection_(query|key|value)\.convolution_projection"
+        r"\.(convolution|normalization)\.",
+        lambda m: (
+            f"stage{m[1]}.blocks.{m[2]}.attn.conv_proj_{_QKV[m[3]]}."
+            + ("conv." if m[4] == "convolution" else "bn.")
+        ),
+    ),
+    (
+        _HF_LAYER + r"attention\.attention\.projection_(query|key|value)\.",
+        lambda m: f"stage{m[1]}.blocks.{m[2]}.attn.proj_{_QKV[m[3]]}.",
+    ),
+    (_HF_LAYER + r"attention\.output\.dense\.", r"stage\1.blocks.\2.attn.proj."),
+    (_HF_LAYER + r"intermediate\.dense\.", r"stage\1.blocks.\2.mlp.fc1."),
+    (_HF_LAYER + r"output\.dense\.", r"stage\1.blocks.\2.mlp.fc2."),
+    (r"^layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
+)
+_QKV_HF = {v: k for k, v in _QKV.items()}
+_STAGE = r"^stage(\d+)\."
+_BLOCK = _STAGE + r"blocks\.(\d+)\."
+_HF = "cvt.encoder.stages.{}."
+_TO_HF = (
+    (
+        _STAGE + r"patch_embed\.proj\.",
+        lambda m: _HF.format(m[1]) + "embedding.convolution_embeddings.projection.",
+    ),
+    (
+        _STAGE + r"patch_embed\.norm\.",
+        lambda m: _HF.format(m[1]) + "embedding.convolution_embeddings.normalization.",
+    ),
+    (_STAGE + r"cls_token$", lambda m: _HF.format(m[1]) + "cls_token"),
+    (_BLOCK + r"norm1\.", lambda m: _HF.format(m[1]) + f"layers.{m[2]}.layernorm_before."),
+    (_BLOCK + r"norm2\.", lambda m: _HF.format(m[1]) + f"layers.{m[2]}.layernorm_after."),
+    (
+        _BLOCK + r"attn\.conv_proj_([qkv])\.(conv|bn)\.",
+        lambda m: (
+            _HF.format(m[1])
+            + f"layers.{m[2]}.attention.attention.convolution_projection_{_QKV_HF[m[3]]}.convolution_projection."
+            + ("convolution." if m[4] == "conv" else "normalization.")
+        ),
+    ),
+    (
+        _BLOCK + r"attn\.proj_([qkv])\.",
+        lambda m: _HF.format(m[1]) + f"layers.{m[2]}.attention.attention.projection_{_QKV_HF[m[3]]}.",
+    ),
+    (_BLOCK + r"attn\.proj\.", lambda m: _HF.format(m[1]) + f"layers.{m[2]}.attention.output.dense."),
+    (_BLOCK + r"mlp\.fc1\.", lambda m: _HF.format(m[1]) + f"layers.{m[2]}.intermediate.dense."),
+    (_BLOCK + r"mlp\.fc2\.", lambda m: _HF.format(m[1]) + f"layers.{m[2]}.output.dense."),
+    (r"^norm\.", "layernorm."),
+    (r"^head\.", "classifier."),
+)
+
+
+def convert_hf_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Hugging Face ``CvtForImageClassification`` state_dict -> official / this module's names.
+
+    The weights alone do not reproduce HF's logits with the ``cvt_*`` presets: HF's MLP uses exact GELU
+    where the official code (and the presets) use QuickGELU; :func:`deploykit.models.load_pretrained`
+    switches the model with :meth:`CvT.set_mlp_activation`.
+    """
+    return rename_keys(state, _FROM_HF)
+
+
+def to_hf_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`convert_hf_checkpoint`."""
+    return rename_keys(state, _TO_HF)
 
 
 # ----------------------------------------------------------------------------------------- presets

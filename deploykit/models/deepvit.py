@@ -30,6 +30,7 @@ from deploykit.models.layers.checks import (
     probability,
 )
 from deploykit.models.registry import Preset, register_alias, register_preset
+from deploykit.models.weights import rename_keys
 
 PATCH_STEMS = ("none", "cnn")
 
@@ -203,6 +204,32 @@ class DeepViT(VisionModel):
         x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, N + 1, d)
         x = self.encoder(x)
         return self.norm(x)[:, 0]
+
+
+# -------------------------------------------------------------------------------- checkpoint conversion
+#: zhoudaquan/dvit_repo key -> ours (SPEC §4.3), for both patch stems (``patch_embed.proj`` or the CNN stem's
+#: ``patch_embed.{conv1,bn1,conv2,bn2,proj}``, whose names are kept); re-attention moves under the
+#: attention's ``attn_transform``
+_FROM_OFFICIAL = (
+    (r"^blocks\.(\d+)\.attn\.(reatten_matrix|var_norm)\.", r"encoder.blocks.\1.attn.attn_transform.\2."),
+    (r"^blocks\.", "encoder.blocks."),
+    (r"^head\.", "head.fc."),
+)
+_TO_OFFICIAL = (
+    (r"^encoder\.blocks\.(\d+)\.attn\.attn_transform\.", r"blocks.\1.attn."),
+    (r"^encoder\.blocks\.", "blocks."),
+    (r"^head\.fc\.", "head."),
+)
+
+
+def convert_official_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """dvit_repo ``deepvit_patch16_224_re_attn_*`` / ``deepvit_S`` / ``deepvit_L`` state_dict -> our names."""
+    return rename_keys(state, _FROM_OFFICIAL)
+
+
+def to_official_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`convert_official_checkpoint`."""
+    return rename_keys(state, _TO_OFFICIAL)
 
 
 # ----------------------------------------------------------------------------------------- presets

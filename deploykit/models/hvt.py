@@ -38,6 +38,7 @@ from deploykit.models.layers.checks import (
     probability,
 )
 from deploykit.models.registry import Preset, register_alias, register_preset
+from deploykit.models.weights import rename_keys
 
 POOL_KERNEL = 3
 POOL_STRIDE = 2
@@ -239,6 +240,31 @@ class HPool_ViT(VisionModel):  # noqa: N801 - documented name
 
 
 hpool_vit = HPool_ViT
+
+
+# -------------------------------------------------------------------------------- checkpoint conversion
+#: zhuang-group/HVT key -> ours (the mapping in the module docstring). Official block ``i`` pools after its
+#: MLP and owns that stage's ``pos_embed``; here the pooling stage before block ``i + 1`` owns it.
+_FROM_OFFICIAL = (
+    (r"^blocks\.(\d+)\.pos_embed$", lambda m: f"pools.{int(m.group(1)) + 1}.pos_embed"),
+    (r"^blocks\.", "encoder.blocks."),
+    (r"^head\.", "head.fc."),
+)
+_TO_OFFICIAL = (
+    (r"^pools\.(\d+)\.pos_embed$", lambda m: f"blocks.{int(m.group(1)) - 1}.pos_embed"),
+    (r"^encoder\.blocks\.", "blocks."),
+    (r"^head\.fc\.", "head."),
+)
+
+
+def convert_official_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """zhuang-group/HVT state_dict -> this module's names (``hvt_*`` presets)."""
+    return rename_keys(state, _FROM_OFFICIAL)
+
+
+def to_official_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`convert_official_checkpoint`."""
+    return rename_keys(state, _TO_OFFICIAL)
 
 
 # ----------------------------------------------------------------------------------------- presets

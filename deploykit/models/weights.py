@@ -6,6 +6,9 @@ by name in one :class:`WeightsError`.
 
 from __future__ import annotations
 
+import argparse
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +22,49 @@ _NESTING_KEYS = ("state_dict", "model", "module", "model_state", "state_dict_ema
 
 @dataclass(frozen=True)
 class WeightsInfo:
+    """What was loaded: ``format`` is the detected source layout (e.g. ``'timm-convit'``, ``'hf-cvt'``),
+    ``container`` the file kind (``'torch'``, ``'safetensors'``, ``'hf-directory'``) and ``adjustments``
+    any change made to the model so that it computes what the checkpoint's own code computes."""
+
     path: str
     sha256: str
     format: str
     tensors: int
+    container: str = ""
+    adjustments: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "sha256": self.sha256, "format": self.format, "tensors": self.tensors}
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "format": self.format,
+            "container": self.container,
+            "tensors": self.tensors,
+            "adjustments": list(self.adjustments),
+        }
+
+
+Rule = tuple[str, str | Callable[[re.Match], str]]
+
+
+def rename_keys(state: dict[str, torch.Tensor], rules: Iterable[Rule]) -> dict[str, torch.Tensor]:
+    """Rename every key by the first rule whose regex matches at its start (``re.sub``, count 1).
+
+    Keys no rule matches keep their name, so the strict check later reports them as unexpected.
+    Tensors are not copied.
+    """
+    compiled = [(re.compile(pattern), repl) for pattern, repl in rules]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = key
+        for pattern, repl in compiled:
+            if pattern.match(key):
+                new = pattern.sub(repl, key, count=1)
+                break
+        if new in out:
+            raise WeightsError(f"two checkpoint keys map to {new!r} (one of them is {key!r})")
+        out[new] = value
+    return out
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -38,7 +77,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             obj = load_file(str(path))
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            # training scripts (DeiT and its descendants) save their argparse options next to the weights
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(

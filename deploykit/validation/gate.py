@@ -94,6 +94,7 @@ def validate_artifact(
     weights: str | Path | None = None,
     inputs_dir: str | Path | None = None,
     config: ExportConfig | None = None,
+    weights_format: str | None = None,
 ) -> ValidationReport:
     from deploykit.export.pipeline import build_model
 
@@ -102,7 +103,7 @@ def validate_artifact(
         raise ArtifactError(f"artifact not found: {path}")
     spec = get_preset(preset)
     config = config or default_config(spec.family)
-    model, weights_info = build_model(spec.name, config.image_size, weights, config.seed)
+    model, weights_info = build_model(spec.name, config.image_size, weights, config.seed, weights_format)
     if path.suffix in ONNX_SUFFIXES:
         runner, precision = _onnx_runner(path, tuple(model.input_size))
         runtime = runner.name

@@ -1,0 +1,317 @@
+"""Pretrained weights from the reference implementations: read, detect the layout, convert, load strictly.
+
+Containers: a torch file (``.pth``/``.pt``/``.bin``), ``.safetensors``, or a Hugging Face
+``save_pretrained`` directory (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``, sharded or
+not). Nested checkpoints (``model``, ``state_dict``, ... and ``module.`` prefixes) are unwrapped.
+
+Source layouts (:data:`FORMATS`), detected from the keys in this order (``weights_format`` forces one):
+
+* ``hf-cvt``: ``cvt.encoder.stages.*`` (Hugging Face ``CvtForImageClassification``)
+* ``official-cvt``: ``stage0.patch_embed.*`` (microsoft/CvT; deploykit's CvT uses the same names)
+* ``timm-convit``: ``blocks.*.attn.gating_param`` (timm ``convit_*``)
+* ``official-ceit``: ``i2t.backbone.*`` or ``blocks.*.leff.*`` (coeusguo/ceit)
+* ``official-deepvit``: ``blocks.*.attn.reatten_matrix.*`` (zhoudaquan/dvit_repo; plain or CNN stem)
+* ``official-hvt``: ``blocks.*.pos_embed``, or ``blocks.*`` + ``patch_embed.proj`` without a ``cls_token``
+  (zhuang-group/HVT)
+* ``deploykit``: ``encoder.blocks.*`` (a deploykit state_dict)
+
+Each family's conversion lives in its own module (``convert_*_checkpoint`` and the inverse). Loading is
+strict: a checkpoint of another family or another preset size is refused in one line; otherwise every
+missing, unexpected or mis-shaped key is listed before anything is copied. Where the references differ
+in math, the model is adjusted to compute what the checkpoint's own code computes (HF CvT: exact GELU in
+the MLPs instead of the official QuickGELU) and the adjustment is recorded in :class:`WeightsInfo`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deploykit.errors import WeightsError
+from deploykit.models import ceit, convit, cvt, deepvit, hvt
+from deploykit.models.registry import create_model, get_preset, list_models
+from deploykit.models.weights import WeightsInfo, check_state_dict, read_state_dict
+
+StateDict = dict[str, torch.Tensor]
+
+
+def _identity(state: StateDict) -> StateDict:
+    return dict(state)
+
+
+def _exact_gelu(model: nn.Module) -> str:
+    model.set_mlp_activation(nn.GELU)
+    return "mlp activation: exact GELU (Hugging Face CvT) instead of the preset's QuickGELU"
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """A checkpoint layout: its family, how to convert to and from deploykit names, and any model change
+    needed to reproduce the checkpoint's own forward pass."""
+
+    name: str
+    label: str
+    family: str | None  # None: deploykit's own layout, any family
+    convert: Callable[[StateDict], StateDict]
+    inverse: Callable[[StateDict], StateDict]
+    adjust: Callable[[nn.Module], str] | None = None
+
+
+FORMATS: dict[str, SourceFormat] = {
+    f.name: f
+    for f in (
+        SourceFormat(
+            "hf-cvt", "Hugging Face CvT", "cvt", cvt.convert_hf_checkpoint, cvt.to_hf_checkpoint, _exact_gelu
+        ),
+        SourceFormat("official-cvt", "official CvT (microsoft/CvT)", "cvt", _identity, _identity),
+        SourceFormat(
+            "timm-convit", "timm ConViT", "convit", convit.convert_timm_checkpoint, convit.to_timm_checkpoint
+        ),
+        SourceFormat(
+            "official-ceit",
+            "official CeiT (coeusguo/ceit)",
+            "ceit",
+            ceit.convert_official_checkpoint,
+            ceit.to_official_checkpoint,
+        ),
+        SourceFormat(
+            "official-deepvit",
+            "official DeepViT (zhoudaquan/dvit_repo)",
+            "deepvit",
+            deepvit.convert_official_checkpoint,
+            deepvit.to_official_checkpoint,
+        ),
+        SourceFormat(
+            "official-hvt",
+            "official HVT (zhuang-group/HVT)",
+            "hvt",
+            hvt.convert_official_checkpoint,
+            hvt.to_official_checkpoint,
+        ),
+        SourceFormat("deploykit", "deploykit", None, _identity, _identity),
+    )
+}
+
+_FAMILY_CLASSES = {
+    convit.ConViT: "convit",
+    ceit.CeiT: "ceit",
+    cvt.CvT: "cvt",
+    deepvit.DeepViT: "deepvit",
+    hvt.HPool_ViT: "hvt",
+}
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _sha256_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hf_weight_files(directory: Path) -> list[Path]:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return [directory / name]
+        index = directory / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise WeightsError(f"{index} is not a readable shard index ({type(exc).__name__})") from None
+            return [directory / s for s in shards]
+    raise WeightsError(
+        f"{directory} is a directory without model.safetensors or pytorch_model.bin "
+        "(expected a Hugging Face save_pretrained directory)"
+    )
+
+
+def read_checkpoint(path: str | Path) -> tuple[StateDict, str, str]:
+    """``(state_dict, container, sha256)`` of a weights file or a Hugging Face ``save_pretrained`` directory.
+
+    For a directory the digest covers its weight file(s), concatenated in shard order.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = _hf_weight_files(path)
+        state: StateDict = {}
+        for file in files:
+            state.update(read_state_dict(file))
+        return state, "hf-directory", _sha256_files(files)
+    state = read_state_dict(path)
+    container = "safetensors" if path.suffix == ".safetensors" else "torch"
+    return state, container, _sha256_files([path])
+
+
+# -------------------------------------------------------------------------------------------- detection
+def _any(keys: list[str], pattern: str) -> bool:
+    rx = re.compile(pattern)
+    return any(rx.match(k) for k in keys)
+
+
+def detect_format(state: StateDict) -> str:
+    """The source layout of ``state`` (a :data:`FORMATS` name), from its keys; WeightsError if none fits."""
+    keys = list(state)
+    if _any(keys, r"(cvt\.)?encoder\.stages\.\d+\."):
+        return "hf-cvt"
+    if _any(keys, r"stage\d+\.patch_embed\."):
+        return "official-cvt"
+    if _any(keys, r"blocks\.\d+\.attn\.gating_param$"):
+        return "timm-convit"
+    if _any(keys, r"i2t\.backbone\.") or _any(keys, r"blocks\.\d+\.leff\."):
+        return "official-ceit"
+    if _any(keys, r"blocks\.\d+\.attn\.reatten_matrix\."):
+        return "official-deepvit"
+    if _any(keys, r"blocks\.\d+\.pos_embed$") or (
+        _any(keys, r"blocks\.\d+\.attn\.qkv\.")
+        and "patch_embed.proj.weight" in state
+        and "cls_token" not in state
+    ):
+        return "official-hvt"
+    if _any(keys, r"encoder\.blocks\.\d+\."):
+        return "deploykit"
+    shown = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
+    raise WeightsError(
+        f"cannot tell which model layout this checkpoint uses (keys: {shown}); "
+        f"pass weights_format= one of {', '.join(FORMATS)}"
+    )
+
+
+def _deploykit_family(state: StateDict) -> str | None:
+    """The family of a deploykit-layout state_dict, when its keys say so."""
+    keys = list(state)
+    if _any(keys, r"encoder\.blocks\.\d+\.attn\.gating_param$"):
+        return "convit"
+    if "i2t.conv.weight" in state or "lca.attn.qkv.weight" in state:
+        return "ceit"
+    if _any(keys, r"encoder\.blocks\.\d+\.attn\.attn_transform\.reatten_matrix\."):
+        return "deepvit"
+    if _any(keys, r"pools\.\d+\.pos_embed$"):
+        return "hvt"
+    return None
+
+
+def model_family(model: nn.Module) -> str | None:
+    name = getattr(model, "preset_name", None)
+    if name:
+        return get_preset(name).family
+    return next((fam for cls, fam in _FAMILY_CLASSES.items() if isinstance(model, cls)), None)
+
+
+# ------------------------------------------------------------------------------------------- mismatches
+def _shape_summary(state: StateDict) -> str:
+    """``d=192, 12 blocks`` (CvT: ``d=384, depths 1/2/10``) from deploykit-layout keys."""
+    parts = []
+    if "norm.weight" in state:
+        parts.append(f"d={state['norm.weight'].shape[0]}")
+    stages: dict[int, set[int]] = {}
+    for key in state:
+        m = re.match(r"stage(\d+)\.blocks\.(\d+)\.", key)
+        if m:
+            stages.setdefault(int(m[1]), set()).add(int(m[2]))
+    if stages:
+        parts.append("depths " + "/".join(str(len(stages[i])) for i in sorted(stages)))
+    else:
+        blocks = {int(m[1]) for k in state if (m := re.match(r"encoder\.blocks\.(\d+)\.", k))}
+        if blocks:
+            parts.append(f"{len(blocks)} blocks")
+    return ", ".join(parts)
+
+
+def _matching_presets(state: StateDict, family: str, image_size: int | None) -> list[str]:
+    """Presets of ``family`` whose state_dict has exactly these keys and shapes (built on the meta device)."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    found = []
+    for name in list_models():
+        if get_preset(name).family != family:
+            continue
+        try:
+            with torch.device("meta"):
+                overrides = {"image_size": image_size} if image_size is not None else {}
+                own = create_model(name, **overrides).state_dict()
+        except Exception:  # a preset that cannot be built at this size simply does not match
+            continue
+        if {k: tuple(v.shape) for k, v in own.items()} == shapes:
+            found.append(name)
+    return found
+
+
+def _model_name(model: nn.Module) -> str:
+    return getattr(model, "preset_name", None) or type(model).__name__
+
+
+def _check_fits(model: nn.Module, state: StateDict, fmt: SourceFormat, source: str) -> None:
+    """One line when the checkpoint is another preset size; else the key listing of check_state_dict."""
+    own = model.state_dict()
+    family = model_family(model)
+    theirs, ours = _shape_summary(state), _shape_summary(own)
+    if family is not None and theirs and theirs != ours:
+        fits = _matching_presets(state, family, getattr(model, "image_size", None)) or _matching_presets(
+            state, family, None
+        )
+        hint = ", ".join(fits) if fits else "no registered preset"
+        raise WeightsError(
+            f"{source}: checkpoint is {fmt.label} with {theirs} ({hint}), model is {_model_name(model)} ({ours})"
+        )
+    try:
+        check_state_dict(model, state, f"{source} ({fmt.label} layout)")
+    except WeightsError as exc:
+        if family is not None and all(k in own for k in state) and all(k in state for k in own):
+            native = _matching_presets(state, family, None)
+            if native:
+                size = get_preset(native[0]).kwargs.get("image_size")
+                raise WeightsError(
+                    f"{exc}; the checkpoint fits {native[0]} at image_size={size} "
+                    "(position embeddings fix the input size)"
+                ) from None
+        raise
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def load_pretrained(
+    model_or_preset: nn.Module | str, path: str | Path, weights_format: str | None = None
+) -> tuple[nn.Module, WeightsInfo]:
+    """Load a reference checkpoint (or a deploykit state_dict) into a model, strictly.
+
+    ``model_or_preset``: a built model (loaded in place, its train/eval mode kept) or a preset name (built
+    first, returned in eval mode). ``weights_format``
+    forces a :data:`FORMATS` layout instead of detecting it. Returns ``(model, info)``; raises
+    :class:`~deploykit.errors.WeightsError` naming the problem (wrong family, wrong size, the offending keys).
+    """
+    model = create_model(model_or_preset).eval() if isinstance(model_or_preset, str) else model_or_preset
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"weights file not found: {path}")
+    source = f"weights {path.name}"
+    state, container, sha = read_checkpoint(path)
+    if weights_format is not None:
+        key = weights_format.strip().lower().replace("_", "-")
+        if key not in FORMATS:
+            raise WeightsError(
+                f"unknown weights format {weights_format!r}; choose one of {', '.join(FORMATS)}"
+            )
+        fmt = FORMATS[key]
+    else:
+        fmt = FORMATS[detect_format(state)]
+    family = model_family(model)
+    ckpt_family = fmt.family or _deploykit_family(state)
+    if family is not None and ckpt_family is not None and ckpt_family != family:
+        raise WeightsError(
+            f"{source}: checkpoint is {fmt.label} ({ckpt_family} family), "
+            f"model is {_model_name(model)} ({family} family)"
+        )
+    converted = fmt.convert(state)
+    _check_fits(model, converted, fmt, source)
+    model.load_state_dict(converted, strict=True)
+    adjustments = (fmt.adjust(model),) if fmt.adjust is not None else ()
+    info = WeightsInfo(str(path), sha, fmt.name, len(converted), container, adjustments)
+    return model, info

@@ -1,0 +1,151 @@
+"""FP16 graph (the TensorRT 11 way) verified on CPU, and the engine stage where TensorRT is missing."""
+
+import json
+import stat
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import FAMILY_CASES
+from onnx import TensorProto
+
+from deploykit.cli import cli
+from deploykit.engine.builder import tensorrt_available
+from deploykit.export.fp16 import FP32_OPS, OVERFLOW_LIMIT, make_fp16
+from deploykit.export.onnx_export import export_onnx, serialize
+from deploykit.runtime.ort_runner import OrtRunner
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CASES))
+def test_fp16_graph_meets_targets(exported, name):
+    result = exported[name]
+    m = result.manifest
+    half = m["parity"]["fp16"]
+    logits = half["outputs"]["logits"]
+    assert half["passed"], half["failures"]
+    assert logits["samples"] >= 64
+    assert logits["cosine_min"] >= 0.999
+    assert logits["top1_decisive"] >= 0.99 and logits["nonfinite"] == 0
+    assert m["fp16"]["size_ratio"] <= 0.52
+    assert m["fp16"]["lint"]["violations"] == []
+    assert m["artifacts"]["model.fp16.onnx"]["bytes"] <= 0.52 * m["artifacts"]["model.onnx"]["bytes"]
+
+
+def _value_types(proto):
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    types.update({v.name: v.type.tensor_type.elem_type for v in inferred.graph.input})
+    types.update({t.name: t.data_type for t in inferred.graph.initializer})
+    return types
+
+
+def test_fp32_islands_really_are_fp32(exported):
+    proto = onnx.load(str(exported["cvt_13"].out_dir / "model.fp16.onnx"))
+    types = _value_types(proto)
+    islands = [n for n in proto.graph.node if n.op_type in FP32_OPS]
+    assert any(n.op_type == "LayerNormalization" for n in islands) and any(
+        n.op_type == "Softmax" for n in islands
+    )
+    for node in islands:
+        for name in node.input:
+            if name:
+                assert types[name] == TensorProto.FLOAT, (
+                    f"{node.name} ({node.op_type}) input {name} is not FP32"
+                )
+    matmuls = [n for n in proto.graph.node if n.op_type == "MatMul"]
+    assert sum(types.get(n.input[1]) == TensorProto.FLOAT16 for n in matmuls) > len(matmuls) / 2
+    # FP32 graph I/O by default
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    kept = exported["cvt_13"].manifest["fp16"]["kept_fp32"]
+    assert all(k["reason"] for k in kept) and {k["op"] for k in kept} >= {"LayerNormalization", "Softmax"}
+
+
+class Overflowing(torch.nn.Module):
+    """Activations of ~1e6 after ``big``: finite in FP32, infinite in FP16."""
+
+    def __init__(self):
+        super().__init__()
+        self.big = torch.nn.Linear(8, 8)
+        self.small = torch.nn.Linear(8, 4)
+        with torch.no_grad():
+            self.big.weight.mul_(1e6)
+            self.small.weight.mul_(1e-6)
+
+    def forward(self, x):
+        return self.small(torch.relu(self.big(x.flatten(1))))
+
+
+def test_sensitivity_check_keeps_overflowing_node_fp32():
+    model = Overflowing().eval()
+    proto = export_onnx(model, (2, 2, 2), 18, "torchscript")
+    images = np.random.default_rng(0).standard_normal((64, 2, 2, 2)).astype(np.float32)
+    reference = model(torch.from_numpy(images)).detach().numpy()
+
+    def passes(logits):
+        return bool(
+            np.isfinite(logits).all() and np.abs(logits - reference).max() < 1e-2 * np.abs(reference).max()
+        )
+
+    converted, report = make_fp16(proto, images, reference, passes)
+    kept = [k for k in report.kept_fp32 if k["reason"].startswith("range check")]
+    assert kept, report.kept_fp32
+    assert all(float(k["reason"].split("= ")[1].split()[0]) >= OVERFLOW_LIMIT for k in kept)
+    out = OrtRunner(serialize(converted)).run(images)
+    assert np.isfinite(out).all() and passes(out)
+    # without the range check the same conversion overflows: the check is what saves it
+    from deploykit.export.fp16 import _name_nodes, convert
+
+    _name_nodes(proto)
+    naive = OrtRunner(serialize(convert(proto, set()))).run(images)
+    assert not passes(naive)
+
+
+def test_fp16_io_option(tmp_path):
+    from dataclasses import replace
+
+    from deploykit.export.config import default_config
+    from deploykit.export.pipeline import run_export
+
+    cfg = replace(default_config("hvt"), image_size=64, exporter="torchscript")
+    result = run_export("hvt_ti_1", tmp_path / "o", cfg, fp16=True, fp16_io=True)
+    proto = onnx.load(str(tmp_path / "o" / "model.fp16.onnx"))
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert result.manifest["fp16"]["io"] == "fp16" and result.parity["fp16"].passed
+
+
+@pytest.mark.skipif(tensorrt_available()[0], reason="checks the path taken where TensorRT/GPU is missing")
+def test_engine_stage_without_tensorrt(exported, tmp_path):
+    result = exported["hvt_s_4"]
+    engine = result.manifest["engine"]
+    assert engine["status"].startswith("skipped: ") and "\n" not in engine["status"]
+    script = result.out_dir / "build_engine.sh"
+    assert engine["script"] == "build_engine.sh" and engine["source"] == "model.fp16.onnx"
+    assert script.stat().st_mode & stat.S_IXUSR
+    text = script.read_text()
+    for flag in (
+        "--onnx=model.fp16.onnx",
+        "--saveEngine=model.engine",
+        "--minShapes=input:1x3x128x128",
+        "--optShapes=input:1x3x128x128",
+        "--maxShapes=input:32x3x128x128",
+        "--memPoolSize=workspace:4096M",
+        "--timingCacheFile=timing.cache",
+        "--builderOptimizationLevel=3",
+    ):
+        assert flag in text
+    flags = [line.strip() for line in text.splitlines() if line.strip().startswith("--")]
+    assert not any(f.startswith(("--fp16", "--stronglyTyped")) for f in flags)  # removed in TensorRT 11
+    assert json.loads(result.manifest_path.read_text())["artifacts"]["build_engine.sh"]["sha256"]
+
+    r = CliRunner().invoke(
+        cli,
+        ["build", str(result.out_dir / "model.fp16.onnx"), "--batch", "1,4,16", "--out", str(tmp_path / "b")],
+    )
+    assert r.exit_code == 3, r.output
+    assert r.output.count("\n") == 1 and "engine not built" in r.output
+    text = (tmp_path / "b" / "build_engine.sh").read_text()
+    assert "--minShapes=input:1x3x128x128" in text and "--optShapes=input:4x3x128x128" in text
+    assert "--maxShapes=input:16x3x128x128" in text
