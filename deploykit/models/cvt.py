@@ -14,6 +14,7 @@ only free dimension and the conv path in NCHW. No position embedding, so any inp
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -431,68 +432,61 @@ def _init_weights(m: nn.Module) -> None:
 
 # -------------------------------------------------------------------------------- checkpoint conversion
 # The official microsoft/CvT keys are this module's own names. Hugging Face ``CvtForImageClassification``
-# keys map by the renaming in SPEC §5.4 (an optional ``cvt.`` prefix: ``CvtModel`` saves without it).
-_QKV = {"query": "q", "key": "k", "value": "v"}
-_HF_STAGE = r"^(?:cvt\.)?encoder\.stages\.(\d+)\."
-_HF_LAYER = _HF_STAGE + r"layers\.(\d+)\."
-_FROM_HF = (
-    (_HF_STAGE + r"embedding\.convolution_embeddings\.projection\.", r"stage\1.patch_embed.proj."),
-    (_HF_STAGE + r"embedding\.convolution_embeddings\.normalization\.", r"stage\1.patch_embed.norm."),
-    (_HF_STAGE + r"cls_token$", r"stage\1.cls_token"),
-    (_HF_LAYER + r"layernorm_before\.", r"stage\1.blocks.\2.norm1."),
-    (_HF_LAYER + r"layernorm_after\.", r"stage\1.blocks.\2.norm2."),
-    (
-        _HF_LAYER + r"attention\.attention\.convolution_projection_(query|key|value)\.convolution_projection"
-        r"\.(convolution|normalization)\.",
-        lambda m: (
-            f"stage{m[1]}.blocks.{m[2]}.attn.conv_proj_{_QKV[m[3]]}."
-            + ("conv." if m[4] == "convolution" else "bn.")
-        ),
+# keys map by the renaming in SPEC §5.4, one table read both ways: (HF suffix, our suffix) per block,
+# per stage, and at the top (``CvtModel`` saves without the ``cvt.`` prefix; both are read).
+_HF_BLOCK = (
+    ("layernorm_before.", "norm1."),
+    ("layernorm_after.", "norm2."),
+    *(
+        (
+            f"attention.attention.convolution_projection_{hf}.convolution_projection.{hf_op}.",
+            f"attn.conv_proj_{q}.{op}.",
+        )
+        for hf, q in (("query", "q"), ("key", "k"), ("value", "v"))
+        for hf_op, op in (("convolution", "conv"), ("normalization", "bn"))
     ),
-    (
-        _HF_LAYER + r"attention\.attention\.projection_(query|key|value)\.",
-        lambda m: f"stage{m[1]}.blocks.{m[2]}.attn.proj_{_QKV[m[3]]}.",
+    *(
+        (f"attention.attention.projection_{hf}.", f"attn.proj_{q}.")
+        for hf, q in (("query", "q"), ("key", "k"), ("value", "v"))
     ),
-    (_HF_LAYER + r"attention\.output\.dense\.", r"stage\1.blocks.\2.attn.proj."),
-    (_HF_LAYER + r"intermediate\.dense\.", r"stage\1.blocks.\2.mlp.fc1."),
-    (_HF_LAYER + r"output\.dense\.", r"stage\1.blocks.\2.mlp.fc2."),
-    (r"^layernorm\.", "norm."),
-    (r"^classifier\.", "head."),
+    ("attention.output.dense.", "attn.proj."),
+    ("intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2."),
 )
-_QKV_HF = {v: k for k, v in _QKV.items()}
-_STAGE = r"^stage(\d+)\."
-_BLOCK = _STAGE + r"blocks\.(\d+)\."
-_HF = "cvt.encoder.stages.{}."
-_TO_HF = (
-    (
-        _STAGE + r"patch_embed\.proj\.",
-        lambda m: _HF.format(m[1]) + "embedding.convolution_embeddings.projection.",
-    ),
-    (
-        _STAGE + r"patch_embed\.norm\.",
-        lambda m: _HF.format(m[1]) + "embedding.convolution_embeddings.normalization.",
-    ),
-    (_STAGE + r"cls_token$", lambda m: _HF.format(m[1]) + "cls_token"),
-    (_BLOCK + r"norm1\.", lambda m: _HF.format(m[1]) + f"layers.{m[2]}.layernorm_before."),
-    (_BLOCK + r"norm2\.", lambda m: _HF.format(m[1]) + f"layers.{m[2]}.layernorm_after."),
-    (
-        _BLOCK + r"attn\.conv_proj_([qkv])\.(conv|bn)\.",
-        lambda m: (
-            _HF.format(m[1])
-            + f"layers.{m[2]}.attention.attention.convolution_projection_{_QKV_HF[m[3]]}.convolution_projection."
-            + ("convolution." if m[4] == "conv" else "normalization.")
-        ),
-    ),
-    (
-        _BLOCK + r"attn\.proj_([qkv])\.",
-        lambda m: _HF.format(m[1]) + f"layers.{m[2]}.attention.attention.projection_{_QKV_HF[m[3]]}.",
-    ),
-    (_BLOCK + r"attn\.proj\.", lambda m: _HF.format(m[1]) + f"layers.{m[2]}.attention.output.dense."),
-    (_BLOCK + r"mlp\.fc1\.", lambda m: _HF.format(m[1]) + f"layers.{m[2]}.intermediate.dense."),
-    (_BLOCK + r"mlp\.fc2\.", lambda m: _HF.format(m[1]) + f"layers.{m[2]}.output.dense."),
-    (r"^norm\.", "layernorm."),
-    (r"^head\.", "classifier."),
+_HF_STAGE = (
+    ("embedding.convolution_embeddings.projection.", "patch_embed.proj."),
+    ("embedding.convolution_embeddings.normalization.", "patch_embed.norm."),
+    ("cls_token", "cls_token"),
 )
+_HF_TOP = (("layernorm.", "norm."), ("classifier.", "head."))
+
+
+def _swap(rest: str, table: tuple[tuple[str, str], ...], to_hf: bool) -> str | None:
+    for hf, ours in table:
+        src, dst = (ours, hf) if to_hf else (hf, ours)
+        if rest.startswith(src):
+            return dst + rest[len(src) :]
+    return None
+
+
+def _rename_cvt(state: dict[str, torch.Tensor], to_hf: bool) -> dict[str, torch.Tensor]:
+    stage = (
+        r"^stage(\d+)\.(?:blocks\.(\d+)\.)?(.*)$"
+        if to_hf
+        else r"^(?:cvt\.)?encoder\.stages\.(\d+)\.(?:layers\.(\d+)\.)?(.*)$"
+    )
+
+    def rename(m: re.Match) -> str:
+        i, j, rest = m[1], m[2], m[3]
+        new = _swap(rest, _HF_BLOCK if j is not None else _HF_STAGE, to_hf)
+        if new is None:
+            return m[0]  # unknown: kept, so the strict check names it
+        if to_hf:
+            return f"cvt.encoder.stages.{i}." + (f"layers.{j}." if j is not None else "") + new
+        return f"stage{i}." + (f"blocks.{j}." if j is not None else "") + new
+
+    top = tuple((r"^" + re.escape(ours if to_hf else hf), hf if to_hf else ours) for hf, ours in _HF_TOP)
+    return rename_keys(state, ((stage, rename), *top))
 
 
 def convert_hf_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -502,12 +496,12 @@ def convert_hf_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     where the official code (and the presets) use QuickGELU; :func:`deploykit.models.load_pretrained`
     switches the model with :meth:`CvT.set_mlp_activation`.
     """
-    return rename_keys(state, _FROM_HF)
+    return _rename_cvt(state, to_hf=False)
 
 
 def to_hf_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of :func:`convert_hf_checkpoint`."""
-    return rename_keys(state, _TO_HF)
+    return _rename_cvt(state, to_hf=True)
 
 
 # ----------------------------------------------------------------------------------------- presets
