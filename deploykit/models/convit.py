@@ -31,8 +31,7 @@ from deploykit.models.layers.checks import (
     divisible,
     non_negative_int,
     optional_positive_float,
-    positive_int,
-    probability,
+    vit_arguments,
 )
 from deploykit.models.registry import Preset, register_alias, register_preset
 from deploykit.models.weights import rename_keys
@@ -177,38 +176,31 @@ class ConViT(VisionModel):
         norm_eps: float = 1e-5,
         final_norm: bool = False,
     ) -> None:
-        for name, value in (
-            ("d_model", d_model),
-            ("image_size", image_size),
-            ("patch_size", patch_size),
-            ("encoder_mlp_d", encoder_mlp_d),
-            ("encoder_num_heads", encoder_num_heads),
-            ("num_encoder_blocks", num_encoder_blocks),
-            ("in_channels", in_channels),
-        ):
-            positive_int(name, value)
-        non_negative_int("num_classes", num_classes)
+        vit_arguments(
+            d_model=d_model,
+            image_size=image_size,
+            patch_size=patch_size,
+            encoder_mlp_d=encoder_mlp_d,
+            encoder_num_heads=encoder_num_heads,
+            num_encoder_blocks=num_encoder_blocks,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            classifier_mlp_d=classifier_mlp_d,
+            dropout=dropout,
+            encoder_dropout=encoder_dropout,
+            encoder_attention_dropout=encoder_attention_dropout,
+            encoder_projection_dropout=encoder_projection_dropout,
+            layer_scale=layer_scale,
+        )
         non_negative_int("num_gated_blocks", num_gated_blocks)
         if num_gated_blocks > num_encoder_blocks:
             raise ConfigError(
                 f"num_gated_blocks={num_gated_blocks} exceeds num_encoder_blocks={num_encoder_blocks}"
             )
-        if classifier_mlp_d is not None:
-            positive_int("classifier_mlp_d", classifier_mlp_d)
-        for name, value in (
-            ("dropout", dropout),
-            ("encoder_dropout", encoder_dropout),
-            ("encoder_attention_dropout", encoder_attention_dropout),
-            ("encoder_projection_dropout", encoder_projection_dropout),
-        ):
-            probability(name, value)
         optional_positive_float("locality_strength", locality_strength)
-        optional_positive_float("layer_scale", layer_scale)
         choice("locality_distance_method", locality_distance_method, LOCALITY_DISTANCE_METHODS)
         if isinstance(d_pos, bool) or not isinstance(d_pos, int) or d_pos < 3:
             raise ConfigError(f"d_pos must be an integer >= 3 (channels dx, dy, dx^2+dy^2), got {d_pos!r}")
-        divisible("image_size", image_size, "patch_size", patch_size)
-        divisible("d_model", d_model, "encoder_num_heads", encoder_num_heads)
         super().__init__(in_channels, image_size, num_classes)
         self.num_features = d_model
         grid = image_size // patch_size

@@ -23,11 +23,7 @@ from deploykit.models.layers import (
     drop_path_rates,
 )
 from deploykit.models.layers.checks import (
-    divisible,
-    non_negative_int,
-    optional_positive_float,
-    positive_int,
-    probability,
+    vit_arguments,
 )
 from deploykit.models.registry import Preset, register_alias, register_preset
 from deploykit.models.weights import rename_keys
@@ -114,29 +110,22 @@ class DeepViT(VisionModel):
         residual_scale: float = 1.0,
         patch_stem: str = "none",
     ) -> None:
-        for name, value in (
-            ("d_model", d_model),
-            ("image_size", image_size),
-            ("patch_size", patch_size),
-            ("encoder_mlp_d", encoder_mlp_d),
-            ("encoder_num_heads", encoder_num_heads),
-            ("num_encoder_blocks", num_encoder_blocks),
-            ("in_channels", in_channels),
-        ):
-            positive_int(name, value)
-        non_negative_int("num_classes", num_classes)
-        if classifier_mlp_d is not None:
-            positive_int("classifier_mlp_d", classifier_mlp_d)
-        for name, value in (
-            ("dropout", dropout),
-            ("encoder_dropout", encoder_dropout),
-            ("encoder_attention_dropout", encoder_attention_dropout),
-            ("encoder_projection_dropout", encoder_projection_dropout),
-        ):
-            probability(name, value)
-        optional_positive_float("layer_scale", layer_scale)
-        divisible("image_size", image_size, "patch_size", patch_size)
-        divisible("d_model", d_model, "encoder_num_heads", encoder_num_heads)
+        vit_arguments(
+            d_model=d_model,
+            image_size=image_size,
+            patch_size=patch_size,
+            encoder_mlp_d=encoder_mlp_d,
+            encoder_num_heads=encoder_num_heads,
+            num_encoder_blocks=num_encoder_blocks,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            classifier_mlp_d=classifier_mlp_d,
+            dropout=dropout,
+            encoder_dropout=encoder_dropout,
+            encoder_attention_dropout=encoder_attention_dropout,
+            encoder_projection_dropout=encoder_projection_dropout,
+            layer_scale=layer_scale,
+        )
         if patch_stem not in PATCH_STEMS:
             raise ConfigError(f"patch_stem must be one of {PATCH_STEMS}, got {patch_stem!r}")
         if patch_stem == "cnn" and patch_size % 4 != 0:

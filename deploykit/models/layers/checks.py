@@ -50,3 +50,46 @@ def optional_positive_float(name: str, value: object) -> float | None:
     ):
         raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
     return float(value)
+
+
+def vit_arguments(
+    *,
+    d_model: object,
+    image_size: object,
+    patch_size: object,
+    encoder_mlp_d: object,
+    encoder_num_heads: object,
+    num_encoder_blocks: object,
+    in_channels: object,
+    num_classes: object,
+    classifier_mlp_d: object,
+    dropout: object,
+    encoder_dropout: object,
+    encoder_attention_dropout: object,
+    encoder_projection_dropout: object,
+    layer_scale: object,
+) -> None:
+    """The checks every patch-based ViT constructor of the cv API (ConViT, DeepViT, HPool-ViT) shares."""
+    for name, value in (
+        ("d_model", d_model),
+        ("image_size", image_size),
+        ("patch_size", patch_size),
+        ("encoder_mlp_d", encoder_mlp_d),
+        ("encoder_num_heads", encoder_num_heads),
+        ("num_encoder_blocks", num_encoder_blocks),
+        ("in_channels", in_channels),
+    ):
+        positive_int(name, value)
+    non_negative_int("num_classes", num_classes)
+    if classifier_mlp_d is not None:
+        positive_int("classifier_mlp_d", classifier_mlp_d)
+    for name, value in (
+        ("dropout", dropout),
+        ("encoder_dropout", encoder_dropout),
+        ("encoder_attention_dropout", encoder_attention_dropout),
+        ("encoder_projection_dropout", encoder_projection_dropout),
+    ):
+        probability(name, value)
+    optional_positive_float("layer_scale", layer_scale)
+    divisible("image_size", image_size, "patch_size", patch_size)  # type: ignore[arg-type]
+    divisible("d_model", d_model, "encoder_num_heads", encoder_num_heads)  # type: ignore[arg-type]
