@@ -227,3 +227,20 @@ def test_inspect_reports_graph_facts(exported, tmp_path):
     facts = json.loads((tmp_path / "i.json").read_text())
     assert facts["ops"]["Conv"] >= 3 and "Einsum" not in facts["ops"]
     assert facts["lint"]["violations"] == []
+
+
+def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
+    import deploykit.export.onnx_export as oe
+
+    real = oe.torch.onnx.export
+
+    def dynamo_breaks(*args, **kwargs):
+        if kwargs.get("dynamo"):
+            raise RuntimeError("simulated dynamo failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(oe.torch.onnx, "export", dynamo_breaks)
+    result = run_export("hvt_ti_1", tmp_path / "o", small_config("hvt_ti_1", 64))
+    assert result.manifest["exporter"] == "torchscript"
+    assert "simulated dynamo failure" in result.manifest["exporter_notes"][0]
+    assert result.manifest["passed"]

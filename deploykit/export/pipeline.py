@@ -8,6 +8,7 @@ publishes nothing into the output directory; the rejected artifacts go to ``<out
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -179,7 +180,17 @@ def run_export(
     mark("rewrite")
 
     progress("onnx", f"{config.exporter} exporter, opset {config.opset}")
-    proto = export_onnx(rewritten, input_size, config.opset, config.exporter, max_batch)
+    exporter_notes: list[str] = []
+    try:
+        proto = export_onnx(rewritten, input_size, config.opset, config.exporter, max_batch)
+    except ExportError as exc:
+        if config.exporter != "dynamo":
+            raise
+        # the documented fallback: the TorchScript exporter, recorded in the manifest
+        exporter_notes.append(f"dynamo failed ({exc}); fell back to torchscript")
+        progress("onnx", "dynamo failed; falling back to the torchscript exporter")
+        config = dataclasses.replace(config, exporter="torchscript")
+        proto = export_onnx(rewritten, input_size, config.opset, config.exporter, max_batch)
     nodes_exported = len(proto.graph.node)
     parity["onnx"] = check_parity(
         "onnx (onnxruntime)", reference, run_batched(OrtRunner(serialize(proto)), images, max_batch), tol
@@ -281,6 +292,7 @@ def run_export(
         "versions": versions(),
         "opset": config.opset,
         "exporter": config.exporter,
+        "exporter_notes": exporter_notes,
         "weights": weights_info.to_dict() if weights_info else None,
         "rewrites": [r.to_dict() for r in records],
         "io": io_signature(proto),
