@@ -34,7 +34,7 @@ from deploykit.export.io import (
     staging_dir,
 )
 from deploykit.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, serialize, set_metadata
-from deploykit.export.rewrites import RewriteRecord, apply_rewrites
+from deploykit.export.rewrites import apply_rewrites
 from deploykit.export.simplify import SimplifyResult, simplify_onnx
 from deploykit.models import create_model, get_preset, load_pretrained
 from deploykit.models.weights import WeightsInfo
@@ -416,12 +416,3 @@ def _engine_stage(
         "precision": result.sidecar.get("precision"),
         "sidecar": result.sidecar,
     }
-
-
-def records_summary(records: list[RewriteRecord]) -> str:
-    return ", ".join(f"{r.name} x{r.modules}" for r in records) or "none"
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ExportError(message)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ class OrtRunner:
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
-        wanted = providers or ["CPUExecutionProvider"]
+        wanted = providers or default_providers()
         source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, options, providers=wanted)
@@ -47,6 +48,16 @@ class OrtRunner:
         return out.astype(np.float32)
 
 
+def default_providers() -> list[str]:
+    """CUDA first only where a session really runs on it; CPU otherwise (and always as the fallback)."""
+    return (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if cuda_provider_loads()
+        else ["CPUExecutionProvider"]
+    )
+
+
+@functools.cache
 def cuda_provider_loads() -> bool:
     """True only when a session really runs on CUDAExecutionProvider (not merely listed as available)."""
     import onnx
