@@ -19,13 +19,11 @@ from deploykit.errors import ConfigError
 from deploykit.models.base import InputShapeError, VisionModel
 from deploykit.models.layers import (
     Attention,
-    Block,
     ClassifierHead,
     DropPath,
     Encoder,
     Mlp,
     PatchEmbed,
-    drop_path_rates,
     make_layer_scale,
 )
 from deploykit.models.layers.checks import (
@@ -335,36 +333,27 @@ class CeiT(VisionModel):
         self.pos_drop = nn.Dropout(dropout)
 
         L = num_encoder_blocks
-        rates = drop_path_rates(stochastic_depth, stochastic_depth_mp, L)
-        blocks = [
-            Block(
+        self.encoder = Encoder.build(
+            d_model,
+            L,
+            lambda i: Attention(
+                d_model, encoder_num_heads, qkv_bias, encoder_attention_dropout, encoder_projection_dropout
+            ),
+            lambda i: LeFF(
                 d_model,
-                Attention(
-                    d_model,
-                    encoder_num_heads,
-                    qkv_bias,
-                    encoder_attention_dropout,
-                    encoder_projection_dropout,
-                ),
-                LeFF(
-                    d_model,
-                    leff_expand_ratio,
-                    leff_depthwise_kernel,
-                    leff_depthwise_padding,
-                    leff_depthwise_separable,
-                    leff_out_act,
-                    encoder_dropout,
-                ),
-                ln_order=ln_order,
-                layer_scale=layer_scale,
-                drop_path=rates[i],
-                block_index=i,
-                num_blocks=L,
-                norm_eps=norm_eps,
-            )
-            for i in range(L)
-        ]
-        self.encoder = Encoder(blocks, d_model, ln_order, norm_eps)
+                leff_expand_ratio,
+                leff_depthwise_kernel,
+                leff_depthwise_padding,
+                leff_depthwise_separable,
+                leff_out_act,
+                encoder_dropout,
+            ),
+            ln_order,
+            layer_scale,
+            stochastic_depth,
+            stochastic_depth_mp,
+            norm_eps,
+        )
         self.pos_layer_embed = nn.Parameter(torch.zeros(1, L, d_model)) if lca_layer_embed else None
         self.lca = LCA(
             d_model,

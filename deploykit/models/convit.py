@@ -19,12 +19,10 @@ from deploykit.errors import ConfigError
 from deploykit.models.base import VisionModel
 from deploykit.models.layers import (
     Attention,
-    Block,
     ClassifierHead,
     Encoder,
     Mlp,
     PatchEmbed,
-    drop_path_rates,
 )
 from deploykit.models.layers.checks import (
     choice,
@@ -213,11 +211,10 @@ class ConViT(VisionModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model)) if self.use_cls_token else None
 
         L = num_encoder_blocks
-        rates = drop_path_rates(stochastic_depth, stochastic_depth_mp, L)
-        blocks = []
-        for i in range(L):
+
+        def attention(i: int) -> nn.Module:
             if i < num_gated_blocks:
-                attn: nn.Module = GPSA(
+                return GPSA(
                     d_model,
                     encoder_num_heads,
                     grid,
@@ -229,28 +226,21 @@ class ConViT(VisionModel):
                     locality_distance_method,
                     d_pos,
                 )
-            else:
-                attn = Attention(
-                    d_model,
-                    encoder_num_heads,
-                    qkv_bias,
-                    encoder_attention_dropout,
-                    encoder_projection_dropout,
-                )
-            blocks.append(
-                Block(
-                    d_model,
-                    attn,
-                    Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
-                    ln_order=ln_order,
-                    layer_scale=layer_scale,
-                    drop_path=rates[i],
-                    block_index=i,
-                    num_blocks=L,
-                    norm_eps=norm_eps,
-                )
+            return Attention(
+                d_model, encoder_num_heads, qkv_bias, encoder_attention_dropout, encoder_projection_dropout
             )
-        self.encoder = Encoder(blocks, d_model, ln_order, norm_eps)
+
+        self.encoder = Encoder.build(
+            d_model,
+            L,
+            attention,
+            lambda i: Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
+            ln_order,
+            layer_scale,
+            stochastic_depth,
+            stochastic_depth_mp,
+            norm_eps,
+        )
         self.norm = nn.LayerNorm(d_model, eps=norm_eps) if final_norm else nn.Identity()
         self.head = ClassifierHead(d_model, num_classes, classifier_mlp_d, dropout)
         if self.pos_embed is not None:

@@ -15,12 +15,10 @@ from deploykit.errors import ConfigError
 from deploykit.models.base import VisionModel
 from deploykit.models.layers import (
     Attention,
-    Block,
     ClassifierHead,
     Encoder,
     Mlp,
     PatchEmbed,
-    drop_path_rates,
 )
 from deploykit.models.layers.checks import (
     vit_arguments,
@@ -155,32 +153,27 @@ class DeepViT(VisionModel):
         L = num_encoder_blocks
         first_re = L - (L if re_attention_depth is None else re_attention_depth)
         head_scale = (d_model // encoder_num_heads) ** -0.5 if re_attention_scale else 1.0
-        rates = drop_path_rates(stochastic_depth, stochastic_depth_mp, L)
-        blocks = [
-            Block(
+        self.encoder = Encoder.build(
+            d_model,
+            L,
+            lambda i: Attention(
                 d_model,
-                Attention(
-                    d_model,
-                    encoder_num_heads,
-                    qkv_bias,
-                    encoder_attention_dropout,
-                    encoder_projection_dropout,
-                    attn_transform=ReAttention(encoder_num_heads, head_scale)
-                    if re_attention and i >= first_re
-                    else None,
-                ),
-                Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
-                ln_order=ln_order,
-                layer_scale=layer_scale,
-                drop_path=rates[i],
-                block_index=i,
-                num_blocks=L,
-                norm_eps=norm_eps,
-                residual_scale=residual_scale,
-            )
-            for i in range(L)
-        ]
-        self.encoder = Encoder(blocks, d_model, ln_order, norm_eps)
+                encoder_num_heads,
+                qkv_bias,
+                encoder_attention_dropout,
+                encoder_projection_dropout,
+                attn_transform=ReAttention(encoder_num_heads, head_scale)
+                if re_attention and i >= first_re
+                else None,
+            ),
+            lambda i: Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
+            ln_order,
+            layer_scale,
+            stochastic_depth,
+            stochastic_depth_mp,
+            norm_eps,
+            residual_scale,
+        )
         self.norm = nn.LayerNorm(d_model, eps=norm_eps) if final_norm else nn.Identity()
         self.head = ClassifierHead(d_model, num_classes, classifier_mlp_d, dropout)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -23,12 +23,10 @@ from deploykit.errors import ConfigError
 from deploykit.models.base import VisionModel
 from deploykit.models.layers import (
     Attention,
-    Block,
     ClassifierHead,
     Encoder,
     Mlp,
     PatchEmbed,
-    drop_path_rates,
 )
 from deploykit.models.layers.checks import (
     positive_int,
@@ -187,33 +185,24 @@ class HPool_ViT(VisionModel):  # noqa: N801 - documented name
         self.pos_drop = nn.Dropout(dropout)
 
         L = num_encoder_blocks
-        rates = drop_path_rates(stochastic_depth, stochastic_depth_mp, L)
-        blocks = [
-            Block(
-                d_model,
-                Attention(
-                    d_model,
-                    encoder_num_heads,
-                    qkv_bias,
-                    encoder_attention_dropout,
-                    encoder_projection_dropout,
-                ),
-                Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
-                ln_order=ln_order,
-                layer_scale=layer_scale,
-                drop_path=rates[i],
-                block_index=i,
-                num_blocks=L,
-                norm_eps=norm_eps,
-            )
-            for i in range(L)
-        ]
         # pools[i] runs before block i (Identity where no pooling happens)
         self.pools = nn.ModuleList(
             PoolStage(counts[i - 1] if i > 0 else num_patches, d_model) if i in pool_at else nn.Identity()
             for i in range(L)
         )
-        self.encoder = Encoder(blocks, d_model, ln_order, norm_eps)
+        self.encoder = Encoder.build(
+            d_model,
+            L,
+            lambda i: Attention(
+                d_model, encoder_num_heads, qkv_bias, encoder_attention_dropout, encoder_projection_dropout
+            ),
+            lambda i: Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
+            ln_order,
+            layer_scale,
+            stochastic_depth,
+            stochastic_depth_mp,
+            norm_eps,
+        )
         self.norm = nn.LayerNorm(d_model, eps=norm_eps) if final_norm else nn.Identity()
         self.head = ClassifierHead(d_model, num_classes, classifier_mlp_d, dropout)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -13,11 +13,13 @@ dual-residual stream is never dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from deploykit.models.layers.checks import choice
-from deploykit.models.layers.drop import make_drop_path
+from deploykit.models.layers.drop import drop_path_rates, make_drop_path
 from deploykit.models.layers.layer_scale import make_layer_scale
 
 LN_ORDERS = ("residual", "pre", "post")
@@ -96,6 +98,40 @@ class Encoder(nn.Module):
         self.ln_order = choice("ln_order", ln_order, LN_ORDERS)
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = nn.LayerNorm(dim, eps=norm_eps) if ln_order == "residual" else nn.Identity()
+
+    @classmethod
+    def build(
+        cls,
+        dim: int,
+        depth: int,
+        attn: Callable[[int], nn.Module],
+        mlp: Callable[[int], nn.Module],
+        ln_order: str,
+        layer_scale: float | None = None,
+        stochastic_depth: bool = False,
+        stochastic_depth_mp: float | None = None,
+        norm_eps: float = 1e-5,
+        residual_scale: float = 1.0,
+    ) -> Encoder:
+        """``depth`` blocks whose sublayers come from ``attn(i)`` / ``mlp(i)``, with the linear drop-path
+        schedule (``stochastic_depth_mp * i / (depth - 1)``) every family shares."""
+        rates = drop_path_rates(stochastic_depth, stochastic_depth_mp, depth)
+        blocks = [
+            Block(
+                dim,
+                attn(i),
+                mlp(i),
+                ln_order=ln_order,
+                layer_scale=layer_scale,
+                drop_path=rates[i],
+                block_index=i,
+                num_blocks=depth,
+                norm_eps=norm_eps,
+                residual_scale=residual_scale,
+            )
+            for i in range(depth)
+        ]
+        return cls(blocks, dim, ln_order, norm_eps)
 
     def start(self, x: torch.Tensor) -> Streams:
         return (x, x) if self.ln_order == "residual" else (x,)
