@@ -226,7 +226,7 @@ def export_cmd(
     if engine["status"].startswith("skipped"):
         click.echo(
             f"engine: {engine['status']}; run {result.out_dir / engine['script']} on the target GPU "
-            "(TensorRT 11 trtexec) to build it there"
+            "(trtexec of TensorRT 10.3+ or 11.x) to build it there"
         )
     elif engine["status"] == "built":
         click.echo(f"engine -> {result.out_dir / 'model.engine'} ({engine.get('precision', '')})")
@@ -327,6 +327,60 @@ def validate_cmd(
     sys.exit(0 if report.passed else 1)
 
 
+@cli.command("predict")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top-k", "top_k", type=int, default=5, show_default=True, help="Classes per image.")
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False),
+    help="Class names, one per line (default: ImageNet-1k names for 1000-class models).",
+)
+@click.option(
+    "--batch", "batch_size", type=int, help="Images per forward pass (default: 8, or the engine's max)."
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+@_handle_errors
+def predict_cmd(
+    artifact: str,
+    images: tuple[str, ...],
+    top_k: int,
+    labels: str | None,
+    batch_size: int | None,
+    json_out: str | None,
+) -> None:
+    """Classify IMAGES (files or folders of images) with ARTIFACT (.onnx, or a TensorRT .engine/.plan).
+
+    Preprocessing (resize, crop, interpolation, mean/std) comes from the artifact's own record of its
+    preset. Exit 0 done; 2 bad input (missing, unreadable or truncated image, bad artifact, bad option).
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from deploykit.export.io import atomic_write_text
+    from deploykit.runtime import load
+    from deploykit.runtime.preprocess import expand_image_paths
+
+    files = expand_image_paths(images)
+    predictor = load(artifact, labels=labels)
+    results = predictor.predict(files, top_k=top_k, batch_size=batch_size)
+    table = Table(title=f"{artifact} ({predictor.runner.name})")
+    table.add_column("image", overflow="fold")
+    for col in ("#", "class", "label", "prob"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for result in results:
+        for rank, top in enumerate(result.topk, 1):
+            table.add_row(
+                result.image if rank == 1 else "", str(rank), str(top.cls), top.label, f"{top.prob:.4f}"
+            )
+        table.add_section()
+    Console(width=max(Console().width, 100)).print(table)
+    if json_out:
+        atomic_write_text(json_out, json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+
+
 @cli.command("build")
 @click.argument("onnx_file", type=click.Path(dir_okay=False))
 @click.option("--batch", help="Optimization profile MIN,OPT,MAX (default: the config's [batch]).")
@@ -348,7 +402,7 @@ def validate_cmd(
 def build_cmd(
     onnx_file: str, batch: str | None, config_path: str | None, timing_cache: str | None, out_dir: str | None
 ) -> None:
-    """Build a TensorRT 11 engine from ONNX_FILE (strongly typed: FP16 comes from an FP16 graph).
+    """Build a TensorRT engine (10.3+ or 11.x) from ONNX_FILE, strongly typed: FP16 comes from an FP16 graph.
 
     Exit 0 built; 1 an FP16 graph came out FP32; 2 bad input or build failure; 3 TensorRT or a GPU is
     missing (then build_engine.sh with the equivalent trtexec command is written instead).
@@ -391,7 +445,9 @@ def build_cmd(
             engine_path.name,
             reason,
         )
-        raise EngineUnavailableError(f"engine not built: {reason}; wrote {script} (trtexec, TensorRT 11)")
+        raise EngineUnavailableError(
+            f"engine not built: {reason}; wrote {script} (trtexec, TensorRT 10.3+ / 11.x)"
+        )
     result = build_engine(
         source,
         engine_path,

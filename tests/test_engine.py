@@ -1,10 +1,12 @@
-"""The TensorRT 11 engine stage.
+"""The TensorRT engine stage (TensorRT 10.3+ and 11.x).
 
-Everywhere: the engine code uses only names that exist in the TensorRT 11 Python bindings (the committed
-identifier list from tensorrt_cu13_bindings, checked with ``ast`` — no TensorRT needed) and none of the
-APIs TensorRT 11 removed; build_engine.sh carries the exact trtexec 11 flags; the inspector parsing; and
-a one-line EngineUnavailableError (exit code 3) without TensorRT or a GPU.
-With TensorRT 11 and a CUDA GPU (``gpu`` + ``trt`` markers, skipped with the reason otherwise): real
+Everywhere: the engine code uses only names that exist in **both** real Python bindings (the committed
+identifier lists of tensorrt_cu12_bindings 10.3.0 and tensorrt_cu13_bindings 11.4, checked with ``ast`` —
+no TensorRT needed) and none of the APIs TensorRT 11 removed; the version branches of the builder and the
+torch-free runner, run against fakes of ``tensorrt`` and ``cuda.bindings.runtime`` that record the calls
+(tests/fakes.py); build_engine.sh against stub ``trtexec`` binaries of 10.3 and 11.4; the inspector
+parsing; and a one-line EngineUnavailableError (exit code 3) without TensorRT or a GPU.
+With TensorRT and a CUDA GPU (``gpu`` + ``trt`` markers, skipped with the reason otherwise): real
 builds, the FP16 layer share, parity against PyTorch and timing-cache reuse.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from fakes import FakeCudart, FakeTensorRT, expected_logits, install_cudart
 from onnx import TensorProto, helper
 
 from deploykit.engine import builder as engine_builder
@@ -36,10 +39,14 @@ from deploykit.engine.builder import (
 from deploykit.engine.script import SCRIPT_NAME, write_build_script
 from deploykit.errors import EngineUnavailableError
 from deploykit.export.config import BatchProfile, default_config
+from deploykit.export.io import ordinary_mode
 from deploykit.validation.metrics import Tolerances
 
 ENGINE_DIR = Path(engine_builder.__file__).parent
-IDENTIFIERS = Path(__file__).parent / "data" / "tensorrt11_identifiers.txt"
+IDENTIFIER_LISTS = {
+    "10.3": Path(__file__).parent / "data" / "tensorrt10_identifiers.txt",
+    "11.4": Path(__file__).parent / "data" / "tensorrt11_identifiers.txt",
+}
 #: variables (or ``self.`` attributes, leading underscores ignored) that hold TensorRT objects
 TRT_OBJECTS = {
     "builder",
@@ -58,8 +65,16 @@ TRT_OBJECTS = {
 }
 #: APIs removed (or deprecated and ignored) in TensorRT 11 ("Removed Python APIs and Replacements")
 REMOVED = {
-    "BuilderFlag",  # every precision flag (FP16, INT8, BF16, FP8, INT4, FP4, OBEY/PREFER_PRECISION_...)
-    "set_flag",
+    # every precision flag of BuilderFlag (TF32 stays: deploykit clears it)
+    "FP16",
+    "INT8",
+    "BF16",
+    "FP8",
+    "INT4",
+    "FP4",
+    "OBEY_PRECISION_CONSTRAINTS",
+    "PREFER_PRECISION_CONSTRAINTS",
+    "set_flag",  # still in 11.x, but deploykit never turns a builder flag on (that is how weak typing starts)
     "device_memory_size",
     "get_device_memory_size_for_profile",
     "platform_has_fast_fp16",
@@ -67,7 +82,7 @@ REMOVED = {
     "int8_calibrator",
     "set_quantization_flag",
     "EXPLICIT_BATCH",
-    "STRONGLY_TYPED",  # deprecated in 11.0: retained for compatibility but ignored
+    # not here: STRONGLY_TYPED, deprecated and ignored in 11.x but what makes a 10.x network strongly typed
     "max_workspace_size",
     "execute_async_v2",
     "get_binding_shape",
@@ -76,8 +91,8 @@ REMOVED = {
 
 
 # -------------------------------------------------------------------------------- identifier checks
-def _identifiers() -> set[str]:
-    lines = IDENTIFIERS.read_text(encoding="utf-8").splitlines()
+def _identifiers(version: str) -> set[str]:
+    lines = IDENTIFIER_LISTS[version].read_text(encoding="utf-8").splitlines()
     return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
 
 
@@ -127,10 +142,10 @@ def _declared(tree: ast.Module) -> tuple[str, ...] | None:
 
 
 def test_identifier_list_is_from_tensorrt11_bindings():
-    text = IDENTIFIERS.read_text(encoding="utf-8")
-    assert IDENTIFIERS.stat().st_size < 1_500_000
+    text = IDENTIFIER_LISTS["11.4"].read_text(encoding="utf-8")
+    assert IDENTIFIER_LISTS["11.4"].stat().st_size < 1_500_000
     assert text.startswith("# ") and "tensorrt_cu13_bindings 11." in text.splitlines()[0]
-    ids = _identifiers()
+    ids = _identifiers("11.4")
     body = [line for line in text.splitlines() if not line.startswith("#")]
     assert body == sorted(set(body)), "identifier list must be sorted and deduplicated"
     # TensorRT 11 facts the list must reflect: the core API is there, the removed one is not
@@ -140,16 +155,36 @@ def test_identifier_list_is_from_tensorrt11_bindings():
     assert not {"int8_calibrator", "OBEY_PRECISION_CONSTRAINTS"} & ids
 
 
+def test_identifier_list_is_from_tensorrt10_bindings():
+    text = IDENTIFIER_LISTS["10.3"].read_text(encoding="utf-8")
+    assert text.startswith("# ") and "tensorrt_cu12_bindings 10.3.0" in text.splitlines()[0]
+    ids = _identifiers("10.3")
+    body = [line for line in text.splitlines() if not line.startswith("#")]
+    assert body == sorted(set(body)), "identifier list must be sorted and deduplicated"
+    # TensorRT 10.3 facts: weak typing is still there (FP16 flag, EXPLICIT_BATCH) next to the name-based API
+    assert {
+        "Builder",
+        "OnnxParser",
+        "execute_async_v3",
+        "set_tensor_address",
+        "get_engine_information",
+    } <= ids
+    assert {"FP16", "OBEY_PRECISION_CONSTRAINTS", "EXPLICIT_BATCH", "STRONGLY_TYPED", "TF32"} <= ids
+    assert ids != _identifiers("11.4")
+
+
+@pytest.mark.parametrize("version", sorted(IDENTIFIER_LISTS))
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: p.name)
-def test_trt_attribute_chains_exist_in_tensorrt11(path: Path):
-    ids = _identifiers()
+def test_trt_attribute_chains_exist_in_both_bindings(path: Path, version: str):
+    ids = _identifiers(version)
     tree = ast.parse(path.read_text(encoding="utf-8"))
     missing = {".".join(c) for c in _trt_chains(tree) if not set(c) <= ids}
-    assert not missing, f"{path.name}: not in the TensorRT 11 bindings: {sorted(missing)}"
+    assert not missing, f"{path.name}: not in the TensorRT {version} bindings: {sorted(missing)}"
 
 
+@pytest.mark.parametrize("version", sorted(IDENTIFIER_LISTS))
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: p.name)
-def test_trt_api_used_is_complete_and_exists(path: Path):
+def test_trt_api_used_is_complete_and_exists(path: Path, version: str):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     chains = _trt_chains(tree)
     members = _trt_object_members(tree)
@@ -158,8 +193,8 @@ def test_trt_api_used_is_complete_and_exists(path: Path):
         assert not chains and not members, f"{path.name} uses TensorRT but declares no TRT_API_USED"
         return
     assert len(declared) == len(set(declared)), f"{path.name}: duplicates in TRT_API_USED"
-    unknown = sorted(set(declared) - _identifiers())
-    assert not unknown, f"{path.name}: TRT_API_USED names not in the TensorRT 11 bindings: {unknown}"
+    unknown = sorted(set(declared) - _identifiers(version))
+    assert not unknown, f"{path.name}: TRT_API_USED names not in the TensorRT {version} bindings: {unknown}"
     used = {name for chain in chains for name in chain} | members
     undeclared = sorted(used - set(declared))
     assert not undeclared, f"{path.name}: TensorRT names used but not listed in TRT_API_USED: {undeclared}"
@@ -219,34 +254,91 @@ def test_build_script_flags_and_shapes(tmp_path: Path):
         assert f"    {arg} \\\n" in text
     assert "engines must be built on the target device" in text.replace("\n# ", " ")
     assert "TensorRT is not importable (ImportError: no module)" in text
-    flags = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
-    # TensorRT 11 trtexec: precision flags and --stronglyTyped are gone, --workspace since 10.x
-    for removed in ("--fp16", "--int8", "--bf16", "--best", "--stronglyTyped", "--workspace"):
-        assert not any(f == removed or f.startswith(removed + "=") for f in flags)
+    code = [line for line in text.splitlines() if not line.startswith("#")]
+    # weak typing is never asked for; --workspace is gone since 10.x
+    for removed in ("--fp16", "--int8", "--bf16", "--best", "--workspace"):
+        assert not any(removed in line for line in code)
 
 
 def test_build_script_is_executable_and_valid_bash(tmp_path: Path):
     path = _script(tmp_path, reason="no CUDA GPU\nsecond line; $(rm -rf /)")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    assert stat.S_IMODE(path.stat().st_mode) == ordinary_mode(executable=True)
     subprocess.run(["bash", "-n", str(path)], check=True)
     comment = [line for line in path.read_text().splitlines() if "no CUDA GPU" in line]
     assert len(comment) == 1 and comment[0].startswith("#")  # a multi-line reason stays one comment line
     assert not list(tmp_path.glob(".*.tmp")), "atomic write left a temp file"
 
 
-def test_build_script_runs_trtexec_from_its_own_directory(tmp_path: Path):
+def _stub_trtexec(bin_dir: Path, banner_version: str | None, no_tf32: bool = True) -> Path:
+    """A ``trtexec`` that answers ``--help`` like the real one (banner line first, then the flags) and
+    otherwise prints its working directory and arguments."""
+    bin_dir.mkdir(exist_ok=True)
+    banner = (
+        f"&&&& RUNNING TensorRT.trtexec [TensorRT v{banner_version}] # trtexec --help"
+        if banner_version
+        else "usage"
+    )
+    help_text = "  --noTF32                    Disable tf32 precision" if no_tf32 else "  --verbose"
+    fake = bin_dir / "trtexec"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [ "$1" = --help ]; then echo "{banner}"; echo "{help_text}"; exit 1; fi\n'
+        'pwd\nprintf "%s\\n" "$@"\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def _run_script(path: Path, bin_dir: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env_extra)
+    return subprocess.run(["bash", str(path), *args], cwd="/", env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("banner", "version_flags"),
+    [
+        ("100300", ["--stronglyTyped", "--noTF32"]),  # TensorRT 10.3.0 (JetPack 6): strong typing asked for
+        ("101601", ["--stronglyTyped", "--noTF32"]),
+        ("110400", ["--noTF32"]),  # TensorRT 11.4: always strongly typed, the flag is not needed
+    ],
+)
+def test_build_script_branches_on_the_trtexec_version(tmp_path: Path, banner: str, version_flags: list[str]):
     path = _script(tmp_path)
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "trtexec"
-    fake.write_text('#!/usr/bin/env bash\npwd\nprintf "%s\\n" "$@"\n')
-    fake.chmod(0o755)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    out = subprocess.run(
-        ["bash", str(path), "--verbose"], cwd="/", env=env, capture_output=True, text=True, check=True
-    ).stdout.splitlines()
-    assert Path(out[0]).resolve() == tmp_path.resolve()
-    assert out[1:] == [*EXPECTED_ARGS, "--verbose"]
+    _stub_trtexec(bin_dir, banner)
+    run = _run_script(path, bin_dir, "--verbose")
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.splitlines()
+    assert Path(out[0]).resolve() == tmp_path.resolve()  # runs from its own directory
+    assert out[1:] == [*EXPECTED_ARGS, *version_flags, "--verbose"]
+    major, minor = int(banner) // 10000, int(banner) // 100 % 100
+    assert f"TensorRT {major}.{minor}" in run.stderr
+
+
+def test_build_script_passes_no_tf32_only_where_trtexec_has_it(tmp_path: Path):
+    path = _script(tmp_path)
+    _stub_trtexec(tmp_path / "bin", "100300", no_tf32=False)
+    run = _run_script(path, tmp_path / "bin")
+    assert run.returncode == 0 and run.stdout.splitlines()[1:] == [*EXPECTED_ARGS, "--stronglyTyped"]
+
+
+@pytest.mark.parametrize(
+    ("banner", "message"), [("8601", "TensorRT 8.6"), ("100200", "TensorRT 10.2"), (None, "cannot read")]
+)
+def test_build_script_refuses_old_or_unknown_trtexec(tmp_path: Path, banner, message: str):
+    path = _script(tmp_path)
+    _stub_trtexec(tmp_path / "bin", banner)
+    run = _run_script(path, tmp_path / "bin")
+    assert run.returncode == 2 and message in run.stderr and not run.stdout
+
+
+def test_build_script_takes_trtexec_from_the_environment(tmp_path: Path):
+    path = _script(tmp_path)
+    fake = _stub_trtexec(tmp_path / "elsewhere", "110400")
+    run = _run_script(path, tmp_path / "empty", TRTEXEC=str(fake))
+    assert run.returncode == 0 and run.stdout.splitlines()[1] == EXPECTED_ARGS[0]
+    missing = _run_script(path, tmp_path / "empty", TRTEXEC=str(tmp_path / "nope"))
+    assert missing.returncode == 127 and "trtexec not found" in missing.stderr
 
 
 # ----------------------------------------------------------------------------------- inspector parsing
@@ -336,7 +428,167 @@ def test_this_machine_reports_a_one_line_reason():
         pytest.skip(f"TensorRT is available here ({reason})")
 
 
-# ------------------------------------------------------------------------------ TensorRT 11 + CUDA GPU
+# ------------------------------------------------------------------- fakes: TensorRT 10.3 / 11.4 paths
+def _with_fakes(monkeypatch, version: str, devices: int = 1, **engine) -> tuple[FakeTensorRT, FakeCudart]:
+    trt, cudart = FakeTensorRT(version, **engine), FakeCudart(devices)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    install_cudart(monkeypatch, cudart)
+    return trt, cudart
+
+
+def _exported_like_onnx(path: Path) -> Path:
+    """A small ONNX file with deploykit's preprocessing record, as an export writes it."""
+    proto = onnx.load(str(_tiny_onnx(path)))
+    record = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+    onnx.helper.set_model_props(proto, {"deploykit.preprocessing": json.dumps(record)})
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("version", "flags", "strongly_typed"),
+    [
+        ("10.3.0.26", 1 << 1, "creation flag STRONGLY_TYPED"),  # JetPack 6: weak typing unless asked
+        ("10.16.1.11", 1 << 1, "creation flag STRONGLY_TYPED"),
+        ("11.4.0.106", 0, "always (TensorRT 11)"),  # the flag is deprecated and ignored: not passed
+    ],
+)
+def test_build_engine_version_branches(tmp_path: Path, monkeypatch, version, flags, strongly_typed):
+    trt, _ = _with_fakes(monkeypatch, version, layer_dtypes=["Float"] * 3)
+    onnx_path = _exported_like_onnx(tmp_path / "model.onnx")
+    result = build_engine(
+        onnx_path, tmp_path / "model.engine", BatchProfile(1, 2, 8), 512, 4, tmp_path / "t.cache"
+    )
+    names = [c[0] for c in trt.calls]
+    assert ("create_network", flags) in trt.calls and names.count("create_network") == 1
+    assert ("clear_flag", "TF32") in trt.calls  # FP32 layers really run FP32
+    assert ("set_memory_pool_limit", "WORKSPACE", 512 << 20) in trt.calls
+    assert ("config.builder_optimization_level", 4) in trt.calls
+    assert ("set_shape", "input", (1, 3, 16, 16), (2, 3, 16, 16), (8, 3, 16, 16)) in trt.calls
+    assert names.index("clear_flag") < names.index("build_serialized_network")
+    sidecar = json.loads((tmp_path / "model.engine.json").read_text())
+    assert sidecar["tensorrt"] == version and sidecar["strongly_typed"] == strongly_typed
+    assert sidecar["tf32"] is False and sidecar["precision"] == "fp32"
+    assert sidecar["gpu"] == {"name": "Fake Orin", "compute_capability": "8.7", "memory_mib": 8192}
+    assert sidecar["preprocessing"]["interpolation"] == "bilinear"  # predict can run the engine alone
+    assert result.engine_path.read_bytes() == f"ENGINE trt={version} flags={flags}".encode()
+    assert (tmp_path / "t.cache").read_bytes().startswith(b"CACHE")
+    assert stat.S_IMODE(result.engine_path.stat().st_mode) == ordinary_mode()
+
+
+def test_build_engine_fp16_share_gate_with_fakes(tmp_path: Path, monkeypatch):
+    from deploykit.engine.builder import EnginePrecisionError
+
+    _with_fakes(monkeypatch, "10.3.0.26", layer_dtypes=["Half"] * 9 + ["Float"])
+    onnx_path = _exported_like_onnx(tmp_path / "model.onnx")
+    built = build_engine(onnx_path, tmp_path / "a.engine", BatchProfile(1, 1, 4), expect_fp16=True)
+    assert built.sidecar["precision"] == "fp16" and built.fp16_share == pytest.approx(0.9)
+    _with_fakes(monkeypatch, "10.3.0.26", layer_dtypes=["Half"] * 8 + ["Float"] * 2)
+    with pytest.raises(EnginePrecisionError, match="came out FP32"):
+        build_engine(onnx_path, tmp_path / "b.engine", BatchProfile(1, 1, 4), expect_fp16=True)
+    assert not (tmp_path / "b.engine").exists()
+
+
+@pytest.mark.parametrize(
+    ("version", "devices", "ok", "message"),
+    [
+        ("10.3.0.26", 1, True, "TensorRT 10.3.0.26 on Fake Orin"),
+        ("11.4.0.106", 1, True, "TensorRT 11.4.0.106 on Fake Orin"),
+        ("10.2.0.19", 1, False, "needs TensorRT 10.3 or newer"),
+        ("8.6.1", 1, False, "needs TensorRT 10.3 or newer"),
+        ("10.3.0.26", 0, False, "no CUDA GPU is visible (cudaGetDeviceCount: fake error 35)"),
+    ],
+)
+def test_tensorrt_available_checks_version_and_gpu(monkeypatch, version, devices, ok, message):
+    _with_fakes(monkeypatch, version, devices=devices)
+    got_ok, reason = tensorrt_available()
+    assert got_ok is ok and message in reason and "\n" not in reason
+
+
+def _fake_engine(tmp_path: Path, version: str = "10.3.0.26", precision: str = "fp32") -> Path:
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(f"ENGINE trt={version}".encode())
+    (tmp_path / "model.engine.json").write_text(json.dumps({"precision": precision}))
+    return engine
+
+
+@pytest.mark.parametrize("version", ["10.3.0.26", "11.4.0.106"])
+def test_runner_numpy_path_through_cuda_python(tmp_path: Path, monkeypatch, version):
+    from deploykit.engine.runner import TensorRTRunner
+
+    trt, cudart = _with_fakes(monkeypatch, version)
+    runner = TensorRTRunner(_fake_engine(tmp_path, version))
+    assert runner.name == f"tensorrt[{version}]" and runner.batch_range == (1, 8)
+    assert runner.input_shape == (3, 4, 4) and runner.precision == "fp32"
+    rng = np.random.default_rng(0)
+    for batch in (2, 5, 3):  # the buffers grow once to 5 and are reused for 3
+        x = rng.standard_normal((batch, 3, 4, 4)).astype(np.float32)
+        out = runner.run(x)
+        assert out.dtype == np.float32 and out.shape == (batch, 5)
+        np.testing.assert_allclose(out, expected_logits(x), rtol=1e-6, atol=1e-6)
+    mallocs = [c for c in cudart.calls if c[0] == "cudaMalloc"]
+    assert mallocs == [
+        ("cudaMalloc", 2 * 48 * 4),
+        ("cudaMalloc", 2 * 5 * 4),
+        ("cudaMalloc", 5 * 48 * 4),
+        ("cudaMalloc", 5 * 5 * 4),
+    ]
+    copies = [c[1] for c in cudart.calls if c[0] == "cudaMemcpyAsync"]
+    assert copies == ["cudaMemcpyHostToDevice", "cudaMemcpyDeviceToHost"] * 3
+    assert all(c[-1] == 1001 for c in cudart.calls if c[0] in ("cudaMemcpyAsync", "cudaStreamSynchronize"))
+    assert ("execute_async_v3", 1001) in trt.calls
+    runner.close()
+    assert not cudart.buffers and ("cudaStreamDestroy", 1001) in cudart.calls
+
+
+def test_runner_half_io_and_profile_errors(tmp_path: Path, monkeypatch):
+    from deploykit.engine.runner import TensorRTRunner
+    from deploykit.errors import InputError
+
+    _with_fakes(monkeypatch, "11.4.0.106", io_dtype="HALF", batch_range=(1, 4))
+    runner = TensorRTRunner(_fake_engine(tmp_path, precision="fp16"))
+    x = np.random.default_rng(1).standard_normal((4, 3, 4, 4)).astype(np.float32)
+    out = runner.run(x)  # float32 in, converted to the engine's FP16 input, FP16 out -> float32
+    assert out.dtype == np.float32 and runner.precision == "fp16"
+    np.testing.assert_allclose(out, expected_logits(x.astype(np.float16)), rtol=2e-3, atol=2e-3)
+    with pytest.raises(InputError, match="batch 1..4"):
+        runner.run(np.zeros((5, 3, 4, 4), np.float32))
+    with pytest.raises(InputError, match="does not fit"):
+        runner.run(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_runner_rejects_an_engine_tensorrt_cannot_load(tmp_path: Path, monkeypatch):
+    from deploykit.engine.runner import TensorRTRunner
+    from deploykit.errors import ArtifactError
+
+    _with_fakes(monkeypatch, "10.3.0.26")
+    engine = tmp_path / "other.engine"
+    engine.write_bytes(b"serialized by another TensorRT")
+    with pytest.raises(ArtifactError, match="cannot load this engine"):
+        TensorRTRunner(engine)
+
+
+def test_runner_needs_cuda_python_not_torch(tmp_path: Path, monkeypatch):
+    from deploykit.engine.runner import TensorRTRunner
+
+    _with_fakes(monkeypatch, "10.3.0.26")
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setattr(engine_builder, "gpu_info", lambda: ({"name": "Fake"}, ""))
+    with pytest.raises(EngineUnavailableError, match="cuda-python") as info:
+        TensorRTRunner(_fake_engine(tmp_path))
+    assert info.value.exit_code == 3
+
+
+def test_engine_runtime_imports_no_torch():
+    code = (
+        "import sys, deploykit.engine.runner, deploykit.runtime; "
+        "from deploykit.runtime import load; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------ TensorRT + CUDA GPU
 _TRT_OK, _TRT_REASON = tensorrt_available()
 PRESET, FAMILY = "convit_tiny", "convit"
 
@@ -344,7 +596,7 @@ PRESET, FAMILY = "convit_tiny", "convit"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     if not _TRT_OK:
-        pytest.skip(f"needs TensorRT 11 and a CUDA GPU: {_TRT_REASON}")
+        pytest.skip(f"needs TensorRT 10.3+ and a CUDA GPU: {_TRT_REASON}")
     from deploykit.export.pipeline import run_export
 
     config = dataclasses.replace(default_config(FAMILY), image_size=64, batch=BatchProfile(1, 2, 8))
@@ -393,7 +645,11 @@ def test_fp32_engine_builds_with_sidecar_and_matches_torch(exported, tmp_path: P
         "opt": [2, 3, 64, 64],
         "max": [8, 3, 64, 64],
     }
-    assert sidecar["tensorrt"].startswith("11.") and sidecar["gpu"]["compute_capability"]
+    assert (
+        engine_builder.tensorrt_version(sidecar["tensorrt"]) >= (10, 3)
+        and sidecar["gpu"]["compute_capability"]
+    )
+    assert sidecar["tf32"] is False
     assert sidecar["precision"] == "fp32" and sidecar["fp16_layer_share"] < FP16_SHARE_MIN
     assert sidecar["source_onnx"]["sha256"] and sidecar["engine"]["bytes"] == engine.stat().st_size
     assert built.sidecar == sidecar and (tmp_path / "timing.cache").stat().st_size > 0

@@ -1,4 +1,4 @@
-"""The TensorRT 11 engine stage: build (builder.py), run (runner.py), or write the trtexec script
+"""The TensorRT engine stage (TensorRT 10.3+ and 11.x): build (builder.py), run (runner.py), or write the trtexec script
 (script.py) when this machine has no TensorRT or GPU. Nothing here imports ``tensorrt`` at import time."""
 
 from deploykit.engine.builder import (

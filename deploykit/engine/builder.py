@@ -1,12 +1,20 @@
-"""Stage: ONNX -> TensorRT 11 engine, written against the documented TensorRT 11 Python API.
+"""Stage: ONNX -> TensorRT engine, written against the documented Python API of TensorRT 10.3+ and 11.x.
 
-TensorRT 11 builds every network strongly typed ("Migrating Python Code from TensorRT 10.x to 11.x"):
-there is no ``BuilderFlag.FP16`` (or INT8/BF16/OBEY_PRECISION_CONSTRAINTS), and
-``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is deprecated and ignored, so the network is created with
-no flags. An FP16 engine therefore comes from an FP16 ONNX graph (:mod:`deploykit.export.fp16`); this
-stage only checks, through the engine inspector, that the engine really came out FP16.
+Both versions build the network **strongly typed**: the precision of every layer is the type of its
+tensors in the ONNX graph, so an FP16 engine comes from an FP16 ONNX graph (:mod:`deploykit.export.fp16`)
+and this stage only checks, through the engine inspector, that the engine really came out FP16.
 
-``tensorrt`` is imported lazily: importing this module never needs TensorRT or a GPU.
+* TensorRT 11 is always strongly typed ("Migrating Python Code from TensorRT 10.x to 11.x": no
+  ``BuilderFlag.FP16``; ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is deprecated and ignored).
+* TensorRT 10.x (10.3 is JetPack 6 / Jetson Orin) still has weak typing and builds strongly typed only
+  when the network is created with ``1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)``; without it,
+  TensorRT 10 would be free to pick layer precisions and ignore the FP32 islands.
+* Both enable TF32 for FP32 layers by default (``BuilderFlag.TF32``, "Enabled by default"). deploykit
+  clears it: FP32 layers of an FP32 engine, and the FP32 islands of an FP16 one, are FP32 because the
+  numbers need it, and the FP32 parity gate must check FP32, not TF32.
+
+``tensorrt`` is imported lazily: importing this module never needs TensorRT or a GPU. The GPU is found
+with NVIDIA's ``cuda-python`` (``cuda.bindings.runtime``), or with torch where cuda-python is missing.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from deploykit.export.config import BatchProfile
 from deploykit.export.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 
 #: Every TensorRT name this module uses (classes, enum members, methods, properties). tests/test_engine.py
-#: checks each against the identifiers of the TensorRT 11 bindings and that the code uses no other.
+#: checks each against the identifiers of the TensorRT 10.3 and 11.4 bindings and that the code uses no other.
 TRT_API_USED = (
     "__version__",
     "Logger",
@@ -41,6 +49,11 @@ TRT_API_USED = (
     "MemoryPoolType",
     "WORKSPACE",
     "builder_optimization_level",
+    "NetworkDefinitionCreationFlag",
+    "STRONGLY_TYPED",
+    "clear_flag",
+    "BuilderFlag",
+    "TF32",
     "profiling_verbosity",
     "ProfilingVerbosity",
     "DETAILED",
@@ -62,7 +75,8 @@ TRT_API_USED = (
 
 #: An engine built from an FP16 graph must have at least this share of FP16 layers (see fp16_layer_share)
 FP16_SHARE_MIN = 0.9
-MIN_TENSORRT_MAJOR = 11
+#: the oldest TensorRT the engine stage supports: 10.3, the TensorRT of JetPack 6 (Jetson Orin)
+MIN_TENSORRT = (10, 3)
 
 
 class EngineError(DeployKitError):
@@ -95,28 +109,83 @@ def _one_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
+def tensorrt_version(version: str) -> tuple[int, int]:
+    """``"10.3.0.26"`` -> ``(10, 3)``; ``(0, 0)`` when the string is not a version."""
+    parts = str(version).split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return 0, 0
+
+
+def creation_flags(trt) -> int:
+    """``create_network`` flags that make the network strongly typed on this TensorRT.
+
+    10.x: the ``STRONGLY_TYPED`` creation flag (weak typing is the default there). 11.x: no flag (always
+    strongly typed; the flag is deprecated and ignored)."""
+    if tensorrt_version(trt.__version__)[0] >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def gpu_info() -> tuple[dict[str, Any] | None, str]:
+    """``({"name", "compute_capability", "memory_mib"}, "")`` for GPU 0, or ``(None, <one-line reason>)``.
+
+    Asks the CUDA runtime through cuda-python (what a torch-free device image has); falls back to torch."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        cudart = None
+    if cudart is not None:
+        err, count = cudart.cudaGetDeviceCount()
+        if err != cudart.cudaError_t.cudaSuccess or not count:
+            detail = cudart.cudaGetErrorString(err)[1].decode() if err else "0 devices"
+            return None, f"no CUDA GPU is visible (cudaGetDeviceCount: {detail})"
+        err, props = cudart.cudaGetDeviceProperties(0)
+        if err != cudart.cudaError_t.cudaSuccess:
+            return None, f"cannot read the GPU's properties (cudaGetDeviceProperties: {err})"
+        name = (
+            props.name.decode(errors="replace").rstrip("\x00")
+            if isinstance(props.name, bytes)
+            else props.name
+        )
+        return {
+            "name": str(name),
+            "compute_capability": f"{props.major}.{props.minor}",
+            "memory_mib": int(props.totalGlobalMem) >> 20,
+        }, ""
+    try:
+        import torch
+    except ImportError:
+        return None, "neither cuda-python nor torch is installed to find the GPU (pip install cuda-python)"
+    if not torch.cuda.is_available():
+        return None, "no CUDA GPU is visible (torch.cuda.is_available())"
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": props.name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "memory_mib": props.total_memory >> 20,
+    }, ""
+
+
 def tensorrt_available() -> tuple[bool, str]:
-    """``(True, "TensorRT 11.x on <GPU>")`` or ``(False, <one-line reason>)``; never raises."""
+    """``(True, "TensorRT 10.3.0 on <GPU>")`` or ``(False, <one-line reason>)``; never raises."""
     try:
         import tensorrt as trt
     except Exception as exc:  # ImportError, or OSError when the TensorRT libraries are missing
         detail = _one_line(str(exc)) or type(exc).__name__
         return False, f"TensorRT is not importable ({type(exc).__name__}: {detail})"
     version = str(getattr(trt, "__version__", "unknown"))
-    major = version.split(".")[0]
-    if not major.isdigit() or int(major) < MIN_TENSORRT_MAJOR:
-        return (
-            False,
-            f"TensorRT {version} is installed; the engine stage needs TensorRT {MIN_TENSORRT_MAJOR}+",
-        )
-    import torch
-
-    if not torch.cuda.is_available():
-        return (
-            False,
-            f"TensorRT {version} is installed but no CUDA GPU is visible (torch.cuda.is_available())",
-        )
-    return True, f"TensorRT {version} on {torch.cuda.get_device_name(0)}"
+    if tensorrt_version(version) < MIN_TENSORRT:
+        need = ".".join(map(str, MIN_TENSORRT))
+        return False, f"TensorRT {version} is installed; the engine stage needs TensorRT {need} or newer"
+    try:
+        gpu, reason = gpu_info()
+    except Exception as exc:  # a broken CUDA install must not crash an export that can skip the stage
+        gpu, reason = None, f"the CUDA runtime failed ({type(exc).__name__}: {_one_line(str(exc))})"
+    if gpu is None:
+        return False, f"TensorRT {version} is installed but {reason}"
+    return True, f"TensorRT {version} on {gpu['name']}"
 
 
 def require_tensorrt():
@@ -201,8 +270,8 @@ def fp16_layer_share(info: dict[str, Any]) -> tuple[float, int, int]:
 
 
 # ----------------------------------------------------------------------------------------------- build
-def onnx_input(onnx_path: Path) -> tuple[str, tuple[int, int, int]]:
-    """The graph's (first) real input name and its static C, H, W."""
+def onnx_facts(onnx_path: Path) -> tuple[str, tuple[int, int, int], dict[str, str]]:
+    """The graph's (one) real input name, its static C, H, W, and the file's ``metadata_props``."""
     import onnx
 
     try:
@@ -219,7 +288,13 @@ def onnx_input(onnx_path: Path) -> tuple[str, tuple[int, int, int]]:
         raise EngineError(
             f"{onnx_path}: input {inputs[0].name!r} must be (batch, C, H, W) with static C, H, W"
         )
-    return inputs[0].name, (chw[0], chw[1], chw[2])
+    meta = {p.key: p.value for p in proto.metadata_props}
+    return inputs[0].name, (chw[0], chw[1], chw[2]), meta
+
+
+def onnx_input(onnx_path: Path) -> tuple[str, tuple[int, int, int]]:
+    """The graph's (one) real input name and its static C, H, W."""
+    return onnx_facts(onnx_path)[:2]
 
 
 def _parser_errors(parser) -> str:
@@ -229,17 +304,6 @@ def _parser_errors(parser) -> str:
         node = error.node_name() or "<graph>"
         lines.append(f"node {node}: {_one_line(error.desc())}")
     return "; ".join(lines) or "no parser error recorded"
-
-
-def _gpu() -> dict[str, Any]:
-    import torch
-
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "name": props.name,
-        "compute_capability": f"{props.major}.{props.minor}",
-        "memory_mib": props.total_memory >> 20,
-    }
 
 
 def build_engine(
@@ -256,19 +320,21 @@ def build_engine(
     One optimization profile (batch min/opt/max at the ONNX input's C, H, W). ``timing_cache`` is loaded
     when the file exists and written back (atomically) after the build. With ``expect_fp16`` an engine
     whose FP16 layer share is below :data:`FP16_SHARE_MIN` raises :class:`EnginePrecisionError` and is not
-    written. Raises :class:`EngineUnavailableError` without TensorRT 11 or a CUDA GPU.
+    written. The sidecar also carries the ONNX file's recorded preprocessing, so ``deploykit predict`` can
+    run the engine alone. Raises :class:`EngineUnavailableError` without TensorRT 10.3+ or a CUDA GPU.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     cache_path = Path(timing_cache) if timing_cache is not None else None
     if not onnx_path.is_file():
         raise ArtifactError(f"ONNX file not found: {onnx_path}")
     trt = require_tensorrt()
-    input_name, (c, h, w) = onnx_input(onnx_path)
+    input_name, (c, h, w), meta = onnx_facts(onnx_path)
     notes: list[str] = []
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 11: always strongly typed, no creation flag needed
+    flags = creation_flags(trt)  # strongly typed on 10.x and 11.x alike
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise EngineError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {_parser_errors(parser)}")
@@ -277,6 +343,7 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
     config.builder_optimization_level = opt_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    config.clear_flag(trt.BuilderFlag.TF32)  # FP32 layers really run FP32 (TF32 is on by default)
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, (batch.min, c, h, w), (batch.opt, c, h, w), (batch.max, c, h, w))
     config.add_optimization_profile(profile)
@@ -322,7 +389,9 @@ def build_engine(
     sidecar = {
         "deploykit": deploykit.__version__,
         "tensorrt": trt.__version__,
-        "gpu": _gpu(),
+        "strongly_typed": "creation flag STRONGLY_TYPED" if flags else "always (TensorRT 11)",
+        "tf32": False,
+        "gpu": gpu_info()[0],
         "precision": "fp16" if share >= FP16_SHARE_MIN else "fp32",
         "fp16_layer_share": round(share, 4),
         "layers": {"fp16": fp16_layers, "floating": float_layers, "total": len(info["Layers"])},
@@ -336,6 +405,10 @@ def build_engine(
         "builder_optimization_level": opt_level,
         "timing_cache": {"file": cache_path.name, "loaded": cache_loaded} if cache_path else None,
         "source_onnx": {"file": onnx_path.name, "sha256": sha256_file(onnx_path)},
+        # the preset's data_config recorded at export: `deploykit predict` runs the engine on its own
+        "preprocessing": json.loads(meta["deploykit.preprocessing"])
+        if "deploykit.preprocessing" in meta
+        else None,
         "engine": {"bytes": len(data), "sha256": sha256_bytes(data)},
         "build_seconds": build_seconds,
         "notes": notes,

@@ -1,21 +1,28 @@
-"""TensorRT runner (TensorRT 11 name-based I/O API): ``run(x) -> logits`` like the other runners.
+"""TensorRT runner (the name-based I/O API of TensorRT 10 and 11): ``run(x) -> logits`` like the other
+runners, with no torch needed on the device.
 
-Buffers are torch CUDA tensors, so no pycuda/cuda-python dependency: per call the input shape is set on
-the execution context, the output is allocated at the shape TensorRT infers, both addresses are bound with
-``set_tensor_address`` and ``execute_async_v3`` runs on a torch CUDA stream.
+Device memory, copies and the stream go through NVIDIA's ``cuda-python`` (``cuda.bindings.runtime``): a
+numpy batch is copied into a device buffer (grown as needed, reused across calls), the input shape is set
+on the execution context, the output is written at the shape TensorRT infers, ``execute_async_v3`` runs
+on the runner's stream and the result is copied back and returned as numpy float32. A torch CUDA tensor
+(when torch is installed) is bound without any copy and the output comes back as a torch CUDA tensor,
+run on torch's current stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from deploykit.engine.builder import EngineError, require_tensorrt, sidecar_path_for
-from deploykit.errors import ArtifactError
+from deploykit.errors import ArtifactError, EngineUnavailableError, InputError
 
-#: Every TensorRT name this module uses; checked by tests/test_engine.py against the TensorRT 11 bindings.
+#: Every TensorRT name this module uses; tests/test_engine.py checks each against the TensorRT 10.3 and
+#: 11.4 bindings.
 TRT_API_USED = (
     "__version__",
     "Logger",
@@ -28,37 +35,83 @@ TRT_API_USED = (
     "get_tensor_mode",
     "get_tensor_dtype",
     "get_tensor_shape",
+    "get_tensor_profile_shape",
     "TensorIOMode",
     "INPUT",
     "OUTPUT",
     "DataType",
     "FLOAT",
     "HALF",
-    "BF16",
     "set_input_shape",
     "set_tensor_address",
     "execute_async_v3",
 )
 
 
-def engine_precision(engine_path: str | Path) -> str:
-    """``precision`` from the engine's sidecar JSON (written by build_engine), else ``fp32``."""
-    sidecar = sidecar_path_for(engine_path)
+def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
+    """The engine's sidecar JSON (written by build_engine), ``{}`` when there is none or it is unreadable."""
     try:
-        value = json.loads(sidecar.read_text(encoding="utf-8")).get("precision", "fp32")
-    except (OSError, ValueError, AttributeError):
-        return "fp32"
+        data = json.loads(sidecar_path_for(engine_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def engine_precision(engine_path: str | Path) -> str:
+    """``precision`` from the engine's sidecar JSON, else ``fp32``."""
+    value = read_sidecar(engine_path).get("precision", "fp32")
     return value if value in ("fp16", "fp32") else "fp32"
 
 
+def require_cudart():
+    """``cuda.bindings.runtime``, or :class:`EngineUnavailableError` (exit 3) saying what to install."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError as exc:
+        raise EngineUnavailableError(
+            f"the TensorRT runner needs NVIDIA cuda-python (pip install cuda-python): {exc}"
+        ) from None
+    return cudart
+
+
+def _check(cudart, result, what: str):
+    """Unpack a cuda-python call's ``(err, *values)``; a CUDA error becomes :class:`EngineError`."""
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        name = cudart.cudaGetErrorString(err)[1]
+        raise EngineError(f"CUDA {what} failed: {name.decode() if isinstance(name, bytes) else name}")
+    return values[0] if len(values) == 1 else tuple(values) or None
+
+
+class _DeviceBuffer:
+    """One device allocation that grows to the largest batch seen (freed by :meth:`free`)."""
+
+    def __init__(self, cudart) -> None:
+        self.cudart, self.ptr, self.nbytes = cudart, 0, 0
+
+    def reserve(self, nbytes: int) -> int:
+        if nbytes > self.nbytes:
+            self.free()
+            self.ptr = int(_check(self.cudart, self.cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            self.nbytes = nbytes
+        return self.ptr
+
+    def free(self) -> None:
+        if self.ptr:
+            self.cudart.cudaFree(self.ptr)
+        self.ptr, self.nbytes = 0, 0
+
+
 class TensorRTRunner:
+    """Run a serialized engine with one input and one output (both FLOAT or HALF)."""
+
     def __init__(self, engine_path: str | Path, name: str = "tensorrt") -> None:
         path = Path(engine_path)
         if not path.is_file():
             raise ArtifactError(f"engine not found: {path}")
         trt = require_tensorrt()
-        import torch
-
+        cudart = require_cudart()
+        self._cudart = cudart
         self.precision = engine_precision(path)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -75,39 +128,89 @@ class TensorRTRunner:
         if len(inputs) != 1 or len(outputs) != 1:
             raise ArtifactError(f"{path}: expected one input and one output, found {inputs} and {outputs}")
         self.input_name, self.output_name = inputs[0], outputs[0]
-        torch_dtypes = {
-            trt.DataType.FLOAT: torch.float32,
-            trt.DataType.HALF: torch.float16,
-            trt.DataType.BF16: torch.bfloat16,
-        }
+        np_dtypes = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16}
         dtypes = {n: self.engine.get_tensor_dtype(n) for n in (self.input_name, self.output_name)}
-        unsupported = {n: str(d) for n, d in dtypes.items() if d not in torch_dtypes}
+        unsupported = {n: str(d) for n, d in dtypes.items() if d not in np_dtypes}
         if unsupported:
-            raise ArtifactError(f"{path}: unsupported I/O tensor types {unsupported}")
-        self._input_dtype = torch_dtypes[dtypes[self.input_name]]
-        self._output_dtype = torch_dtypes[dtypes[self.output_name]]
-        self._stream = torch.cuda.Stream()
+            raise ArtifactError(f"{path}: unsupported I/O tensor types {unsupported} (FLOAT or HALF only)")
+        self.input_dtype = np.dtype(np_dtypes[dtypes[self.input_name]])
+        self.output_dtype = np.dtype(np_dtypes[dtypes[self.output_name]])
+        # profile 0: (min, opt, max) shapes; the batch range a caller may send
+        low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        self.input_shape = tuple(int(d) for d in high)[1:]  # (C, H, W)
+        self.batch_range = (int(low[0]), int(high[0]))
+        self.output_shape = tuple(int(d) for d in self.engine.get_tensor_shape(self.output_name))  # (-1, K)
+        self._input = _DeviceBuffer(cudart)
+        self._output = _DeviceBuffer(cudart)
+        self._stream = int(_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate"))
         self.name = f"{name}[{trt.__version__}]"
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    # ------------------------------------------------------------------------------------------- run
+    def _set_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if tuple(shape[1:]) != self.input_shape or not self.batch_range[0] <= shape[0] <= self.batch_range[1]:
+            low, high = self.batch_range
+            raise InputError(
+                f"input shape {tuple(shape)} does not fit the engine's profile (batch {low}..{high}, "
+                f"{'x'.join(map(str, self.input_shape))})"
+            )
+        if not self.context.set_input_shape(self.input_name, tuple(shape)):
+            raise InputError(f"TensorRT rejected the input shape {tuple(shape)}")
+        return tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
+
+    def _execute(self, stream: int, input_ptr: int, output_ptr: int) -> None:
+        self.context.set_tensor_address(self.input_name, input_ptr)
+        self.context.set_tensor_address(self.output_name, output_ptr)
+        if not self.context.execute_async_v3(stream):
+            raise EngineError("TensorRT execute_async_v3 failed (see TensorRT's log above)")
+
+    def run(self, x):
+        """numpy ``(B, C, H, W)`` -> numpy float32 logits; a torch CUDA tensor -> a torch CUDA tensor."""
+        if type(x).__module__.startswith("torch"):
+            return self._run_torch(x)
+        cudart = self._cudart
+        host = np.ascontiguousarray(x, dtype=self.input_dtype)
+        out_shape = self._set_shape(host.shape)
+        result = np.empty(out_shape, dtype=self.output_dtype)
+        d_in = self._input.reserve(host.nbytes)
+        d_out = self._output.reserve(result.nbytes)
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _check(
+            cudart, cudart.cudaMemcpyAsync(d_in, host.ctypes.data, host.nbytes, h2d, self._stream), "copy in"
+        )
+        self._execute(self._stream, d_in, d_out)
+        _check(
+            cudart,
+            cudart.cudaMemcpyAsync(result.ctypes.data, d_out, result.nbytes, d2h, self._stream),
+            "copy out",
+        )
+        _check(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return result.astype(np.float32, copy=False)
+
+    def _run_torch(self, x):
+        """Zero-copy: bind the tensor's device memory, write the output into a new CUDA tensor."""
         import torch
 
-        host = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        with torch.cuda.stream(self._stream):
-            inp = host.to("cuda", dtype=self._input_dtype).contiguous()
-            if not self.context.set_input_shape(self.input_name, tuple(inp.shape)):
-                raise ArtifactError(
-                    f"input shape {tuple(inp.shape)} is outside the engine's optimization profile"
-                )
-            out = torch.empty(
-                tuple(self.context.get_tensor_shape(self.output_name)),
-                dtype=self._output_dtype,
-                device="cuda",
-            )
-            self.context.set_tensor_address(self.input_name, inp.data_ptr())
-            self.context.set_tensor_address(self.output_name, out.data_ptr())
-            ok = self.context.execute_async_v3(self._stream.cuda_stream)
-        self._stream.synchronize()
-        if not ok:
-            raise EngineError("TensorRT execute_async_v3 failed (see TensorRT's log above)")
-        return out.float().cpu().numpy()
+        want = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
+        if not x.is_cuda:
+            return torch.from_numpy(self.run(x.detach().cpu().numpy()))
+        x = x.detach().to(want[self.input_dtype]).contiguous()  # no copy when it already is
+        out = torch.empty(self._set_shape(tuple(x.shape)), dtype=want[self.output_dtype], device=x.device)
+        stream = torch.cuda.current_stream(x.device)
+        self._execute(stream.cuda_stream, x.data_ptr(), out.data_ptr())
+        stream.synchronize()
+        return out
+
+    def close(self) -> None:
+        """Free the device buffers and the stream (also done when the runner is garbage-collected)."""
+        cudart = getattr(self, "_cudart", None)
+        if cudart is None:
+            return
+        self._input.free()
+        self._output.free()
+        if self._stream:
+            cudart.cudaStreamDestroy(self._stream)
+            self._stream = 0
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: the CUDA runtime may be gone already
+            self.close()

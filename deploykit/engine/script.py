@@ -1,15 +1,22 @@
-"""``build_engine.sh``: the TensorRT 11 ``trtexec`` command that builds the same engine on the target.
+"""``build_engine.sh``: the ``trtexec`` command that builds the same engine on the target device.
 
-Written when this machine cannot build the engine itself (no TensorRT 11 or no GPU). The flags follow
-"Migrating trtexec Usage from TensorRT 10.x to 11.x": no ``--fp16`` (all precision flags were removed
-because every network is strongly typed; the FP16 ONNX graph already carries its types) and no
-``--stronglyTyped`` (no longer needed, always on). The workspace is ``--memPoolSize=workspace:<N>M``
-(``--workspace`` was removed in 10.x; the ``M`` suffix makes the unit explicit).
+Written when this machine cannot build the engine itself (no TensorRT or no GPU). The script works with
+trtexec from TensorRT 10.3 (JetPack 6) to 11.x and reads the version when it runs (trtexec has no
+``--version``: the banner of ``trtexec --help`` says ``[TensorRT v100300]``):
+
+* every build is strongly typed, so the FP16/FP32 types of the ONNX graph are what runs: TensorRT 11
+  always is ("Migrating trtexec Usage from TensorRT 10.x to 11.x": ``--stronglyTyped`` is no longer
+  needed); trtexec 10.x gets ``--stronglyTyped``. Never ``--fp16``, ``--best`` or ``--int8`` (weak typing:
+  TensorRT would pick precisions itself; 11.x removed them);
+* ``--noTF32`` where this trtexec offers it (read from its ``--help``), as the Python builder clears
+  ``BuilderFlag.TF32``: FP32 layers compute FP32;
+* the workspace is ``--memPoolSize=workspace:<N>M`` (``--workspace`` was removed in 10.x).
+
+``trtexec`` is taken from ``$TRTEXEC``, else ``PATH``, else JetPack's ``/usr/src/tensorrt/bin/trtexec``.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
@@ -61,7 +68,7 @@ def write_build_script(
     engine_name: str,
     reason: str,
 ) -> Path:
-    """Write ``build_engine.sh`` beside ``onnx_path`` (atomically, mode 755) and return its path."""
+    """Write ``build_engine.sh`` beside ``onnx_path`` (atomically, executable) and return its path."""
     onnx_path = Path(onnx_path)
     args = trtexec_args(
         onnx_path.name,
@@ -76,21 +83,44 @@ def write_build_script(
     why = " ".join(str(reason).split()) or "unknown"
     lines = [
         "#!/usr/bin/env bash",
-        f"# Build {engine_name} from {onnx_path.name} with TensorRT 11 trtexec.",
+        f"# Build {engine_name} from {onnx_path.name} with trtexec (TensorRT 10.3 or newer).",
         "#",
         "# Why this script exists: a TensorRT engine is specific to the GPU, driver and TensorRT version",
         "# that built it, so engines must be built on the target device. deploykit could not build one on",
         f"# the machine that exported the model: {why}.",
         "#",
-        "# TensorRT 11 builds every network strongly typed: there is no --fp16 (or --stronglyTyped); the",
-        "# precision is the tensor types in the ONNX graph. The timing cache makes rebuilds faster.",
+        "# Strongly typed on every version: the precision is the tensor types in the ONNX graph. TensorRT 11",
+        "# always builds that way; trtexec 10.x is given --stronglyTyped. Never --fp16/--best/--int8. TF32 is",
+        "# switched off (--noTF32, where this trtexec has it). The timing cache makes rebuilds faster.",
+        "# trtexec: $TRTEXEC, else PATH, else JetPack's /usr/src/tensorrt/bin/trtexec.",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
-        "trtexec \\",
+        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+        'if [ ! -x "$TRTEXEC" ]; then',
+        '    echo "build_engine.sh: trtexec not found (put it on PATH or set TRTEXEC=/path/to/trtexec)" >&2',
+        "    exit 127",
+        "fi",
+        "# trtexec has no --version: its banner says [TensorRT v100300] (10.x+: major*10000+minor*100+patch,",
+        "# 8.x: major*1000+minor*100+patch)",
+        'help=$("$TRTEXEC" --help 2>&1 || true)',
+        "if [[ $help =~ TensorRT\\ v([0-9]+) ]]; then version=${BASH_REMATCH[1]}; else",
+        '    echo "build_engine.sh: cannot read the TensorRT version from $TRTEXEC --help" >&2',
+        "    exit 2",
+        "fi",
+        'if [ "$version" -ge 100000 ]; then major=$((version / 10000)); minor=$((version / 100 % 100))',
+        "else major=$((version / 1000)); minor=$((version / 100 % 10)); fi",
+        'if [ "$major" -lt 10 ] || { [ "$major" -eq 10 ] && [ "$minor" -lt 3 ]; }; then',
+        '    echo "build_engine.sh: $TRTEXEC is TensorRT $major.$minor; deploykit engines need 10.3 or newer" >&2',
+        "    exit 2",
+        "fi",
+        "flags=()",
+        'if [ "$major" -eq 10 ]; then flags+=(--stronglyTyped); fi',
+        'case "$help" in *--noTF32*) flags+=(--noTF32) ;; esac',
+        'echo "build_engine.sh: TensorRT $major.$minor ($TRTEXEC), version flags: ${flags[*]:-none}" >&2',
+        'exec "$TRTEXEC" \\',
         *(f"    {shlex.quote(a)} \\" for a in args),
-        '    "$@"',
+        '    ${flags[@]+"${flags[@]}"} "$@"',
     ]
     path = onnx_path.parent / SCRIPT_NAME
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    os.chmod(path, 0o755)
+    atomic_write_text(path, "\n".join(lines) + "\n", executable=True)
     return path

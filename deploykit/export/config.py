@@ -1,4 +1,5 @@
-"""Export configuration: one TOML file per preset family under ``export_configs/``.
+"""Export configuration: one TOML file per preset family under ``export_configs/`` (installed as the
+package data ``deploykit.export_configs``).
 
 Every value is validated on load; an unknown key or a bad value is a :class:`ConfigError` that names the
 file and the key. ``--config FILE`` takes any such file.
@@ -7,15 +8,25 @@ file and the key. ``--config FILE`` takes any such file.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:  # Python 3.11+; JetPack 6 images run Python 3.10, which has tomli instead
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - exercised on Python 3.10
+    import tomli as tomllib
+
+try:
+    from importlib.resources.abc import Traversable
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    from importlib.abc import Traversable
 
 from deploykit.errors import ConfigError
 from deploykit.validation.metrics import Tolerances
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "export_configs"
+#: the package the shipped ``<family>.toml`` files are installed as (the repository's ``export_configs/``)
+CONFIG_PACKAGE = "deploykit.export_configs"
 EXPORTERS = ("dynamo", "torchscript")
 #: LayerNormalization is a single op from opset 17; TensorRT 11's parser documents opsets up to 24
 MIN_OPSET, MAX_OPSET = 17, 24
@@ -146,8 +157,8 @@ def _parse(data: dict[str, Any], source: str) -> ExportConfig:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_config(path: str | Path) -> ExportConfig:
-    path = Path(path)
+def load_config(path: str | Path | Traversable) -> ExportConfig:
+    path = path if isinstance(path, Traversable) else Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -159,9 +170,19 @@ def load_config(path: str | Path) -> ExportConfig:
     return _parse(data, str(path))
 
 
+def default_config_path(family: str) -> Traversable:
+    """The shipped ``export_configs/<family>.toml`` (a file inside the installed package)."""
+    return resources.files(CONFIG_PACKAGE) / f"{family}.toml"
+
+
 def default_config(family: str) -> ExportConfig:
-    """The shipped ``export_configs/<family>.toml``."""
-    path = CONFIG_DIR / f"{family}.toml"
+    """The shipped ``export_configs/<family>.toml``, read through ``importlib.resources``."""
+    path = default_config_path(family)
     if not path.is_file():
-        raise ConfigError(f"no default export config for family {family!r} (expected {path})")
+        known = sorted(
+            p.name.removesuffix(".toml")
+            for p in resources.files(CONFIG_PACKAGE).iterdir()
+            if p.name.endswith(".toml")
+        )
+        raise ConfigError(f"no default export config for family {family!r} (shipped: {', '.join(known)})")
     return load_config(path)

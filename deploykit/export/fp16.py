@@ -1,4 +1,5 @@
-"""Stage: the mixed-precision ONNX graph that a TensorRT 11 strongly typed build runs as FP16.
+"""Stage: the mixed-precision ONNX graph that a strongly typed TensorRT build (11.x always, 10.x with the
+STRONGLY_TYPED flag) runs as FP16.
 
 TensorRT 11 has no weak typing (no ``BuilderFlag.FP16``): the precision of every layer is the type of its
 tensors in the ONNX graph. So "FP16" means this graph — FP16 weights and activations, with FP32 islands

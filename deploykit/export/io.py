@@ -36,14 +36,32 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_mode(executable: bool = False) -> int:
+    """The mode ``open()`` would give a new file (0644 under umask 022), 0755 for an executable one.
+
+    ``tempfile`` creates files 0600 and directories 0700; an artifact renamed into place from there would
+    be unreadable to a Triton server, a container or another user.
+    """
+    return (0o777 if executable else 0o666) & ~current_umask()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, executable: bool = False) -> Path:
     """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``.
 
     A failure or interruption leaves the previous ``path`` (if any) untouched and no partial file behind.
+    The file gets the mode a plain ``open()`` would give it (see :func:`ordinary_mode`).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, ordinary_mode(executable))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -56,16 +74,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, executable: bool = False) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), executable)
 
 
 @contextlib.contextmanager
 def staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A private directory inside ``out_dir`` for in-progress artifacts; removed on exit."""
+    """A hidden directory inside ``out_dir`` for in-progress artifacts; removed on exit. It gets an ordinary
+    directory mode because it may be renamed into place (``rejected/``)."""
     import shutil
 
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
+    tmp.chmod(ordinary_mode(executable=True))
     try:
         yield tmp
     finally:

@@ -328,7 +328,7 @@ def run_export(
                 f"nothing was published, rejected artifacts are in {rejected}"
             )
         if engine:
-            progress("engine", "TensorRT 11 strongly typed build")
+            progress("engine", "TensorRT strongly typed build")
             source = "model.fp16.onnx" if fp16 else "model.onnx"
             manifest["engine"] = _engine_stage(
                 stage, source, input_size, config, timing_cache, expect_fp16=fp16

@@ -48,24 +48,30 @@ class OrtRunner:
         return out.astype(np.float32)
 
 
-def default_providers() -> list[str]:
-    """CUDA first only where a session really runs on it; CPU otherwise (and always as the fallback)."""
-    return (
-        ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        if cuda_provider_loads()
-        else ["CPUExecutionProvider"]
-    )
+def default_providers(tensorrt: bool = False) -> list[str]:
+    """CUDA (and, with ``tensorrt``, TensorRT) first only where a session really runs on it; CPU otherwise
+    (and always as the fallback). Parity checks leave TensorRT out: its execution provider picks its own
+    kernels and tactics, which is what ``deploykit predict`` wants and ``validate`` must not hide."""
+    wanted = ["TensorrtExecutionProvider"] if tensorrt else []
+    wanted.append("CUDAExecutionProvider")
+    return [p for p in wanted if provider_loads(p)] + ["CPUExecutionProvider"]
+
+
+def cuda_provider_loads() -> bool:
+    """True only when a session really runs on CUDAExecutionProvider (not merely listed as available)."""
+    return provider_loads("CUDAExecutionProvider")
 
 
 @functools.cache
-def cuda_provider_loads() -> bool:
-    """True only when a session really runs on CUDAExecutionProvider (not merely listed as available)."""
-    import onnx
+def provider_loads(provider: str) -> bool:
+    """True only when a session really runs on ``provider`` (not merely listed as available)."""
     import onnxruntime as ort
+
+    if provider not in ort.get_available_providers():
+        return False
+    import onnx
     from onnx import TensorProto, helper
 
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
         "probe",
@@ -74,7 +80,7 @@ def cuda_provider_loads() -> bool:
     )
     probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     try:
-        sess = ort.InferenceSession(onnx._serialize(probe), providers=["CUDAExecutionProvider"])
+        sess = ort.InferenceSession(onnx._serialize(probe), providers=[provider])
     except Exception:
         return False
-    return sess.get_providers()[0] == "CUDAExecutionProvider"
+    return sess.get_providers()[0] == provider

@@ -20,12 +20,10 @@ from deploykit.export.config import ExportConfig, default_config
 from deploykit.export.io import atomic_write_text, sha256_file
 from deploykit.models import get_preset
 from deploykit.runtime.base import run_batched
+from deploykit.runtime.predictor import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.validation.inputs import validation_batch
 from deploykit.validation.metrics import ParityResult, compare_outputs
-
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 @dataclass

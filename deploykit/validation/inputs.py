@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from deploykit.errors import ConfigError, InputError
+from deploykit.errors import InputError
+from deploykit.runtime.preprocess import Preprocessing, expand_image_paths, load_image, to_array
 
 if TYPE_CHECKING:
     from deploykit.models.base import DataConfig
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # scikit-image samples that ship inside the installed package (no pooch download): name -> file in
 # ``skimage.data.data_dir``. Ordered so that the first ones (used for small batches) mix colour photos with
@@ -55,15 +55,6 @@ SKIMAGE_PHOTOS = {
     "grass": "grass.png",
     "gravel": "gravel.png",
     "cell": "cell.png",
-}
-
-_INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
 }
 
 
@@ -95,61 +86,26 @@ def validation_batch(
     Raises :class:`InputError` for a bad ``count``, a missing or empty directory or an unreadable file, and
     :class:`ConfigError` for an unknown interpolation or channel count.
     """
-    channels, height, width = (int(v) for v in data_config.input_size)
-    if channels not in (1, 3):
-        raise ConfigError(f"validation images have 1 or 3 channels, input_size asks for {channels}")
-    resample = _INTERPOLATIONS.get(data_config.interpolation)
-    if resample is None:
-        raise ConfigError(
-            f"unknown interpolation {data_config.interpolation!r}; expected one of {sorted(_INTERPOLATIONS)}"
-        )
+    pre = Preprocessing(
+        tuple(data_config.input_size),
+        tuple(data_config.mean),
+        tuple(data_config.std),
+        data_config.interpolation,
+        data_config.crop_pct,
+    )
     if count < 1:
         raise InputError(f"count must be at least 1, got {count}")
-    mode = "RGB" if channels == 3 else "L"
-
-    def preprocess(image: Image.Image) -> np.ndarray:
-        return _to_array(_resize_center_crop(image, height, width, data_config.crop_pct, resample))
+    _, height, width = (int(v) for v in pre.input_size)
+    mode = pre.mode
+    preprocess = pre.crop
 
     if image_dir is not None:
         names, pixels = _load_directory(Path(image_dir), mode, count, preprocess)
     else:
         names, pixels = _generated_images(mode, height, width, count, seed, preprocess)
 
-    batch = np.stack(pixels)  # (N, H, W, C) in [0, 1]
-    mean = np.asarray(data_config.mean, dtype=np.float32)
-    std = np.asarray(data_config.std, dtype=np.float32)
-    if mean.size == 3 and channels == 1:  # a 3-channel normalization given to a gray model: use its average
-        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
-    images = ((batch - mean) / std).transpose(0, 3, 1, 2)  # (N, C, H, W)
-    return ValidationBatch(images=np.ascontiguousarray(images, dtype=np.float32), names=tuple(names))
-
-
-# --- timm eval transform -------------------------------------------------------------------------------
-
-
-def _resize_center_crop(
-    image: Image.Image, height: int, width: int, crop_pct: float, resample: Image.Resampling
-) -> Image.Image:
-    """timm ``transforms_imagenet_eval``: scale to ``floor(size / crop_pct)`` keeping the aspect ratio (the
-    shorter side for a square target, ``ResizeKeepRatio`` otherwise), then torchvision's ``CenterCrop``."""
-    scale_h, scale_w = math.floor(height / crop_pct), math.floor(width / crop_pct)
-    w, h = image.size
-    if scale_h == scale_w:  # torchvision Resize(int): shorter side to the size, longer side truncated
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = scale_h, int(scale_h * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    else:
-        ratio = max(scale_h / h, scale_w / w)
-        new_w, new_h = round(w * ratio), round(h * ratio)
-    image = image.resize((new_w, new_h), resample=resample)
-    top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
-    return image.crop((left, top, left + width, top + height))
-
-
-def _to_array(image: Image.Image) -> np.ndarray:
-    """PIL image -> float32 ``(H, W, C)`` in [0, 1]."""
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return pixels[..., None] if pixels.ndim == 2 else pixels
+    images = pre.normalize(np.stack(pixels))  # (N, H, W, C) in [0, 1] -> normalized (N, C, H, W)
+    return ValidationBatch(images=images, names=tuple(names))
 
 
 # --- user images ---------------------------------------------------------------------------------------
@@ -160,20 +116,8 @@ def _load_directory(
 ) -> tuple[list[str], list[np.ndarray]]:
     if not image_dir.is_dir():
         raise InputError(f"image directory {image_dir} does not exist or is not a directory")
-    files = sorted(p for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"image directory {image_dir} holds no image files (looked for {IMAGE_SUFFIXES})")
-    names, pixels = [], []
-    for path in files[:count]:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                converted = image.convert(mode)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise InputError(f"cannot read image {path}: {err}") from err
-        names.append(path.name)
-        pixels.append(preprocess(converted))
-    return names, pixels
+    files = expand_image_paths([image_dir])[:count]
+    return [p.name for p in files], [preprocess(load_image(p).convert(mode)) for p in files]
 
 
 # --- generated images ----------------------------------------------------------------------------------
@@ -213,7 +157,7 @@ def _generated_images(
         rgb = _SYNTHETIC[kind](rng, height, width)  # (H, W, 3) float in [0, 1]
         image = Image.fromarray(np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8), mode="RGB")
         names.append(f"synthetic:{kind}-{i}")
-        pixels.append(_to_array(image.convert(mode)))
+        pixels.append(to_array(image.convert(mode)))
 
     channels = 3 if mode == "RGB" else 1
     for i in range(n_noise):

@@ -1,0 +1,185 @@
+"""Image preprocessing for a deployed artifact: timm's eval transform, driven by the preset's ``data_config``
+that every export records (ONNX ``metadata_props`` ``deploykit.preprocessing``, ``manifest.json`` and the
+engine sidecar). numpy + Pillow only, so a device with TensorRT but no torch can run it.
+
+The transform is timm's ``transforms_imagenet_eval``: resize (shorter side to ``floor(H / crop_pct)``,
+aspect ratio kept) with the preset's PIL interpolation, center crop to ``H x W``, scale to [0, 1],
+normalize with mean/std, HWC -> CHW.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from deploykit.errors import ConfigError, InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+#: what :meth:`Preprocessing.__call__` takes per image: a file path, a PIL image, or an HWC uint8 array
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The input contract of an artifact: ``input_size`` is ``(C, H, W)``; mean/std apply to [0, 1]."""
+
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 3 or any(int(d) < 1 for d in self.input_size):
+            raise ConfigError(f"input_size must be (C, H, W), got {self.input_size!r}")
+        if int(self.input_size[0]) not in (1, 3):
+            raise ConfigError(f"images have 1 or 3 channels, input_size asks for {self.input_size[0]}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(
+                f"unknown interpolation {self.interpolation!r}; expected one of {sorted(INTERPOLATIONS)}"
+            )
+        if not 0.0 < float(self.crop_pct) <= 1.0:
+            raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """From a recorded ``data_config`` (JSON: lists instead of tuples; unknown keys are ignored)."""
+        try:
+            return cls(
+                input_size=tuple(int(v) for v in data["input_size"]),
+                mean=tuple(float(v) for v in data["mean"]),
+                std=tuple(float(v) for v in data["std"]),
+                interpolation=str(data.get("interpolation", "bicubic")),
+                crop_pct=float(data.get("crop_pct", 0.875)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid preprocessing record {data!r}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
+
+    @property
+    def mode(self) -> str:
+        return "RGB" if int(self.input_size[0]) == 3 else "L"
+
+    def crop(self, image: Image.Image) -> np.ndarray:
+        """One PIL image -> float32 ``(H, W, C)`` in [0, 1] (resize + center crop, not yet normalized)."""
+        _, height, width = (int(v) for v in self.input_size)
+        resample = INTERPOLATIONS[self.interpolation]
+        return to_array(resize_center_crop(image.convert(self.mode), height, width, self.crop_pct, resample))
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """``(N, H, W, C)`` in [0, 1] -> normalized float32 ``(N, C, H, W)``."""
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        if mean.size == 3 and self.mode == "L":  # a 3-channel normalization given to a gray model
+            mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+        return np.ascontiguousarray(((pixels - mean) / std).transpose(0, 3, 1, 2), dtype=np.float32)
+
+    def __call__(self, images: ImageLike | Iterable[ImageLike]) -> np.ndarray:
+        """Images (paths, PIL images or HWC uint8 arrays) -> the normalized float32 ``(N, C, H, W)`` batch."""
+        items = [images] if _is_single(images) else list(images)  # type: ignore[arg-type]
+        if not items:
+            raise InputError("no images given")
+        return self.normalize(np.stack([self.crop(load_image(item)) for item in items]))
+
+
+def _is_single(images: Any) -> bool:
+    return isinstance(images, str | Path | Image.Image) or (
+        isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim in (2, 3)
+    )
+
+
+def image_name(image: ImageLike, index: int) -> str:
+    """How a result names its image: the path as given, else ``<PIL image i>`` / ``<array i>``."""
+    if isinstance(image, str | Path):
+        return str(image)
+    return f"<{'PIL image' if isinstance(image, Image.Image) else 'array'} {index}>"
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """A decoded PIL image. A missing, unreadable or truncated file is one :class:`InputError` naming it."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        if (
+            image.dtype != np.uint8
+            or image.ndim not in (2, 3)
+            or (image.ndim == 3 and image.shape[2] not in (1, 3, 4))
+        ):
+            raise InputError(
+                f"an image array must be uint8 (H, W) or (H, W, C) with C in 1, 3, 4; got {image.dtype} "
+                f"{image.shape}"
+            )
+        return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    path = Path(image)
+    if not path.is_file():
+        raise InputError(f"image not found: {path}" if not path.exists() else f"not an image file: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()  # decode now: a truncated or corrupt file fails here, not later
+            return opened.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"cannot read image {path}: {err}") from None
+
+
+def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a directory stands for its image files (``IMAGE_SUFFIXES``, sorted by name)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"image directory {p} holds no image files (looked for {IMAGE_SUFFIXES})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+# --- timm eval transform -------------------------------------------------------------------------------
+def resize_center_crop(
+    image: Image.Image, height: int, width: int, crop_pct: float, resample: Image.Resampling
+) -> Image.Image:
+    """timm ``transforms_imagenet_eval``: scale to ``floor(size / crop_pct)`` keeping the aspect ratio (the
+    shorter side for a square target, ``ResizeKeepRatio`` otherwise), then torchvision's ``CenterCrop``."""
+    scale_h, scale_w = math.floor(height / crop_pct), math.floor(width / crop_pct)
+    w, h = image.size
+    if scale_h == scale_w:  # torchvision Resize(int): shorter side to the size, longer side truncated
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = scale_h, int(scale_h * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    else:
+        ratio = max(scale_h / h, scale_w / w)
+        new_w, new_h = round(w * ratio), round(h * ratio)
+    image = image.resize((new_w, new_h), resample=resample)
+    top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+def to_array(image: Image.Image) -> np.ndarray:
+    """PIL image -> float32 ``(H, W, C)`` in [0, 1]."""
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    return pixels[..., None] if pixels.ndim == 2 else pixels

@@ -1,0 +1,301 @@
+"""Fakes of ``tensorrt`` and ``cuda.bindings.runtime`` that record every call, for the version branches of
+the engine stage on a machine without TensorRT or a GPU.
+
+They implement only what deploykit calls, with the names of the real bindings (tests/test_engine.py
+checks deploykit's names against the real identifier lists; these fakes do not decide that). The fake
+"device memory" is host memory addressed by integers, so the runner's copies and buffer handling are
+exercised for real; the fake engine computes ``logits = mean over (H, W) of the input @ W`` so results
+can be checked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+import types
+
+import numpy as np
+
+
+# ------------------------------------------------------------------------------------------- cudart
+class FakeCudart(types.ModuleType):
+    class cudaError_t(enum.IntEnum):  # noqa: N801 - the binding's name
+        cudaSuccess = 0
+        cudaErrorMemoryAllocation = 2
+        cudaErrorInsufficientDriver = 35
+
+    class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    def __init__(self, devices: int = 1) -> None:
+        super().__init__("cuda.bindings.runtime")
+        self.devices = devices
+        self.calls: list[tuple] = []
+        self.buffers: dict[int, ctypes.Array] = {}
+        self.streams = 0
+
+    def _ok(self, *values):
+        return (self.cudaError_t.cudaSuccess, *values)
+
+    def cudaGetDeviceCount(self):  # noqa: N802
+        if not self.devices:
+            return (self.cudaError_t.cudaErrorInsufficientDriver, None)
+        return self._ok(self.devices)
+
+    def cudaGetDeviceProperties(self, device):  # noqa: N802
+        props = types.SimpleNamespace(name=b"Fake Orin", major=8, minor=7, totalGlobalMem=8 << 30)
+        return self._ok(props)
+
+    def cudaGetErrorString(self, err):  # noqa: N802
+        return self._ok(f"fake error {int(err)}".encode())
+
+    def cudaMalloc(self, nbytes):  # noqa: N802
+        buf = ctypes.create_string_buffer(nbytes)
+        self.buffers[ctypes.addressof(buf)] = buf
+        self.calls.append(("cudaMalloc", nbytes))
+        return self._ok(ctypes.addressof(buf))
+
+    def cudaFree(self, ptr):  # noqa: N802
+        self.calls.append(("cudaFree", ptr))
+        del self.buffers[int(ptr)]
+        return self._ok()
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):  # noqa: N802
+        self.calls.append(("cudaMemcpyAsync", kind.name, nbytes, stream))
+        ctypes.memmove(int(dst), int(src), int(nbytes))
+        return self._ok()
+
+    def cudaStreamCreate(self):  # noqa: N802
+        self.streams += 1
+        return self._ok(1000 + self.streams)
+
+    def cudaStreamSynchronize(self, stream):  # noqa: N802
+        self.calls.append(("cudaStreamSynchronize", stream))
+        return self._ok()
+
+    def cudaStreamDestroy(self, stream):  # noqa: N802
+        self.calls.append(("cudaStreamDestroy", stream))
+        return self._ok()
+
+
+def install_cudart(monkeypatch, cudart: FakeCudart) -> None:
+    cuda = types.ModuleType("cuda")
+    bindings = types.ModuleType("cuda.bindings")
+    cuda.bindings, bindings.runtime = bindings, cudart
+    for name, module in (("cuda", cuda), ("cuda.bindings", bindings), ("cuda.bindings.runtime", cudart)):
+        monkeypatch.setitem(__import__("sys").modules, name, module)
+
+
+# ---------------------------------------------------------------------------------------- tensorrt
+def _array_at(address: int, shape: tuple[int, ...], dtype) -> np.ndarray:
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = (ctypes.c_char * nbytes).from_address(address)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+class FakeTensorRT(types.ModuleType):
+    """``tensorrt`` of a given version. ``calls`` records ``(name, *args)`` in order."""
+
+    class NetworkDefinitionCreationFlag(enum.IntEnum):
+        EXPLICIT_BATCH = 0
+        STRONGLY_TYPED = 1
+
+    class BuilderFlag(enum.IntEnum):
+        TF32 = 6
+
+    class MemoryPoolType(enum.IntEnum):
+        WORKSPACE = 0
+
+    class ProfilingVerbosity(enum.IntEnum):
+        LAYER_NAMES_ONLY = 0
+        NONE = 1
+        DETAILED = 2
+
+    class LayerInformationFormat(enum.IntEnum):
+        ONELINE = 0
+        JSON = 1
+
+    class TensorIOMode(enum.IntEnum):
+        NONE = 0
+        INPUT = 1
+        OUTPUT = 2
+
+    class DataType(enum.IntEnum):
+        FLOAT = 0
+        HALF = 1
+        INT32 = 3
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity=None) -> None:
+            self.severity = severity
+
+    def __init__(
+        self,
+        version: str,
+        layer_dtypes: list[str] | None = None,
+        classes: int = 5,
+        io_dtype: str = "FLOAT",
+        batch_range: tuple[int, int] = (1, 8),
+    ) -> None:
+        super().__init__("tensorrt")
+        self.__version__ = version
+        self.calls: list[tuple] = []
+        self.layer_dtypes = layer_dtypes or ["Float"] * 4
+        self.classes = classes
+        self.io_dtype = io_dtype
+        self.batch_range = batch_range
+        self.built: dict[bytes, dict] = {}
+        trt = self
+
+        class Builder:
+            def __init__(self, logger) -> None:
+                trt.calls.append(("Builder",))
+
+            def create_network(self, flags):
+                trt.calls.append(("create_network", flags))
+                return types.SimpleNamespace(flags=flags)
+
+            def create_builder_config(self):
+                return FakeConfig(trt)
+
+            def create_optimization_profile(self):
+                return FakeProfile(trt)
+
+            def build_serialized_network(self, network, config):
+                trt.calls.append(("build_serialized_network", network.flags))
+                blob = f"ENGINE trt={trt.__version__} flags={network.flags}".encode()
+                trt.built[blob] = {"profile": config.profiles[0].shapes}
+                return blob
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger) -> None:
+                pass
+
+            def parse_from_file(self, path):
+                trt.calls.append(("parse_from_file", path))
+                return True
+
+        class Runtime:
+            def __init__(self, logger) -> None:
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                trt.calls.append(("deserialize_cuda_engine", len(data)))
+                return FakeEngine(trt) if bytes(data).startswith(b"ENGINE") else None
+
+        self.Builder, self.OnnxParser, self.Runtime = Builder, OnnxParser, Runtime
+
+
+class FakeConfig:
+    def __init__(self, trt: FakeTensorRT) -> None:
+        self.trt = trt
+        self.profiles: list[FakeProfile] = []
+        self.cache = None
+
+    def __setattr__(self, name, value):
+        if name in ("builder_optimization_level", "profiling_verbosity"):
+            self.trt.calls.append(("config." + name, value))
+        object.__setattr__(self, name, value)
+
+    def set_memory_pool_limit(self, pool, size):
+        self.trt.calls.append(("set_memory_pool_limit", pool.name, size))
+
+    def clear_flag(self, flag):
+        self.trt.calls.append(("clear_flag", flag.name))
+
+    def add_optimization_profile(self, profile):
+        self.profiles.append(profile)
+
+    def create_timing_cache(self, blob):
+        return types.SimpleNamespace(serialize=lambda: b"CACHE" + bytes(blob))
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self):
+        return self.cache
+
+
+class FakeProfile:
+    def __init__(self, trt: FakeTensorRT) -> None:
+        self.trt = trt
+        self.shapes: dict[str, tuple] = {}
+
+    def set_shape(self, name, low, opt, high):
+        self.trt.calls.append(("set_shape", name, tuple(low), tuple(opt), tuple(high)))
+        self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
+
+
+class FakeEngine:
+    """One input ``input`` (B, 3, 4, 4) and one output ``logits`` (B, classes)."""
+
+    def __init__(self, trt: FakeTensorRT) -> None:
+        self.trt = trt
+        self.num_io_tensors = 2
+        self.weights = np.arange(3 * trt.classes, dtype=np.float32).reshape(3, trt.classes) / 10
+
+    def get_tensor_name(self, i):
+        return ("input", "logits")[i]
+
+    def get_tensor_mode(self, name):
+        return self.trt.TensorIOMode.INPUT if name == "input" else self.trt.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        return self.trt.DataType[self.trt.io_dtype]
+
+    def get_tensor_shape(self, name):
+        return (-1, 3, 4, 4) if name == "input" else (-1, self.trt.classes)
+
+    def get_tensor_profile_shape(self, name, profile):
+        low, high = self.trt.batch_range
+        return [(low, 3, 4, 4), (low, 3, 4, 4), (high, 3, 4, 4)]
+
+    def create_engine_inspector(self):
+        layers = [
+            {"Name": f"l{i}", "Outputs": [{"Name": f"t{i}", "DataType": d}]}
+            for i, d in enumerate(self.trt.layer_dtypes)
+        ]
+        info = {"Layers": layers, "I/O Tensors": []}
+        return types.SimpleNamespace(get_engine_information=lambda fmt: json.dumps(info))
+
+    def create_execution_context(self):
+        return FakeContext(self)
+
+
+class FakeContext:
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.shape: tuple[int, ...] | None = None
+        self.addresses: dict[str, int] = {}
+
+    def set_input_shape(self, name, shape):
+        self.engine.trt.calls.append(("set_input_shape", name, tuple(shape)))
+        self.shape = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        return (self.shape[0], self.engine.trt.classes)
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = int(address)
+
+    def execute_async_v3(self, stream):
+        trt = self.engine.trt
+        trt.calls.append(("execute_async_v3", stream))
+        dtype = np.float16 if trt.io_dtype == "HALF" else np.float32
+        x = _array_at(self.addresses["input"], self.shape, dtype).astype(np.float32)
+        out = _array_at(self.addresses["logits"], (self.shape[0], trt.classes), dtype)
+        out[...] = (x.mean(axis=(2, 3)) @ self.engine.weights).astype(dtype)
+        return True
+
+
+def expected_logits(x: np.ndarray, classes: int = 5) -> np.ndarray:
+    weights = np.arange(3 * classes, dtype=np.float32).reshape(3, classes) / 10
+    return x.astype(np.float32).mean(axis=(2, 3)) @ weights
