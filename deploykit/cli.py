@@ -242,10 +242,9 @@ def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
     from collections import Counter
     from pathlib import Path
 
-    from deploykit.export.io import atomic_write_text
+    from deploykit.export.io import atomic_write_text, io_signature
     from deploykit.export.lint import format_report, lint_model
     from deploykit.export.onnx_export import load_onnx
-    from deploykit.export.pipeline import io_signature
 
     proto = load_onnx(onnx_file)
     size = Path(onnx_file).stat().st_size
@@ -461,6 +460,147 @@ def build_cmd(
         f"built {result.engine_path} ({result.sidecar.get('precision')}, FP16 layers "
         f"{result.fp16_share:.0%}, {result.build_seconds:.1f} s) + {result.sidecar_path.name}"
     )
+
+
+@cli.command("triton")
+@click.argument("export_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--repo", required=True, type=click.Path(file_okay=False), help="Model repository to write into."
+)
+@click.option("--name", help="Model name (default: the preset, e.g. hvt_ti_1).")
+@click.option(
+    "--backend",
+    type=click.Choice(["onnxruntime", "tensorrt", "python"]),
+    default="python",
+    show_default=True,
+    help="python: model.py runs the ONNX with ONNX Runtime (any CPU Triton, e.g. nvidia-pytriton's).",
+)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--max-batch", type=int, help="max_batch_size (default: the export's batch profile maximum).")
+@click.option(
+    "--instances", type=int, default=1, show_default=True, help="Instances of the model (instance_group)."
+)
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option(
+    "--queue-delay-us", type=int, default=1000, show_default=True, help="Dynamic batching queue delay."
+)
+@click.option(
+    "--top-k", "top_k", type=int, default=5, show_default=True, help="Classes NAME_classify returns."
+)
+@click.option(
+    "--labels", type=click.Path(dir_okay=False), help="Class names, one per line (default: ImageNet-1k)."
+)
+@click.option("--version", "version", type=int, help="Version number to write (default: the next free one).")
+@click.option("--force", is_flag=True, help="Replace the version if it exists.")
+@click.option(
+    "--ort-tensorrt", is_flag=True, help="onnxruntime on GPU: enable the TensorRT execution accelerator."
+)
+@_handle_errors
+def triton_cmd(
+    export_dir: str,
+    repo: str,
+    name: str | None,
+    backend: str,
+    precision: str,
+    max_batch: int | None,
+    instances: int,
+    kind: str,
+    queue_delay_us: int,
+    top_k: int,
+    labels: str | None,
+    version: int | None,
+    force: bool,
+    ort_tensorrt: bool,
+) -> None:
+    """Write a Triton model repository for EXPORT_DIR: NAME, NAME_preprocess, NAME_postprocess and the
+    ensemble NAME_classify (image bytes in, top-k classes out)."""
+    from deploykit.serving.repository import write_repository
+
+    result = write_repository(
+        export_dir,
+        repo,
+        name=name,
+        backend=backend,
+        max_batch=max_batch,
+        instances=instances,
+        kind=kind,
+        queue_delay_us=queue_delay_us,
+        precision=precision,
+        version=version,
+        force=force,
+        top_k=top_k,
+        labels=labels,
+        ort_tensorrt=ort_tensorrt,
+    )
+    verb = "replaced" if result.replaced else "wrote"
+    click.echo(
+        f"{verb} version {result.version} of {', '.join(result.models)} ({result.backend} backend) in {result.repo}"
+    )
+    click.echo(f"serve it: deploykit serve {result.repo}")
+
+
+@cli.command("serve")
+@click.argument("repo", type=click.Path(file_okay=False))
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: all interfaces)."
+)
+@click.option(
+    "--log", "log_path", type=click.Path(dir_okay=False), help="Server log file (default: in the temp dir)."
+)
+@click.option(
+    "--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready."
+)
+@_handle_errors
+def serve_cmd(
+    repo: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    host: str,
+    log_path: str | None,
+    startup_timeout: float,
+) -> None:
+    """Serve REPO with a real Triton Inference Server until SIGINT/SIGTERM.
+
+    Exit 0 stopped cleanly; 1 the server failed (a model did not load, it died: the reason and the log
+    path in one line); 2 a bad repository; 3 no Triton server here.
+    """
+    import signal
+    import threading
+
+    from deploykit.serving.server import ServerError, TritonServer, check_repository
+
+    models = check_repository(repo)
+    server = TritonServer(repo, http_port, grpc_port, metrics_port, host, log_path)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        took = server.wait_ready(startup_timeout)
+        click.echo(
+            f"serving {len(models)} models from {server.repo} ({server.install.source} tritonserver, "
+            f"ready in {took:.1f} s): {', '.join(models)}"
+        )
+        click.echo(f"  HTTP    http://{server.http_url}")
+        click.echo(f"  gRPC    {server.grpc_url}")
+        click.echo(f"  metrics {server.metrics_url}")
+        click.echo(f"  log     {server.log_path}")
+        sys.stdout.flush()
+        while not stop.is_set() and server.proc.poll() is None:
+            stop.wait(0.5)
+        if server.proc.poll() is not None:  # it ended before we asked it to
+            rc = server.proc.returncode
+            raise ServerError(f"tritonserver exited unexpectedly (rc={rc}): {server.reason()}")
+        rc = server.stop()
+        forced = " (exit timeout: connections were still open)" if rc == 1 else ""
+        click.echo(f"stopped tritonserver (rc={rc}){forced}")
+    finally:
+        server.stop(signal.SIGKILL if not stop.is_set() else signal.SIGTERM)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main() -> None:

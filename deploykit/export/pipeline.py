@@ -30,6 +30,7 @@ from deploykit.export.io import (
     atomic_write_bytes,
     atomic_write_text,
     ensure_writable_dir,
+    io_signature,
     sha256_bytes,
     staging_dir,
 )
@@ -118,18 +119,6 @@ def versions() -> dict[str, str]:
         except Exception:  # optional
             out[mod] = "not installed"
     return out
-
-
-def io_signature(proto: onnx.ModelProto) -> dict[str, Any]:
-    def desc(v: onnx.ValueInfoProto) -> dict[str, Any]:
-        t = v.type.tensor_type
-        return {
-            "name": v.name,
-            "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(),
-            "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
-        }
-
-    return {"inputs": [desc(v) for v in proto.graph.input], "outputs": [desc(v) for v in proto.graph.output]}
 
 
 # ------------------------------------------------------------------------------------------- pipeline

@@ -77,6 +77,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def topk_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest entries of each row, largest first (ties: lower index first)."""
+    return np.argsort(-probs, axis=-1, kind="stable")[..., :k]
+
+
 class Predictor:
     """An artifact's runner + its preprocessing + class labels.
 
@@ -130,8 +135,7 @@ class Predictor:
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             probs = softmax(self.run(self.preprocessing(chunk)))
-            for offset, row in enumerate(probs):
-                order = np.argsort(-row, kind="stable")[:k]
+            for offset, (row, order) in enumerate(zip(probs, topk_indices(probs, k))):
                 top = tuple(TopK(int(c), self.label(int(c)), float(row[c])) for c in order)
                 results.append(Prediction(image_name(chunk[offset], start + offset), top))
         return results

@@ -9,6 +9,7 @@ normalize with mean/std, HWC -> CHW.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ INTERPOLATIONS = {
     "hamming": Image.Resampling.HAMMING,
 }
 
-#: what :meth:`Preprocessing.__call__` takes per image: a file path, a PIL image, or an HWC uint8 array
-ImageLike = str | Path | Image.Image | np.ndarray
+#: what :meth:`Preprocessing.__call__` takes per image: a file path, a PIL image, an HWC uint8 array, or
+#: the bytes of an encoded image file (what a Triton request carries)
+ImageLike = str | Path | Image.Image | np.ndarray | bytes
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ class Preprocessing:
 
 
 def _is_single(images: Any) -> bool:
-    return isinstance(images, str | Path | Image.Image) or (
+    return isinstance(images, str | Path | Image.Image | bytes) or (
         isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim in (2, 3)
     )
 
@@ -116,7 +118,8 @@ def image_name(image: ImageLike, index: int) -> str:
     """How a result names its image: the path as given, else ``<PIL image i>`` / ``<array i>``."""
     if isinstance(image, str | Path):
         return str(image)
-    return f"<{'PIL image' if isinstance(image, Image.Image) else 'array'} {index}>"
+    kind = "PIL image" if isinstance(image, Image.Image) else "bytes" if isinstance(image, bytes) else "array"
+    return f"<{kind} {index}>"
 
 
 def load_image(image: ImageLike) -> Image.Image:
@@ -134,15 +137,21 @@ def load_image(image: ImageLike) -> Image.Image:
                 f"{image.shape}"
             )
         return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    if isinstance(image, bytes):
+        return _decode(io.BytesIO(image), f"cannot decode image ({len(image)} bytes)")
     path = Path(image)
     if not path.is_file():
         raise InputError(f"image not found: {path}" if not path.exists() else f"not an image file: {path}")
+    return _decode(path, f"cannot read image {path}")
+
+
+def _decode(source: Path | io.BytesIO, what: str) -> Image.Image:
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:
             opened.load()  # decode now: a truncated or corrupt file fails here, not later
             return opened.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"cannot read image {path}: {err}") from None
+        raise InputError(f"{what}: {err}") from None
 
 
 def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:

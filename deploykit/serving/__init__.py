@@ -1,0 +1,2 @@
+"""Serving with NVIDIA Triton Inference Server: model repositories (``deploykit triton``) and a supervised
+real server (``deploykit serve``)."""

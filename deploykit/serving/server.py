@@ -1,0 +1,465 @@
+"""``deploykit serve``: start a real Triton Inference Server on a model repository and supervise it.
+
+The server is a ``tritonserver`` on ``PATH`` (the NGC container, a Triton install) or, else, the one
+shipped in the ``nvidia-pytriton`` wheel (extra ``[serve]``; Python backend only). The wheel's server needs
+wiring that pytriton normally does itself (all of it measured on these machines):
+
+* a backend directory with ``libtriton_python.so``, ``triton_python_backend_utils.py`` and the Python
+  backend stub built for the running Python (copied to a temporary directory; the wheel is not modified);
+* ``LD_LIBRARY_PATH`` with the wheel's ``nvidia_pytriton.libs`` and this Python's ``LIBDIR`` (the stub
+  links ``libpython3.X.so``: without it the stub takes a distribution's libpython or cannot start);
+* ``PATH`` starting with this environment's ``bin``: the stub finds the environment's packages
+  (numpy, onnxruntime, deploykit) through the ``python3`` it finds there.
+
+Triton hangs forever (never ready, never exits) when a Python stub dies before its handshake (a missing
+``model.py``, a stub that cannot load its libraries); :func:`check_repository` and a run of the stub catch
+those before the start, and the log is watched for them after it. The server runs in its own process
+group so that stubs orphaned by a crash are killed with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploykit.errors import ArtifactError, ConfigError, DeployKitError
+
+#: log lines after which tritonserver never becomes ready and never exits on its own
+HANG_PATTERNS = (
+    re.compile(r"error while loading shared libraries"),
+    re.compile(r"Failed to preinitialize Python stub"),
+)
+#: log lines that carry the reason a model (or the server) failed
+REASON_PATTERNS = (
+    re.compile(r"\[libprotobuf ERROR[^\]]*\]\s*(.*)"),
+    re.compile(
+        r'^E\d{4} [^\]]*\] "?((?:failed to load|Poll failed for model directory|Invalid argument).*?)"?$'
+    ),
+    re.compile(r'^E\d{4} [^\]]*\] "?(failed to start .*?)"?\s*$'),
+    re.compile(r"^(error: creating server: .*)$"),
+)
+SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+class ServerUnavailableError(DeployKitError):
+    """No Triton server can run here (no tritonserver on PATH and no nvidia-pytriton)."""
+
+    exit_code = 3
+
+
+class ServerError(DeployKitError):
+    """The server failed: a model did not load, it died, or it never became ready."""
+
+    exit_code = 1
+
+
+# ------------------------------------------------------------------------------------ finding a server
+@dataclass(frozen=True)
+class ServerInstall:
+    binary: Path
+    source: str  # "PATH" or "nvidia-pytriton"
+    backend_files: Path | None = None  # pytriton: backends/python
+    stub: Path | None = None  # pytriton: the stub for this Python
+    libs: Path | None = None  # pytriton: nvidia_pytriton.libs
+    caches: Path | None = None
+
+
+def find_server() -> ServerInstall:
+    """``tritonserver`` on PATH, else the one in nvidia-pytriton (found without importing pytriton)."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return ServerInstall(Path(on_path), "PATH")
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerUnavailableError(
+            "no Triton server here: no tritonserver on PATH and nvidia-pytriton is not installed "
+            "(pip install 'deploykit[serve]', or run inside the NGC tritonserver container)"
+        )
+    pkg = Path(list(spec.submodule_search_locations)[0])
+    root = pkg / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    install = ServerInstall(
+        binary=root / "bin" / "tritonserver",
+        source="nvidia-pytriton",
+        backend_files=root / "backends" / "python",
+        stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+        libs=pkg.parent / "nvidia_pytriton.libs",
+        caches=root / "caches",
+    )
+    for what in ("binary", "backend_files", "stub", "libs"):
+        if not getattr(install, what).exists():
+            raise ServerUnavailableError(
+                f"nvidia-pytriton has no {what.replace('_', ' ')} for Python {version} ({getattr(install, what)})"
+            )
+    return install
+
+
+def server_env(install: ServerInstall) -> dict[str, str]:
+    env = dict(os.environ)
+    if install.source != "nvidia-pytriton":
+        return env
+    libs = [str(install.libs)]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and any(Path(libdir).glob("libpython3*.so*")):
+        libs.append(libdir)
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
+    env["PATH"] = (
+        os.path.dirname(os.path.abspath(sys.executable)) + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    )
+    return env
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------- repository checks
+def check_repository(repo: str | Path) -> list[str]:
+    """Check a model repository before Triton sees it; returns the model names or raises one clear error.
+
+    Every model needs a numeric version directory; Python-backend models need their ``model.py`` (without
+    it Triton hangs). With tritonclient installed (extra ``[serve]``) also: every ``config.pbtxt`` parses
+    as Triton's ``ModelConfig`` and names its directory; the ONNX file a model serves exists and its
+    input/output names, dims and types are the config's; ensemble steps name models of the repository.
+    """
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise ArtifactError(f"model repository not found: {repo}")
+    configs = sorted(repo.glob("*/config.pbtxt"))
+    if not configs:
+        raise ArtifactError(f"{repo} holds no model (no */config.pbtxt)")
+    uses_python = False
+    names = {path.parent.name for path in configs}
+    for where in configs:
+        model = where.parent.name
+        versions = sorted(p for p in where.parent.iterdir() if p.is_dir() and p.name.isdigit())
+        if not versions:
+            raise ArtifactError(f"{where.parent}: no version directory (e.g. {where.parent / '1'})")
+        config = _parse_config(where)
+        if config is None:  # no tritonclient: file checks only, Triton reports the rest
+            if re.search(r'^backend\s*:\s*"python"', where.read_text(encoding="utf-8"), re.MULTILINE):
+                uses_python = True
+                for version in versions:
+                    if not (version / "model.py").is_file():
+                        raise ArtifactError(
+                            f"{version / 'model.py'} is missing (the Python backend needs it)"
+                        )
+            continue
+        if config.name and config.name != model:
+            raise ConfigError(f"{where}: name {config.name!r} must equal its directory name {model!r}")
+        if config.platform == "ensemble":
+            for step in config.ensemble_scheduling.step:
+                if step.model_name not in names:
+                    raise ConfigError(f"{where}: ensemble step model {step.model_name!r} is not in {repo}")
+            continue
+        uses_python |= config.backend == "python"
+        for version in versions:
+            _check_version(config, version, where)
+    if uses_python:
+        _check_numpy()
+    return sorted(names)
+
+
+def _parse_config(path: Path):
+    """Triton's ``ModelConfig`` of ``path``, or None without tritonclient; a syntax error is one line."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return None
+    try:
+        return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ConfigError(f"{path}:{exc}") from None
+
+
+def _check_version(config, version: Path, where: Path) -> None:
+    if config.backend == "python":
+        filename = config.default_model_filename or "model.py"
+        if not (version / filename).is_file():
+            raise ArtifactError(f"{version / filename} is missing (the Python backend needs it)")
+        onnx_file = config.parameters["onnx_file"].string_value if "onnx_file" in config.parameters else None
+    elif config.platform in ("onnxruntime_onnx",) or config.backend == "onnxruntime":
+        onnx_file = config.default_model_filename or "model.onnx"
+    else:  # tensorrt_plan and others: the file must exist
+        filename = config.default_model_filename or "model.plan"
+        if not (version / filename).is_file():
+            raise ArtifactError(f"{version / filename} is missing")
+        return
+    if onnx_file is None:
+        return
+    path = version / onnx_file
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing ({where} serves it)")
+    if config.input or config.output:
+        _check_onnx_io(config, path, where)
+
+
+def _check_onnx_io(config, onnx_path: Path, where: Path) -> None:
+    import onnx
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise ArtifactError(f"{onnx_path} is not a readable ONNX file: {str(exc).splitlines()[0]}") from None
+    initializers = {t.name for t in proto.graph.initializer}
+    graph = {
+        "input": {v.name: v for v in proto.graph.input if v.name not in initializers},
+        "output": {v.name: v for v in proto.graph.output},
+    }
+    types = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64", 6: "TYPE_INT32"}
+    batched = config.max_batch_size > 0
+    for kind in ("input", "output"):
+        for tensor in getattr(config, kind):
+            value = graph[kind].get(tensor.name)
+            if value is None:
+                raise ConfigError(
+                    f"{where}: {kind} {tensor.name!r} is not an {kind} of {onnx_path.name} "
+                    f"(it has {sorted(graph[kind])})"
+                )
+            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+            dims = dims[1:] if batched else dims
+            if list(tensor.dims) != dims:
+                raise ConfigError(
+                    f"{where}: {kind} {tensor.name!r} dims {list(tensor.dims)} do not match {onnx_path.name} {dims}"
+                )
+            want = types.get(value.type.tensor_type.elem_type)
+            got = model_config_pb2.DataType.Name(tensor.data_type)
+            if want and got != want:
+                raise ConfigError(f"{where}: {kind} {tensor.name!r} is {got}, {onnx_path.name} has {want}")
+
+
+def _check_numpy() -> None:
+    """The Python backend stub of nvidia-pytriton 0.7.0 (Triton 2.51) returns empty output tensors when the
+    environment has numpy 2 (measured here); nvidia-pytriton itself requires numpy < 2."""
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        raise ServerUnavailableError(
+            f"the Python backend of this Triton needs numpy < 2 in the serving environment, found numpy "
+            f"{numpy.__version__} (pip install 'numpy<2')"
+        )
+
+
+# ------------------------------------------------------------------------------------------- server
+class TritonServer:
+    """One supervised ``tritonserver`` process (see the module doc)."""
+
+    def __init__(
+        self,
+        repo: str | Path,
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        host: str = "127.0.0.1",
+        log_path: str | Path | None = None,
+        exit_timeout_s: int = 5,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.repo = Path(repo).resolve()
+        self.host = host
+        self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self.log_path = (
+            Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"deploykit-triton-{http_port}.log"
+        )
+        self.exit_timeout_s = exit_timeout_s
+        self.extra_args = tuple(extra_args)
+        self.install = find_server()
+        self.proc: subprocess.Popen | None = None
+        self.hang: str | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._shm_before: set[str] = set()
+        self._pump: threading.Thread | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host()}:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host()}:{self.ports['grpc']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host()}:{self.ports['metrics']}/metrics"
+
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    def command(self, backend_dir: Path | None) -> list[str]:
+        cmd = [
+            str(self.install.binary),
+            f"--model-repository={self.repo}",
+            f"--http-port={self.ports['http']}",
+            f"--grpc-port={self.ports['grpc']}",
+            f"--metrics-port={self.ports['metrics']}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            "--model-control-mode=none",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            "--disable-auto-complete-config",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+        ]
+        if backend_dir is not None:
+            cmd += [f"--backend-directory={backend_dir}", f"--cache-directory={self.install.caches}"]
+            cmd += ["--allow-gpu-metrics=false"]
+        return cmd + list(self.extra_args)
+
+    def _backend_dir(self) -> Path | None:
+        if self.install.source != "nvidia-pytriton":
+            return None
+        self._tmp = tempfile.TemporaryDirectory(prefix="deploykit-triton-")
+        python = Path(self._tmp.name) / "backends" / "python"
+        python.mkdir(parents=True)
+        for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+            shutil.copy2(self.install.backend_files / name, python / name)
+        shutil.copy2(self.install.stub, python / "triton_python_backend_stub")
+        return python.parent
+
+    def start(self) -> None:
+        for what, port in self.ports.items():
+            if not port_free(self.host, port):
+                raise ConfigError(f"port {port} (--{what}-port) is already in use on {self.host}")
+        backend_dir = self._backend_dir()
+        env = server_env(self.install)
+        if backend_dir is not None:  # a stub that cannot start would make the server hang: try it first
+            stub = backend_dir / "python" / "triton_python_backend_stub"
+            probe = subprocess.run([str(stub)], env=env, capture_output=True, text=True)
+            if (
+                probe.returncode != 1
+            ):  # a working stub run without arguments says "Expected 9 arguments", rc 1
+                detail = (probe.stderr or probe.stdout).strip().splitlines()
+                raise ServerUnavailableError(
+                    f"the Python backend stub cannot run (rc={probe.returncode}): {detail[0] if detail else ''}"
+                )
+        self._shm_before = _shm_regions()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the pump thread
+        self.proc = subprocess.Popen(
+            self.command(backend_dir),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: the stubs inherit it and die with it
+        )
+        self._pump = threading.Thread(target=self._read_log, args=(log,), daemon=True)
+        self._pump.start()
+
+    def _read_log(self, log) -> None:
+        with log:
+            for raw in self.proc.stdout:
+                log.write(raw)
+                log.flush()
+                if self.hang is None:
+                    line = raw.decode("utf-8", "replace")
+                    if any(p.search(line) for p in HANG_PATTERNS):
+                        self.hang = line.strip()
+
+    def wait_ready(self, timeout_s: float = 120.0) -> float:
+        """Seconds until ``/v2/health/ready``; :class:`ServerError` with the log's reason otherwise."""
+        t0 = time.monotonic()
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                self._join_log()
+                raise ServerError(f"tritonserver exited (rc={self.proc.returncode}): {self.reason()}")
+            if self.hang:
+                self.stop(signal.SIGKILL)
+                raise ServerError(f"a Python backend stub failed (Triton would hang): {self.hang}")
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(url, timeout=1).status == 200:
+                    return time.monotonic() - t0
+            time.sleep(0.1)
+        self.stop(signal.SIGKILL)
+        raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s: {self.reason()}")
+
+    def _join_log(self) -> None:
+        if self._pump is not None:
+            self._pump.join(timeout=5)
+
+    def reason(self) -> str:
+        """The most telling line of the log: the first model failure, else the last server error."""
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return "no log"
+        found = []
+        for line in lines:
+            for pattern in REASON_PATTERNS:
+                m = pattern.search(line.strip())
+                if m:
+                    found.append(m.group(1).strip().rstrip('"'))
+                    break
+        return (
+            found[0] if found else (lines[-1].strip() if lines else "no output")
+        ) + f" (log: {self.log_path})"
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop the server (SIGTERM: Triton finishes in-flight requests), then kill what is left of its
+        process group and remove shared-memory regions no process uses any more."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(self.exit_timeout_s + 10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._join_log()
+            _remove_orphaned_shm(self._shm_before)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        return None if self.proc is None else self.proc.returncode
+
+
+def _shm_regions() -> set[str]:
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob(f"{SHM_PREFIX}*")} if shm.is_dir() else set()
+
+
+def _remove_orphaned_shm(before: set[str]) -> None:
+    new = _shm_regions() - before
+    if not new:
+        return
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            text = maps.read_text()
+            mapped.update(n for n in new if n in text)
+    for name in new - mapped:
+        with contextlib.suppress(OSError):
+            (Path("/dev/shm") / name).unlink()

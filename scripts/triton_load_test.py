@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""Load test a Triton model with N concurrent clients x M requests (tritonclient HTTP or gRPC).
+
+    python scripts/triton_load_test.py --url 127.0.0.1:8000 --model hvt_ti_1 --concurrency 8 --requests 25
+    python scripts/triton_load_test.py --url 127.0.0.1:8001 --protocol grpc --model hvt_ti_1_classify \\
+        --images photos/ --json load.json
+
+Reports client latency (p50/p90/p99/mean ms), throughput, errors (counted, with samples) and the server's
+view from its Prometheus ``/metrics`` and ``/v2/models/NAME/stats``: inferences vs executions (how many
+requests dynamic batching merged), the batch sizes it ran, queue and compute time per request.
+
+Inputs: a model with an image-bytes input (``TYPE_STRING``, e.g. the ``NAME_classify`` ensemble) gets the
+files of ``--images`` (default: scikit-image's bundled photographs); a tensor model gets seeded random
+float32 batches of its configured shape. ``--verify-onnx FILE`` runs every input through ONNX Runtime too
+and reports the largest absolute difference of the outputs. Exit 0 when every request succeeded, 1
+otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+METRICS = (
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_infer_duration_us",
+)
+
+
+def scrape(metrics_url: str, model: str) -> dict[str, float]:
+    """Sum of each metric over the versions (and failure reasons) of ``model``."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    out = dict.fromkeys(METRICS, 0.0)
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)\{([^}]*)\}\s+([0-9.eE+-]+)$", line)
+        if m and m.group(1) in out and f'model="{model}"' in m.group(2):
+            out[m.group(1)] += float(m.group(3))
+    return out
+
+
+def batch_stats(http_url: str, model: str) -> dict[int, int]:
+    """Executions per batch size, from Triton's statistics extension."""
+    url = f"http://{http_url}/v2/models/{model}/stats"
+    stats = json.loads(urllib.request.urlopen(url, timeout=10).read())
+    sizes: dict[int, int] = {}
+    for version in stats.get("model_stats", []):
+        for entry in version.get("batch_stats", []):
+            sizes[int(entry["batch_size"])] = sizes.get(int(entry["batch_size"]), 0) + int(
+                entry["compute_infer"]["count"]
+            )
+    return dict(sorted(sizes.items()))
+
+
+def client_module(protocol: str):
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+    else:
+        import tritonclient.http as module
+    return module
+
+
+def model_io(module, url: str, model: str, protocol: str) -> tuple[dict, list[dict]]:
+    client = module.InferenceServerClient(url)
+    config = (
+        client.get_model_config(model, as_json=True) if protocol == "grpc" else client.get_model_config(model)
+    )
+    config = config.get("config", config)
+    return config["input"][0], config["output"]
+
+
+def make_inputs(input_cfg: dict, count: int, batch: int, images: Path | None, seed: int) -> list[np.ndarray]:
+    """One array per request: (batch, 1) image bytes, or (batch, *dims) float32."""
+    if input_cfg["data_type"] == "TYPE_STRING":
+        if images is None:
+            from skimage.data import data_dir
+
+            files = sorted(Path(data_dir).glob("*.png")) + sorted(Path(data_dir).glob("*.jpg"))
+        else:
+            files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        blobs = [f.read_bytes() for f in files]
+        return [
+            np.array([[blobs[(i * batch + j) % len(blobs)]] for j in range(batch)], dtype=object)
+            for i in range(count)
+        ]
+    dims = [int(d) for d in input_cfg["dims"]]
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch, *dims)).astype(np.float32) for _ in range(count)]
+
+
+def run(args: argparse.Namespace) -> dict:
+    module = client_module(args.protocol)
+    input_cfg, outputs = model_io(module, args.url, args.model, args.protocol)
+    datatype = (
+        "BYTES" if input_cfg["data_type"] == "TYPE_STRING" else input_cfg["data_type"].removeprefix("TYPE_")
+    )
+    total = args.concurrency * args.requests
+    inputs = make_inputs(input_cfg, total, args.batch, args.images, args.seed)
+    http_url = args.http_url or (args.url if args.protocol == "http" else None)
+    before = scrape(args.metrics_url, args.model) if args.metrics_url else None
+
+    latencies: list[list[float]] = [[] for _ in range(args.concurrency)]
+    errors: list[str] = []
+    results: dict[int, np.ndarray] = {}
+    lock = threading.Lock()
+    start = threading.Barrier(args.concurrency + 1)
+
+    def worker(w: int) -> None:
+        if args.protocol == "grpc":
+            client = module.InferenceServerClient(args.url)
+        else:
+            client = module.InferenceServerClient(
+                args.url, connection_timeout=args.timeout, network_timeout=args.timeout
+            )
+        start.wait()
+        for r in range(args.requests):
+            i = w * args.requests + r
+            tensor = module.InferInput(input_cfg["name"], list(inputs[i].shape), datatype)
+            tensor.set_data_from_numpy(inputs[i])
+            wanted = [module.InferRequestedOutput(o["name"]) for o in outputs]
+            t0 = time.perf_counter()
+            try:
+                kwargs = {"client_timeout": args.timeout} if args.protocol == "grpc" else {}
+                response = client.infer(args.model, [tensor], outputs=wanted, **kwargs)
+                value = response.as_numpy(outputs[0]["name"])
+            except Exception as exc:  # every failure is counted and a few are shown, the load goes on
+                with lock:
+                    errors.append(
+                        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                    )
+                continue
+            latencies[w].append((time.perf_counter() - t0) * 1e3)
+            if args.verify_onnx:
+                with lock:
+                    results[i] = value
+
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+
+    lat = np.array([x for per in latencies for x in per])
+    ok = int(lat.size)
+    report: dict = {
+        "model": args.model,
+        "protocol": args.protocol,
+        "url": args.url,
+        "concurrency": args.concurrency,
+        "requests_per_client": args.requests,
+        "batch": args.batch,
+        "requests": total,
+        "ok": ok,
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:5],
+        "wall_s": round(wall, 3),
+        "throughput_rps": round(ok / wall, 2) if wall else 0.0,
+        "images_per_s": round(ok * args.batch / wall, 2) if wall else 0.0,
+    }
+    if ok:
+        report |= {f"p{q}_ms": round(float(np.percentile(lat, q)), 2) for q in (50, 90, 99)}
+        report |= {"mean_ms": round(float(lat.mean()), 2), "max_ms": round(float(lat.max()), 2)}
+    if before is not None:
+        try:  # the counters of the last requests can land just after their responses: wait for them
+            deadline = time.monotonic() + 3.0
+            after = scrape(args.metrics_url, args.model)
+            while after["nv_inference_request_success"] - before["nv_inference_request_success"] < ok:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+                after = scrape(args.metrics_url, args.model)
+        except OSError as exc:
+            report["server"] = {"error": f"cannot read {args.metrics_url}: {exc}"}
+        else:
+            delta = {k: after[k] - before[k] for k in METRICS}
+            execs = delta["nv_inference_exec_count"]
+            report["server"] = {
+                "requests_ok": int(delta["nv_inference_request_success"]),
+                "requests_failed": int(delta["nv_inference_request_failure"]),
+                "inference_count": int(delta["nv_inference_count"]),
+                "execution_count": int(execs),
+                "avg_batch": round(delta["nv_inference_count"] / execs, 2) if execs else None,
+                "queue_ms_per_request": round(delta["nv_inference_queue_duration_us"] / 1e3 / max(1, ok), 3),
+                "compute_ms_per_execution": round(
+                    delta["nv_inference_compute_infer_duration_us"] / 1e3 / max(1, execs), 3
+                ),
+            }
+            if http_url:
+                report["server"]["batch_sizes_since_start"] = batch_stats(http_url, args.model)
+    if args.verify_onnx and results:
+        from deploykit.runtime.ort_runner import OrtRunner
+
+        runner = OrtRunner(args.verify_onnx)
+        diffs = [float(np.abs(runner.run(inputs[i]) - results[i]).max()) for i in sorted(results)]
+        report["max_abs_vs_onnxruntime"] = max(diffs)
+        report["verified_requests"] = len(diffs)
+    return report
+
+
+def print_report(r: dict) -> None:
+    print(
+        f"{r['model']} over {r['protocol']}: {r['concurrency']} clients x {r['requests_per_client']} requests "
+        f"(batch {r['batch']}): {r['ok']} ok, {r['errors']} errors in {r['wall_s']} s"
+    )
+    if r["ok"]:
+        print(
+            f"  latency ms: p50 {r['p50_ms']}  p90 {r['p90_ms']}  p99 {r['p99_ms']}  mean {r['mean_ms']}  max {r['max_ms']}"
+        )
+        print(f"  throughput: {r['throughput_rps']} requests/s, {r['images_per_s']} images/s")
+    for sample in r["error_samples"]:
+        print(f"  error: {sample}")
+    server = r.get("server")
+    if server and "error" not in server:
+        print(
+            f"  server: {server['inference_count']} inferences in {server['execution_count']} executions "
+            f"(avg batch {server['avg_batch']}), queue {server['queue_ms_per_request']} ms/request, "
+            f"compute {server['compute_ms_per_execution']} ms/execution"
+        )
+        if "batch_sizes_since_start" in server:
+            print(f"  batch sizes run (since start): {server['batch_sizes_since_start']}")
+    if "max_abs_vs_onnxruntime" in r:
+        print(
+            f"  max abs difference vs ONNX Runtime: {r['max_abs_vs_onnxruntime']:.3g} ({r['verified_requests']} requests)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--url", default="127.0.0.1:8000", help="HOST:PORT of the HTTP (or --protocol grpc) endpoint"
+    )
+    ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=25, help="requests per client")
+    ap.add_argument("--batch", type=int, default=1, help="images per request")
+    ap.add_argument("--images", type=Path, help="folder of images for an image-bytes model")
+    ap.add_argument(
+        "--metrics-url", default="http://127.0.0.1:8002/metrics", help="'' to skip the server metrics"
+    )
+    ap.add_argument("--http-url", help="HOST:PORT of HTTP for /stats when --protocol grpc")
+    ap.add_argument("--verify-onnx", type=Path, help="compare every output with ONNX Runtime on this file")
+    ap.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per request before it counts as failed"
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="write the report as JSON")
+    args = ap.parse_args(argv)
+    if args.concurrency < 1 or args.requests < 1 or args.batch < 1:
+        ap.error("--concurrency, --requests and --batch must be >= 1")
+    report = run(args)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if report["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
