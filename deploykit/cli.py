@@ -298,6 +298,16 @@ def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the parity report as JSON.")
 @click.option("--junit", "junit_out", type=click.Path(dir_okay=False), help="Write a JUnit XML report.")
+@click.option(
+    "--locate", is_flag=True, help="On failure, name the first PyTorch module whose output diverges."
+)
+@click.option(
+    "--baseline",
+    "baseline_path",
+    type=click.Path(dir_okay=False),
+    help="Baseline JSON: exit 1 when a metric regresses past [validation] baseline_factor of it.",
+)
+@click.option("--update-baseline", is_flag=True, help="Write the metrics to --baseline instead of comparing.")
 @_handle_errors
 def validate_cmd(
     artifact: str,
@@ -308,21 +318,41 @@ def validate_cmd(
     config_path: str | None,
     json_out: str | None,
     junit_out: str | None,
+    locate: bool,
+    baseline_path: str | None,
+    update_baseline: bool,
 ) -> None:
-    """Check ARTIFACT (.onnx, or a TensorRT .engine) against the PyTorch model: exit 0 pass, 1 fail, 2 bad input."""
+    """Check ARTIFACT (.onnx, or a TensorRT .engine) against the PyTorch model.
+
+    Exit 0 parity holds (and no metric regressed from --baseline); 1 parity fails or a metric regressed;
+    2 bad usage or input.
+    """
+    from deploykit.errors import ConfigError
     from deploykit.models import get_preset
+    from deploykit.validation.baseline import compare_baseline, read_baseline, write_baseline
     from deploykit.validation.gate import validate_artifact, write_json, write_junit
 
+    if update_baseline and not baseline_path:
+        raise ConfigError("--update-baseline needs --baseline FILE")
     preset = get_preset(model)
     config = _resolve_config(preset.family, config_path, None, None, None, False)
+    baseline = read_baseline(baseline_path) if baseline_path and not update_baseline else None
     report = validate_artifact(
-        artifact, preset.name, weights, inputs_dir, config, weights_format=weights_format
+        artifact, preset.name, weights, inputs_dir, config, weights_format=weights_format, locate=locate
     )
+    if baseline is not None:
+        report.regressions = compare_baseline(report, baseline, config.baseline_factor)
     if json_out:
         write_json(report, json_out)
     if junit_out:
         write_junit(report, junit_out)
     click.echo(report.summary())
+    if update_baseline:
+        if report.passed:
+            write_baseline(report, baseline_path)
+            click.echo(f"baseline written: {baseline_path}")
+        else:
+            click.echo(f"baseline not written: parity failed ({baseline_path} unchanged)")
     sys.exit(0 if report.passed else 1)
 
 
@@ -601,6 +631,16 @@ def serve_cmd(
         server.stop(signal.SIGKILL if not stop.is_set() else signal.SIGTERM)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _register_optional_commands() -> None:
+    """Commands defined in their own modules (they import nothing heavy at load time)."""
+    from deploykit.bench import bench_cmd
+
+    cli.add_command(bench_cmd)
+
+
+_register_optional_commands()
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Per family: export time, node counts (plain export vs deploykit's rewrites + simplification),
-ONNX Runtime vs PyTorch eager latency (batch 1 and 8, 2 threads each, median of N runs after warm-up,
-both measured in this one process), and parity. Prints a markdown table; where ORT misses 0.4x eager at
+ONNX Runtime vs PyTorch eager latency at batch 1 and 8 (measured by ``deploykit.bench``: both runtimes in
+this one process, 2 threads each, p50 of N interleaved rounds after 5 warm-up rounds), the achieved GFLOP/s
+against the machine's MatMul ceiling, and parity. Prints a markdown table; where ORT misses 0.4x eager at
 batch 1, prints where ORT's time goes (ORT profiler, by op type).
 
     python scripts/benchmark_export.py                  # one preset per family at 224 px
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deploykit.bench import BenchReport, run_bench
 from deploykit.export.config import default_config
+from deploykit.export.io import atomic_write_text
 from deploykit.export.onnx_export import export_onnx
 from deploykit.export.pipeline import run_export
 from deploykit.models import create_model, get_preset
@@ -30,17 +32,7 @@ from deploykit.runtime.ort_runner import OrtRunner
 
 DEFAULT = ["convit_tiny", "ceit_tiny", "deepvit_16b", "cvt_13", "hvt_ti_1"]
 THREADS = 2
-
-
-def median_ms(fn, runs: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+WARMUP = 5
 
 
 def ort_profile(path: Path, x: np.ndarray, top: int = 6) -> str:
@@ -58,6 +50,12 @@ def ort_profile(path: Path, x: np.ndarray, top: int = 6) -> str:
     return ", ".join(f"{op} {us / total:.0%}" for op, us in by_op.most_common(top))
 
 
+def p50(report: BenchReport, runtime: str, batch: int) -> float:
+    case = report.result(runtime, "fp32", batch)
+    assert case is not None, (runtime, batch, report.skipped)
+    return case.p50_ms
+
+
 def bench(name: str, runs: int, out_root: Path) -> dict:
     spec = get_preset(name)
     config = default_config(spec.family)
@@ -67,7 +65,10 @@ def bench(name: str, runs: int, out_root: Path) -> dict:
     torch.manual_seed(config.seed)
     model = create_model(name).eval()
     plain_nodes = len(export_onnx(model, model.input_size, config.opset, config.exporter).graph.node)
-    runner = OrtRunner(result.onnx_path, threads=THREADS)
+    report = run_bench(
+        result.out_dir, (1, 8), ("torch", "onnxruntime"), THREADS, WARMUP, runs, progress=False
+    )
+    ort_b1 = report.result("onnxruntime", "fp32", 1)
     row = {
         "preset": name,
         "export_s": export_s,
@@ -75,14 +76,14 @@ def bench(name: str, runs: int, out_root: Path) -> dict:
         "nodes_final": result.manifest["nodes"]["final"],
         "max_abs": result.manifest["parity"]["dynamic batch"]["outputs"]["logits"]["max_abs"],
         "top1": result.manifest["parity"]["dynamic batch"]["outputs"]["logits"]["top1"],
+        "torch_b1_ms": p50(report, "torch", 1),
+        "ort_b1_ms": p50(report, "onnxruntime", 1),
+        "torch_b8_ms": p50(report, "torch", 8),
+        "ort_b8_ms": p50(report, "onnxruntime", 8),
+        "ort_b1_gflops": ort_b1.gflops,
+        "ort_b1_pct_ceiling": ort_b1.pct_of_matmul_ceiling,
+        "bench": report.to_dict(),
     }
-    torch.set_num_threads(THREADS)
-    for batch in (1, 8):
-        x = torch.randn(batch, *model.input_size)
-        xn = x.numpy()
-        with torch.inference_mode():
-            row[f"torch_b{batch}_ms"] = median_ms(lambda x=x: model(x), runs)
-        row[f"ort_b{batch}_ms"] = median_ms(lambda xn=xn: runner.run(xn), runs)
     row["ratio_b1"] = row["ort_b1_ms"] / row["torch_b1_ms"]
     if row["ratio_b1"] > 0.4:
         row["ort_profile_b1"] = ort_profile(
@@ -94,22 +95,28 @@ def bench(name: str, runs: int, out_root: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("presets", nargs="*", default=DEFAULT)
-    ap.add_argument("--runs", type=int, default=30, help="timed runs per measurement (median reported)")
+    ap.add_argument("--runs", type=int, default=30, help="timed rounds per measurement (p50 reported)")
     ap.add_argument("--json", help="also write the rows as JSON")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [bench(n, args.runs, Path(tmp)) for n in args.presets]
-    print(f"torch {torch.__version__}, {THREADS} threads each, median of {args.runs} runs after 5 warm-up\n")
+    machine = rows[0]["bench"]["machine"]
+    print(
+        f"torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, {machine['cpu']}, {THREADS} threads "
+        f"each; p50 of {args.runs} interleaved rounds after {WARMUP} warm-up (deploykit.bench); ONNX Runtime "
+        f"MatMul ceiling {machine['matmul_gflops_fp32']:.0f} GFLOP/s\n"
+    )
     print(
         "| preset | export s | nodes plain → deploykit | torch b1 ms | ORT b1 ms | ORT/torch b1 | torch b8 ms "
-        "| ORT b8 ms | max abs err | top-1 |"
+        "| ORT b8 ms | ORT b1 GFLOP/s (% ceiling) | max abs err | top-1 |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['preset']} | {r['export_s']:.1f} | {r['nodes_plain']} → {r['nodes_final']} | "
             f"{r['torch_b1_ms']:.1f} | {r['ort_b1_ms']:.1f} | {r['ratio_b1']:.2f} | {r['torch_b8_ms']:.1f} | "
-            f"{r['ort_b8_ms']:.1f} | {r['max_abs']:.1e} | {r['top1']:.0%} |"
+            f"{r['ort_b8_ms']:.1f} | {r['ort_b1_gflops']:.0f} ({r['ort_b1_pct_ceiling']:.0f} %) | "
+            f"{r['max_abs']:.1e} | {r['top1']:.0%} |"
         )
     for r in rows:
         if "ort_profile_b1" in r:
@@ -118,7 +125,7 @@ def main() -> None:
                 f"{r['ort_profile_b1']}"
             )
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
     sys.stdout.flush()
 
 

@@ -137,7 +137,7 @@ def test_interrupted_export_leaves_previous_artifact(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_export("hvt_ti_1", out, small_config("hvt_ti_1", 64, exporter="torchscript"))
     assert sha(out / "model.onnx") == before
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "report.html"]
 
 
 def _cli(*args):

@@ -299,6 +299,7 @@ def test_classify_ensemble_matches_deploykit_predict(server, export):
     broken.set_data_from_numpy(np.array([[b"not an image"]], dtype=object))
     with pytest.raises(Exception, match="cannot decode image"):
         client.infer("hvt_s_4_classify", [broken])
+    client.close()  # an idle keep-alive connection would hold the server's shutdown for its exit timeout
 
 
 def _tritonserver_pid(serve: Serve) -> int:

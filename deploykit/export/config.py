@@ -65,8 +65,9 @@ class ExportConfig:
     batch: BatchProfile = field(default_factory=BatchProfile)
     num_images: int = 16
     seed: int = 0
+    baseline_factor: float = 2.0
     fp32: Tolerances = field(default_factory=lambda: Tolerances(1e-4, 0.99999, 1.0, 1.0))
-    fp16: Tolerances = field(default_factory=lambda: Tolerances(0.5, 0.999, 0.99, None, 0.01))
+    fp16: Tolerances = field(default_factory=lambda: Tolerances(0.5, 0.999, 0.99, None, 0.01, 0.05, 0.999))
     workspace_mib: int = 4096
     builder_optimization_level: int = 3
     source: str = ""
@@ -90,6 +91,9 @@ class ExportConfig:
             raise ConfigError(f"validation.num_images must be an integer >= 16, got {self.num_images!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"validation.seed must be an integer, got {self.seed!r}")
+        factor = self.baseline_factor
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor >= 1.0:
+            raise ConfigError(f"validation.baseline_factor must be a number >= 1, got {factor!r}")
         if (
             isinstance(self.workspace_mib, bool)
             or not isinstance(self.workspace_mib, int)
@@ -113,7 +117,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "": {"family": "family"},
     "export": {"opset": "opset", "exporter": "exporter", "simplify": "simplify", "image_size": "image_size"},
     "batch": {"min": "min", "opt": "opt", "max": "max"},
-    "validation": {"num_images": "num_images", "seed": "seed"},
+    "validation": {"num_images": "num_images", "seed": "seed", "baseline_factor": "baseline_factor"},
     "engine": {"workspace_mib": "workspace_mib", "builder_optimization_level": "builder_optimization_level"},
     "tolerances": {"fp32": "fp32", "fp16": "fp16"},
 }
@@ -140,7 +144,7 @@ def _parse(data: dict[str, Any], source: str) -> ExportConfig:
             for precision, tol in value.items():
                 if not isinstance(tol, dict):
                     raise ConfigError(f"{source}: [tolerances.{precision}] must be a table")
-                unknown = set(tol) - {"max_abs", "min_cosine", "min_top1", "min_top5", "top1_margin"}
+                unknown = set(tol) - set(Tolerances.__dataclass_fields__)
                 if unknown:
                     raise ConfigError(f"{source}: unknown key tolerances.{precision}.{sorted(unknown)[0]}")
                 try:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from deploykit.validation.metrics import Tolerances
+
 FP32_OPS: dict[str, str] = {
     "LayerNormalization": "mean/variance reductions lose precision and overflow in FP16",
     "Softmax": "exp() of attention scores and the row sums overflow / lose precision in FP16",
@@ -40,6 +42,8 @@ FP32_OPS: dict[str, str] = {
     "Exp": "exp() overflows FP16 above ~11",
 }
 FP16_MAX = 65504.0
+#: how many times the module check keeps the first drifting module FP32 before falling back to segments
+MODULE_ROUNDS = 8
 OVERFLOW_LIMIT = FP16_MAX / 2
 
 
@@ -49,6 +53,7 @@ class Fp16Report:
     fp16_nodes: int = 0
     total_nodes: int = 0
     segments_checked: int = 0
+    modules_checked: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -56,6 +61,7 @@ class Fp16Report:
             "fp16_nodes": self.fp16_nodes,
             "total_nodes": self.total_nodes,
             "segments_checked": self.segments_checked,
+            "modules_checked": self.modules_checked,
         }
 
 
@@ -92,23 +98,11 @@ def _unshare_initializers(proto: onnx.ModelProto) -> None:
 
 def activation_ranges(proto: onnx.ModelProto, images: np.ndarray, chunk: int = 4) -> dict[str, float]:
     """Max |x| of every float node output of the FP32 graph over ``images`` (ONNX Runtime, CPU)."""
+    from deploykit.export.scopes import expose_tensors
     from deploykit.runtime.ort_runner import OrtRunner
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    inferred = onnx.shape_inference.infer_shapes(probe)
-    float_values = {
-        v.name for v in inferred.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    }
-    existing = {o.name for o in probe.graph.output}
-    producer: dict[str, str] = {}
-    for node in probe.graph.node:
-        for out in node.output:
-            producer[out] = node.name
-            if out in float_values and out not in existing:
-                probe.graph.output.append(
-                    onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None)
-                )
+    producer = {out: node.name for node in proto.graph.node for out in node.output}
+    probe, _ = expose_tensors(proto)
     runner = OrtRunner(probe.SerializeToString())
     names = [o.name for o in runner.session.get_outputs()]
     peak: dict[str, float] = {}
@@ -138,6 +132,37 @@ def convert(proto: onnx.ModelProto, block_nodes: set[str], fp16_io: bool = False
     return out
 
 
+def _module_check(
+    fp32, converted, out, logits, passes, images, reference, tol, blocked, report, ops, fp16_io
+):
+    """Keep FP32 the nodes of the first module that drifts in FP16 from the FP32 graph, again and again,
+    until the logits pass, no module drifts past the module tolerances, or :data:`MODULE_ROUNDS` is
+    reached. Returns the last converted graph and its logits."""
+    from deploykit.export.scopes import module_nodes
+    from deploykit.validation.locate import locate_between_graphs, worst_images
+
+    for _ in range(MODULE_ROUNDS):
+        picked = images[worst_images(reference, out)]
+        first = locate_between_graphs(fp32, converted, picked, tol, "fp16").first
+        report.modules_checked += 1
+        nodes = module_nodes(fp32, first.module) - blocked if first is not None else set()
+        if not nodes:
+            break
+        blocked |= nodes
+        reason = (
+            f"module check: {first.module} drifts in FP16 (max rel {first.max_rel:.3g}, "
+            f"cosine {first.cosine_min:.6f})"
+        )
+        report.kept_fp32.extend(
+            {"node": n, "op": ops[n], "reason": reason} for n in sorted(nodes) if ops[n] not in FP32_OPS
+        )
+        converted = convert(fp32, blocked, fp16_io)
+        out = logits(converted)
+        if passes(out):
+            break
+    return converted, out
+
+
 def segments(proto: onnx.ModelProto) -> list[list[str]]:
     """Contiguous node groups, each starting at a LayerNormalization (topological order)."""
     groups: list[list[str]] = [[]]
@@ -155,8 +180,13 @@ def make_fp16(
     passes,  # Callable[[np.ndarray], bool]: do these logits meet the FP16 tolerances?
     fp16_io: bool = False,
     max_batch: int = 16,
+    tol: Tolerances | None = None,
 ) -> tuple[onnx.ModelProto, Fp16Report]:
-    """Convert ``proto`` (FP32, nodes named) to mixed precision, keeping FP32 what the checks require."""
+    """Convert ``proto`` (FP32, nodes named) to mixed precision, keeping FP32 what the checks require.
+
+    With ``tol`` (the FP16 tolerances) a graph that misses them is first fixed module by module: the first
+    module whose FP16 output drifts from the FP32 graph (``module_max_rel`` / ``module_min_cosine``, see
+    :mod:`deploykit.validation.locate`) is kept FP32, up to :data:`MODULE_ROUNDS` times; segments after."""
     from deploykit.runtime.base import run_batched
     from deploykit.runtime.ort_runner import OrtRunner
 
@@ -185,7 +215,12 @@ def make_fp16(
         return run_batched(OrtRunner(model.SerializeToString()), images, max_batch)
 
     converted = convert(fp32, blocked, fp16_io)
-    if not passes(logits(converted)):
+    out = logits(converted)
+    if not passes(out) and tol is not None:
+        converted, out = _module_check(
+            fp32, converted, out, logits, passes, images, reference, tol, blocked, report, ops, fp16_io
+        )
+    if not passes(out):
         groups = segments(fp32)
         errors = []
         for i, group in enumerate(groups):

@@ -1,9 +1,12 @@
-"""The export pipeline: build -> rewrite -> ONNX -> simplify -> validate -> lint -> manifest.
+"""The export pipeline: build -> rewrite -> onnx -> simplify -> validate -> lint -> fp16 -> engine ->
+manifest.
 
-Each stage is a plain function (see the stage modules); :func:`run_export` chains them, re-checks parity
-after every graph transform, and publishes the artifacts atomically: everything is written into a staging
-directory first and only moved over the previous artifacts when every stage passed. A parity failure
-publishes nothing into the output directory; the rejected artifacts go to ``<out>/rejected/`` instead.
+Each stage is a plain function over one :class:`ExportState`; :data:`STAGES` lists them in order, and each
+name is both its progress line and its key in the manifest (``timings_s``, ``parity``). :func:`run_export`
+runs them. Parity is re-checked after every transform, and the artifacts are published atomically:
+everything is written into a staging directory first and only moved over the previous artifacts when every
+check passed. A parity failure publishes nothing into the output directory; the rejected artifacts, the
+first diverging module (``locate.json``) and ``report.html`` go to ``<out>/rejected/`` instead.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 
 import deploykit
 from deploykit.errors import ExportError, ParityError
+from deploykit.export import rewrites
 from deploykit.export.config import ExportConfig, default_config
 from deploykit.export.io import (
     atomic_write_bytes,
@@ -35,7 +39,7 @@ from deploykit.export.io import (
     staging_dir,
 )
 from deploykit.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, serialize, set_metadata
-from deploykit.export.rewrites import apply_rewrites
+from deploykit.export.scopes import carry_scopes
 from deploykit.export.simplify import SimplifyResult, simplify_onnx
 from deploykit.models import create_model, get_preset, load_pretrained
 from deploykit.models.weights import WeightsInfo
@@ -43,8 +47,10 @@ from deploykit.runtime.base import run_batched
 from deploykit.runtime.ort_runner import OrtRunner
 from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.validation import ParityResult, compare_outputs, validation_batch
+from deploykit.validation.metrics import per_sample
 
 Progress = Callable[[str, str], None]
+REPORT_NAME = "report.html"
 
 
 def _silent(stage: str, message: str) -> None:
@@ -60,7 +66,6 @@ class ExportResult:
     parity: dict[str, ParityResult] = field(default_factory=dict)
 
 
-# ----------------------------------------------------------------------------------------------- stages
 def build_model(
     preset: str,
     image_size: int | None = None,
@@ -68,8 +73,8 @@ def build_model(
     seed: int = 0,
     weights_format: str | None = None,
 ) -> tuple[nn.Module, WeightsInfo | None]:
-    """Stage 1: the registered preset in eval mode, built with a fixed seed, optionally with weights
-    (a reference checkpoint or a deploykit state_dict, see :func:`deploykit.models.load_pretrained`)."""
+    """The registered preset in eval mode, built with a fixed seed, optionally with weights (a reference
+    checkpoint or a deploykit state_dict, see :func:`deploykit.models.load_pretrained`)."""
     torch.manual_seed(seed)
     overrides = {"image_size": image_size} if image_size is not None else {}
     model = create_model(preset, **overrides).eval()
@@ -79,16 +84,6 @@ def build_model(
 
 def check_parity(stage: str, reference: np.ndarray, candidate: np.ndarray, tolerances) -> ParityResult:
     return compare_outputs({OUTPUT_NAME: reference}, {OUTPUT_NAME: candidate}, tolerances, stage=stage)
-
-
-def dynamic_batch_parity(
-    runner: OrtRunner, images: np.ndarray, reference: np.ndarray, sizes: list[int], tolerances
-) -> ParityResult:
-    """The same file at several batch sizes: each chunk's logits against the fp32 reference."""
-    outs = [run_batched(runner, images[:n], n) for n in sizes]
-    cand = np.concatenate(outs)
-    ref = np.concatenate([reference[:n] for n in sizes])
-    return check_parity(f"batch sizes {','.join(map(str, sizes))}", ref, cand, tolerances)
 
 
 def _jsonable(value: Any) -> Any:
@@ -121,6 +116,236 @@ def versions() -> dict[str, str]:
     return out
 
 
+# --------------------------------------------------------------------------------------------- state
+@dataclass
+class ExportState:
+    """The inputs of :func:`run_export` and what each stage produced, shared by the stages."""
+
+    spec: Any  # the registry's PresetSpec
+    config: ExportConfig
+    out: Path
+    weights: str | Path | None = None
+    weights_format: str | None = None
+    inputs_dir: str | Path | None = None
+    fp16: bool = False
+    fp16_io: bool = False
+    engine: bool = False
+    timing_cache: str | Path | None = None
+    staging: Path | None = None
+    # build
+    model: nn.Module | None = None
+    weights_info: WeightsInfo | None = None
+    batch: Any = None  # ValidationBatch
+    reference: np.ndarray | None = None
+    # rewrite, onnx, simplify, lint
+    rewritten: nn.Module | None = None
+    records: list = field(default_factory=list)
+    exporter_notes: list[str] = field(default_factory=list)
+    exported: onnx.ModelProto | None = None
+    proto: onnx.ModelProto | None = None  # the FP32 graph as it stands
+    simplify: SimplifyResult | None = None
+    lint: Any = None
+    # fp16
+    fp16_proto: onnx.ModelProto | None = None
+    fp16_info: dict[str, Any] = field(default_factory=dict)
+    fp16_images: np.ndarray | None = None
+    fp16_reference: np.ndarray | None = None
+    # per check (key): the parity result, its reference and candidate logits, and the graph that ran
+    parity: dict[str, ParityResult] = field(default_factory=dict)
+    references: dict[str, np.ndarray] = field(default_factory=dict)
+    candidates: dict[str, np.ndarray] = field(default_factory=dict)
+    graphs: dict[str, onnx.ModelProto | None] = field(default_factory=dict)
+    locate: Any = None  # LocateReport of a rejected export
+    # engine, manifest
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    engine_info: dict[str, Any] = field(default_factory=lambda: {"status": "not requested"})
+    manifest: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.batch.images
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return tuple(self.model.input_size)
+
+    def check(
+        self,
+        key: str,
+        label: str,
+        candidate: np.ndarray,
+        graph: onnx.ModelProto | None,
+        reference: np.ndarray | None = None,
+        precision: str = "fp32",
+    ) -> ParityResult:
+        """Parity of ``candidate`` logits (default reference: the PyTorch FP32 logits), kept under ``key``."""
+        reference = self.reference if reference is None else reference
+        self.parity[key] = check_parity(label, reference, candidate, self.config.tolerances(precision))
+        self.references[key], self.candidates[key], self.graphs[key] = reference, candidate, graph
+        return self.parity[key]
+
+    def failed(self) -> str | None:
+        """The key of the first check that failed."""
+        return next((k for k, p in self.parity.items() if not p.passed), None)
+
+    def logits(self, graph: onnx.ModelProto, images: np.ndarray | None = None) -> np.ndarray:
+        images = self.images if images is None else images
+        return run_batched(OrtRunner(serialize(graph)), images, self.config.batch.max)
+
+
+# -------------------------------------------------------------------------------------------- stages
+def stage_build(state: ExportState) -> None:
+    """The preset (with weights), the validation images and the PyTorch FP32 reference logits."""
+    config = state.config
+    state.model, state.weights_info = build_model(
+        state.spec.name, config.image_size, state.weights, config.seed, state.weights_format
+    )
+    state.batch = validation_batch(state.model.data_config, config.num_images, config.seed, state.inputs_dir)
+    state.reference = run_batched(TorchRunner(state.model), state.images, config.batch.max)
+
+
+def stage_rewrite(state: ExportState) -> None:
+    """Export-friendly module swaps, checked in PyTorch."""
+    state.rewritten, state.records = rewrites.apply_rewrites(state.model)
+    logits = run_batched(TorchRunner(state.rewritten), state.images, state.config.batch.max)
+    state.check("rewrites", "rewrites (torch)", logits, None)
+
+
+def stage_onnx(state: ExportState) -> None:
+    """torch.onnx.export (dynamo; the TorchScript exporter when dynamo fails, recorded in the manifest)."""
+    config = state.config
+    try:
+        proto = export_onnx(
+            state.rewritten, state.input_size, config.opset, config.exporter, config.batch.max
+        )
+    except ExportError as exc:
+        if config.exporter != "dynamo":
+            raise
+        state.exporter_notes.append(f"dynamo failed ({exc}); fell back to torchscript")
+        state.config = config = dataclasses.replace(config, exporter="torchscript")
+        proto = export_onnx(
+            state.rewritten, state.input_size, config.opset, config.exporter, config.batch.max
+        )
+    state.exported = state.proto = proto
+    state.check("onnx", "onnx (onnxruntime)", state.logits(proto), proto)
+
+
+def stage_simplify(state: ExportState) -> None:
+    """onnxsim (fallback onnxslim); a simplified graph that changes the numbers is not kept."""
+    proto = state.proto
+    simplified, simp = simplify_onnx(proto)
+    carry_scopes(proto, simplified)  # the simplifiers drop node metadata: keep module scopes for --locate
+    result = state.check("simplified", "simplified (onnxruntime)", state.logits(simplified), simplified)
+    if not result.passed and simp.tool != "none":  # a simplifier that changes the numbers is not trusted
+        note = f"{simp.tool} output failed parity; kept the exported graph"
+        simp = SimplifyResult("none", simp.nodes_before, simp.nodes_before, (*simp.notes, note))
+        simplified = proto
+    state.proto, state.simplify = simplified, simp
+
+
+def stage_validate(state: ExportState) -> None:
+    """The final FP32 file at several batch sizes through one ONNX Runtime session."""
+    batch = state.config.batch
+    limit = min(batch.max, len(state.images))
+    sizes = sorted({s for s in (batch.min, 1, 3, 8, batch.opt) if s <= limit})
+    runner = OrtRunner(serialize(state.proto))
+    candidate = np.concatenate([run_batched(runner, state.images[:n], n) for n in sizes])
+    reference = np.concatenate([state.reference[:n] for n in sizes])
+    label = f"batch sizes {','.join(map(str, sizes))}"
+    state.check("dynamic batch", label, candidate, state.proto, reference)
+
+
+def stage_lint(state: ExportState) -> None:
+    """The final graph against TensorRT's ONNX-parser operator table."""
+    from deploykit.export.lint import lint_model
+
+    state.lint = lint_model(state.proto)
+
+
+def stage_fp16(state: ExportState) -> None:
+    """The mixed-precision graph (FP32 islands), validated on >= 64 images against PyTorch FP32."""
+    from deploykit.export.fp16 import make_fp16
+    from deploykit.export.lint import lint_model
+
+    config = state.config
+    tol = config.tolerances("fp16")
+    batch = validation_batch(
+        state.model.data_config, max(64, config.num_images), config.seed, state.inputs_dir
+    )
+    reference = run_batched(TorchRunner(state.model), batch.images, config.batch.max)
+
+    def passes(logits: np.ndarray) -> bool:
+        return check_parity("fp16", reference, logits, tol).passed
+
+    proto, report = make_fp16(
+        state.proto, batch.images, reference, passes, state.fp16_io, config.batch.max, tol
+    )
+    label = f"fp16 (onnxruntime, {len(batch)} images)"
+    state.check("fp16", label, state.logits(proto, batch.images), proto, reference, "fp16")
+    state.fp16_proto, state.fp16_images, state.fp16_reference = proto, batch.images, reference
+    state.fp16_info = {
+        "io": "fp16" if state.fp16_io else "fp32",
+        "images": len(batch),
+        "lint": lint_model(proto).to_dict(),
+        **report.to_dict(),
+    }
+
+
+def stage_engine(state: ExportState) -> None:
+    """The TensorRT engine of the published graph (build_engine.sh where TensorRT or a GPU is missing)."""
+    _artifacts(state)  # the engine is built from the staged file
+    source = "model.fp16.onnx" if state.fp16 else "model.onnx"
+    state.engine_info = _engine_stage(
+        state.staging, source, state.input_size, state.config, state.timing_cache, expect_fp16=state.fp16
+    )
+
+
+def stage_manifest(state: ExportState) -> None:
+    """manifest.json and report.html beside the artifacts, then everything moved into place."""
+    _write_manifest(state)
+    # models first, manifest last: a published manifest never describes a missing file
+    for name in [*state.manifest["artifacts"], REPORT_NAME, "manifest.json"]:
+        (state.staging / name).replace(state.out / name)
+
+
+def _always(state: ExportState) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[ExportState], None]
+    describe: Callable[[ExportState], str]
+    enabled: Callable[[ExportState], bool] = _always
+    #: runs only when every parity check so far passed (the export is rejected before it otherwise)
+    needs_parity: bool = False
+
+
+def _describe_build(state: ExportState) -> str:
+    weights = f" with weights {state.weights}" if state.weights else ""
+    return f"{state.spec.name} ({state.spec.family}){weights}"
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("build", stage_build, _describe_build),
+    Stage("rewrite", stage_rewrite, lambda s: "export-friendly module swaps"),
+    Stage("onnx", stage_onnx, lambda s: f"{s.config.exporter} exporter, opset {s.config.opset}"),
+    Stage("simplify", stage_simplify, lambda s: "onnxsim (fallback onnxslim)", lambda s: s.config.simplify),
+    Stage("validate", stage_validate, lambda s: f"{len(s.images)} images, batch sizes through one file"),
+    Stage("lint", stage_lint, lambda s: "TensorRT ONNX-parser operator support"),
+    Stage(
+        "fp16",
+        stage_fp16,
+        lambda s: "mixed-precision graph with FP32 islands, sensitivity check",
+        lambda s: s.fp16,
+    ),
+    Stage("engine", stage_engine, lambda s: "TensorRT strongly typed build", lambda s: s.engine, True),
+    Stage("manifest", stage_manifest, lambda s: f"manifest.json, {REPORT_NAME}, publish", needs_parity=True),
+)
+
+
 # ------------------------------------------------------------------------------------------- pipeline
 def run_export(
     preset: str,
@@ -135,235 +360,165 @@ def run_export(
     timing_cache: str | Path | None = None,
     weights_format: str | None = None,
 ) -> ExportResult:
-    """Export ``preset`` to ``<out_dir>/model.onnx`` (+ ``model.fp16.onnx`` with ``fp16``) and
-    ``manifest.json``; with ``engine``, build (or script) the TensorRT engine. Raise ParityError if parity
-    fails (nothing is published then)."""
-    from deploykit.export.lint import lint_model
-
+    """Export ``preset`` to ``<out_dir>/model.onnx`` (+ ``model.fp16.onnx`` with ``fp16``),
+    ``manifest.json`` and ``report.html``; with ``engine``, build (or script) the TensorRT engine. Runs
+    :data:`STAGES` over one :class:`ExportState`. Raises ParityError if parity fails (nothing is published
+    then; see the module doc)."""
     spec = get_preset(preset)
     config = config or default_config(spec.family)
     out = ensure_writable_dir(Path(out_dir) if out_dir is not None else Path("deploykit_out") / spec.name)
-    timings: dict[str, float] = {}
+    state = ExportState(
+        spec, config, out, weights, weights_format, inputs_dir, fp16, fp16_io, engine, timing_cache
+    )
     t0 = time.perf_counter()
+    with staging_dir(out) as staging:
+        state.staging = staging
+        for stage in STAGES:
+            if not stage.enabled(state):
+                continue
+            if stage.needs_parity and state.failed():
+                _reject(state)
+            progress(stage.name, stage.describe(state))
+            stage.run(state)
+            state.timings[stage.name] = round(time.perf_counter() - t0 - sum(state.timings.values()), 3)
+    sizes = ", ".join(f"{n} ({len(d) / 1e6:.1f} MB)" for n, d in state.artifacts.items())
+    progress("done", f"{out}: {sizes}, manifest.json, {REPORT_NAME}")
+    return ExportResult(out, out / "model.onnx", out / "manifest.json", state.manifest, state.parity)
 
-    def mark(stage: str) -> None:
-        timings[stage] = round(time.perf_counter() - t0 - sum(timings.values()), 3)
 
-    progress("build", f"{spec.name} ({spec.family})" + (f" with weights {weights}" if weights else ""))
-    model, weights_info = build_model(spec.name, config.image_size, weights, config.seed, weights_format)
-    input_size = tuple(model.input_size)
-    batch = validation_batch(model.data_config, config.num_images, config.seed, inputs_dir)
-    images = batch.images
-    max_batch = config.batch.max
-    reference = run_batched(TorchRunner(model), images, max_batch)
-    tol = config.tolerances("fp32")
-    mark("build")
-
-    progress("rewrite", "export-friendly module swaps")
-    rewritten, records = apply_rewrites(model)
-    parity = {
-        "rewrites": check_parity(
-            "rewrites (torch)", reference, run_batched(TorchRunner(rewritten), images, max_batch), tol
-        )
-    }
-    mark("rewrite")
-
-    progress("onnx", f"{config.exporter} exporter, opset {config.opset}")
-    exporter_notes: list[str] = []
-    try:
-        proto = export_onnx(rewritten, input_size, config.opset, config.exporter, max_batch)
-    except ExportError as exc:
-        if config.exporter != "dynamo":
-            raise
-        # the documented fallback: the TorchScript exporter, recorded in the manifest
-        exporter_notes.append(f"dynamo failed ({exc}); fell back to torchscript")
-        progress("onnx", "dynamo failed; falling back to the torchscript exporter")
-        config = dataclasses.replace(config, exporter="torchscript")
-        proto = export_onnx(rewritten, input_size, config.opset, config.exporter, max_batch)
-    nodes_exported = len(proto.graph.node)
-    parity["onnx"] = check_parity(
-        "onnx (onnxruntime)", reference, run_batched(OrtRunner(serialize(proto)), images, max_batch), tol
-    )
-    mark("onnx")
-
-    if config.simplify:
-        progress("simplify", "onnxsim (fallback onnxslim)")
-        simplified, simp = simplify_onnx(proto)
-        parity["simplified"] = check_parity(
-            "simplified (onnxruntime)",
-            reference,
-            run_batched(OrtRunner(serialize(simplified)), images, max_batch),
-            tol,
-        )
-        if not parity["simplified"].passed and simp.tool != "none":
-            # a simplifier that changes the numbers is not trusted: keep the exported graph
-            simp = SimplifyResult(
-                "none",
-                simp.nodes_before,
-                simp.nodes_before,
-                simp.notes + (f"{simp.tool} output failed parity; kept the exported graph",),
-            )
-            simplified = proto
-        proto = simplified
-    else:
-        simp = SimplifyResult("none", len(proto.graph.node), len(proto.graph.node), ("--no-simplify",))
-    mark("simplify")
-
-    progress("validate", f"{len(images)} images, batch sizes through one file")
-    runner = OrtRunner(serialize(proto))
-    sizes = sorted(
-        {s for s in (config.batch.min, 1, 3, 8, config.batch.opt) if s <= min(max_batch, len(images))}
-    )
-    parity["dynamic batch"] = dynamic_batch_parity(runner, images, reference, sizes, tol)
-    final = parity["dynamic batch"]
-    mark("validate")
-
-    progress("lint", "TensorRT ONNX-parser operator support")
-    lint = lint_model(proto)
-    mark("lint")
-
-    artifacts: dict[str, bytes] = {}
-    manifest_extra: dict[str, Any] = {}
-    if fp16:
-        progress("fp16", "mixed-precision graph with FP32 islands, sensitivity check")
-        fp16_proto, fp16_info = _fp16_stage(model, proto, config, inputs_dir, lint_model, fp16_io)
-        parity["fp16"] = fp16_info.pop("parity")
-        manifest_extra["fp16"] = fp16_info
-        mark("fp16")
-
-    worst = next((p for p in parity.values() if not p.passed), None)
-    base_meta = {
+# ---------------------------------------------------------------------------------------- manifest
+def _finish(state: ExportState, graph: onnx.ModelProto, precision: str, lint_count: int) -> bytes:
+    """The graph with deploykit's metadata, serialized."""
+    result = state.parity["fp16" if precision == "fp16" else "dynamic batch"]
+    meta = {
         "deploykit.version": deploykit.__version__,
-        "deploykit.preset": spec.name,
-        "deploykit.family": spec.family,
-        "deploykit.input": json.dumps({"name": INPUT_NAME, "shape": ["batch", *input_size]}),
-        "deploykit.preprocessing": json.dumps(_jsonable(vars(model.data_config))),
-        "deploykit.rewrites": ",".join(r.name for r in records),
-        "deploykit.opset": str(config.opset),
-        "deploykit.exporter": config.exporter,
+        "deploykit.preset": state.spec.name,
+        "deploykit.family": state.spec.family,
+        "deploykit.input": json.dumps({"name": INPUT_NAME, "shape": ["batch", *state.input_size]}),
+        "deploykit.preprocessing": json.dumps(_jsonable(vars(state.model.data_config))),
+        "deploykit.rewrites": ",".join(r.name for r in state.records),
+        "deploykit.opset": str(state.config.opset),
+        "deploykit.exporter": state.config.exporter,
         "deploykit.torch": torch.__version__,
     }
-    if weights_info is not None:
-        base_meta["deploykit.weights_sha256"] = weights_info.sha256
+    if state.weights_info is not None:
+        meta["deploykit.weights_sha256"] = state.weights_info.sha256
+    meta["deploykit.precision"] = precision
+    meta["deploykit.parity"] = json.dumps(
+        {
+            "max_abs": result.worst_metric("max_abs"),
+            "cosine_min": result.worst_metric("cosine_min"),
+            "top1": result.worst_metric("top1"),
+            "passed": result.passed,
+        }
+    )
+    meta["deploykit.lint_violations"] = str(lint_count)
+    set_metadata(graph, meta)
+    return serialize(graph)
 
-    def finish(graph: onnx.ModelProto, precision: str, result: ParityResult, lint_count: int) -> bytes:
-        meta = dict(base_meta)
-        meta["deploykit.precision"] = precision
-        meta["deploykit.parity"] = json.dumps(
-            {
-                "max_abs": result.worst_metric("max_abs"),
-                "cosine_min": result.worst_metric("cosine_min"),
-                "top1": result.worst_metric("top1"),
-                "passed": result.passed,
-            }
-        )
-        meta["deploykit.lint_violations"] = str(lint_count)
-        set_metadata(graph, meta)
-        return serialize(graph)
 
-    artifacts["model.onnx"] = finish(proto, "fp32", final, len(lint.violations))
-    if fp16:
-        artifacts["model.fp16.onnx"] = finish(
-            fp16_proto, "fp16", parity["fp16"], len(manifest_extra["fp16"]["lint"]["violations"])
-        )
-        manifest_extra["fp16"]["size_ratio"] = round(
-            len(artifacts["model.fp16.onnx"]) / len(artifacts["model.onnx"]), 4
-        )
+def _artifacts(state: ExportState) -> dict[str, bytes]:
+    """The ONNX files with their metadata, serialized and staged once."""
+    if not state.artifacts:
+        state.artifacts["model.onnx"] = _finish(state, state.proto, "fp32", len(state.lint.violations))
+        if state.fp16_proto is not None:
+            lint = len(state.fp16_info["lint"]["violations"])
+            data = _finish(state, state.fp16_proto, "fp16", lint)
+            state.artifacts["model.fp16.onnx"] = data
+            state.fp16_info["size_ratio"] = round(len(data) / len(state.artifacts["model.onnx"]), 4)
+        for name, data in state.artifacts.items():
+            atomic_write_bytes(state.staging / name, data)
+    return state.artifacts
 
+
+def _manifest(state: ExportState) -> dict[str, Any]:
+    config, model = state.config, state.model
+    artifacts = {name: {"sha256": sha256_bytes(d), "bytes": len(d)} for name, d in _artifacts(state).items()}
+    for name in [state.engine_info.get("script"), *state.engine_info.get("files", [])]:
+        if name:
+            data = (state.staging / name).read_bytes()
+            artifacts[name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+    image_size = {"image_size": config.image_size} if config.image_size else {}
     manifest = {
-        "preset": spec.name,
-        "family": spec.family,
-        "model_config": _jsonable(
-            dict(spec.kwargs) | ({"image_size": config.image_size} if config.image_size else {})
-        ),
+        "preset": state.spec.name,
+        "family": state.spec.family,
+        "model_config": _jsonable(dict(state.spec.kwargs) | image_size),
         "preprocessing": _jsonable(vars(model.data_config)),
         "export_config": _jsonable(config.to_dict()),
         "versions": versions(),
         "opset": config.opset,
         "exporter": config.exporter,
-        "exporter_notes": exporter_notes,
-        "weights": weights_info.to_dict() if weights_info else None,
-        "rewrites": [r.to_dict() for r in records],
-        "io": io_signature(proto),
-        "nodes": {"exported": nodes_exported, "final": len(proto.graph.node)},
-        "simplify": simp.to_dict(),
+        "exporter_notes": state.exporter_notes,
+        "weights": state.weights_info.to_dict() if state.weights_info else None,
+        "rewrites": [r.to_dict() for r in state.records],
+        "io": io_signature(state.proto),
+        "nodes": {"exported": len(state.exported.graph.node), "final": len(state.proto.graph.node)},
+        "simplify": (state.simplify or _not_simplified(state.proto)).to_dict(),
         "validation_inputs": {
-            "count": len(images),
-            "names": list(batch.names),
-            "source": str(inputs_dir) if inputs_dir else "built-in",
+            "count": len(state.images),
+            "names": list(state.batch.names),
+            "source": str(state.inputs_dir) if state.inputs_dir else "built-in",
         },
-        "parity": {name: p.to_dict() for name, p in parity.items()},
-        "lint": lint.to_dict(),
-        **manifest_extra,
-        "engine": {"status": "not requested"},
-        "artifacts": {},
-        "timings_s": timings,
-        "passed": worst is None,
+        "parity": {name: p.to_dict() for name, p in state.parity.items()},
+        "per_image": {k: per_sample(state.references[k], c) for k, c in state.candidates.items()},
+        "lint": state.lint.to_dict(),
+        **({"fp16": state.fp16_info} if state.fp16_proto is not None else {}),
+        "engine": state.engine_info,
+        "artifacts": artifacts,
+        "timings_s": state.timings,
+        "passed": state.failed() is None,
     }
-
-    with staging_dir(out) as stage:
-        for name, data in artifacts.items():
-            atomic_write_bytes(stage / name, data)
-            manifest["artifacts"][name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
-        if worst is not None:
-            atomic_write_text(stage / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-            rejected = out / "rejected"
-            shutil.rmtree(rejected, ignore_errors=True)
-            stage.rename(rejected)
-            stage.mkdir()  # staging_dir removes it on exit
-            fail = worst.worst()
-            raise ParityError(
-                f"parity failed at stage {worst.stage!r}: {fail.describe() if fail else 'see manifest'}; "
-                f"nothing was published, rejected artifacts are in {rejected}"
-            )
-        if engine:
-            progress("engine", "TensorRT strongly typed build")
-            source = "model.fp16.onnx" if fp16 else "model.onnx"
-            manifest["engine"] = _engine_stage(
-                stage, source, input_size, config, timing_cache, expect_fp16=fp16
-            )
-            for name in [manifest["engine"].get("script"), *manifest["engine"].get("files", [])]:
-                if name:
-                    data = (stage / name).read_bytes()
-                    manifest["artifacts"][name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
-        mark("engine")
-        atomic_write_text(stage / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-        # models first, manifest last: a published manifest never describes a missing file
-        for name in [*manifest["artifacts"], "manifest.json"]:
-            (stage / name).replace(out / name)
-    mark("publish")
-    sizes = ", ".join(f"{n} ({len(d) / 1e6:.1f} MB)" for n, d in artifacts.items())
-    progress("done", f"{out}: {sizes}, manifest.json")
-    return ExportResult(out, out / "model.onnx", out / "manifest.json", manifest, parity)
+    if state.locate is not None:
+        manifest["first_divergence"] = state.locate.first.to_dict() if state.locate.first else None
+        manifest["locate"] = state.locate.to_dict()
+    return manifest
 
 
-def _fp16_stage(model, proto, config, inputs_dir, lint_model, fp16_io):
-    """The FP16 graph, validated on >= 64 images against PyTorch FP32."""
-    from deploykit.export.fp16 import make_fp16
+def _not_simplified(proto: onnx.ModelProto) -> SimplifyResult:
+    return SimplifyResult("none", len(proto.graph.node), len(proto.graph.node), ("--no-simplify",))
 
-    tol = config.tolerances("fp16")
-    batch = validation_batch(model.data_config, max(64, config.num_images), config.seed, inputs_dir)
-    reference = run_batched(TorchRunner(model), batch.images, config.batch.max)
 
-    def passes(logits: np.ndarray) -> bool:
-        return check_parity("fp16", reference, logits, tol).passed
+def _write_manifest(state: ExportState) -> None:
+    from deploykit.validation.report import render_report
 
-    fp16_proto, report = make_fp16(proto, batch.images, reference, passes, fp16_io, config.batch.max)
-    runner = OrtRunner(serialize(fp16_proto))
-    result = check_parity(
-        f"fp16 (onnxruntime, {len(batch)} images)",
-        reference,
-        run_batched(runner, batch.images, config.batch.max),
-        tol,
+    state.manifest = _manifest(state)
+    atomic_write_text(state.staging / "manifest.json", json.dumps(state.manifest, indent=2) + "\n")
+    atomic_write_text(state.staging / REPORT_NAME, render_report(state.manifest))
+
+
+def _reject(state: ExportState) -> None:
+    """Parity failed: find the first diverging module, move everything to ``rejected/``, raise."""
+    from deploykit.validation.locate import locate_failure
+
+    key = state.failed()
+    result = state.parity[key]
+    images = state.fp16_images if key == "fp16" else state.images
+    if len(state.candidates[key]) == len(images):  # not "dynamic batch": its rows repeat images
+        tol = state.config.tolerances("fp16" if key == "fp16" else "fp32")
+        state.locate = locate_failure(
+            state.model,
+            images,
+            state.references[key],
+            state.candidates[key],
+            state.config.fp32,
+            tol,
+            state.graphs[key],
+            key,
+            rewritten=state.rewritten,
+        )
+    _write_manifest(state)
+    if state.locate is not None:
+        atomic_write_text(state.staging / "locate.json", json.dumps(state.locate.to_dict(), indent=2) + "\n")
+    rejected = state.out / "rejected"
+    shutil.rmtree(rejected, ignore_errors=True)
+    state.staging.rename(rejected)
+    state.staging.mkdir()  # staging_dir removes it on exit
+    fail = result.worst()
+    where = f"; {state.locate.describe()}" if state.locate is not None and state.locate.first else ""
+    raise ParityError(
+        f"parity failed at stage {result.stage!r}: {fail.describe() if fail else 'see manifest'}{where}; "
+        f"nothing was published, rejected artifacts are in {rejected}"
     )
-    lint = lint_model(fp16_proto)
-    return fp16_proto, {
-        "parity": result,
-        "io": "fp16" if fp16_io else "fp32",
-        "images": len(batch),
-        "lint": lint.to_dict(),
-        **report.to_dict(),
-    }
 
 
 def _engine_stage(

@@ -22,7 +22,9 @@ from deploykit.models import get_preset
 from deploykit.runtime.base import run_batched
 from deploykit.runtime.predictor import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from deploykit.runtime.torch_runner import TorchRunner
+from deploykit.validation.baseline import Regression
 from deploykit.validation.inputs import validation_batch
+from deploykit.validation.locate import LocateReport, locate_failure
 from deploykit.validation.metrics import ParityResult, compare_outputs
 
 
@@ -34,10 +36,12 @@ class ValidationReport:
     runtime: str
     parity: ParityResult
     facts: dict[str, Any]
+    locate: LocateReport | None = None
+    regressions: list[Regression] | None = None  # None: no baseline compared
 
     @property
     def passed(self) -> bool:
-        return self.parity.passed
+        return self.parity.passed and not self.regressions
 
     def summary(self) -> str:
         p = self.parity
@@ -47,8 +51,17 @@ class ValidationReport:
             f"{p.worst_metric('cosine_min'):.6f}, top-1 {p.worst_metric('top1'):.1%}, "
             f"top-5 {p.worst_metric('top5'):.1%} over {self.facts['images']} images"
         )
+        lines = [head]
         worst = p.worst()
-        return head if worst is None else f"{head}\nworst: {worst.describe()}"
+        if worst is not None:
+            lines.append(f"worst: {worst.describe()}")
+        if self.locate is not None:
+            lines.append(self.locate.describe())
+        if self.regressions is not None:
+            lines += [f"baseline: {r.describe()}" for r in self.regressions] or [
+                "baseline: no metric regressed"
+            ]
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         worst = self.parity.worst()
@@ -59,8 +72,13 @@ class ValidationReport:
             "runtime": self.runtime,
             "passed": self.passed,
             "worst": worst.to_dict() if worst else None,
+            "first_divergence": self.locate.first.to_dict() if self.locate and self.locate.first else None,
             **self.facts,
             "parity": self.parity.to_dict(),
+            "locate": self.locate.to_dict() if self.locate else None,
+            "baseline_regressions": None
+            if self.regressions is None
+            else [r.to_dict() for r in self.regressions],
         }
 
 
@@ -83,7 +101,16 @@ def _onnx_runner(path: Path, expected: tuple[int, ...]):
         raise ArtifactError(
             f"{path}: input shape {dims} does not fit the model's (batch, {', '.join(map(str, expected))})"
         )
-    return OrtRunner(path), onnx_precision(proto)
+    return OrtRunner(path), onnx_precision(proto), proto
+
+
+def _engine_source(path: Path):
+    """The ONNX file an engine was built from, when it is beside the engine (for --locate)."""
+    from deploykit.engine.runner import read_sidecar
+    from deploykit.export.onnx_export import load_onnx
+
+    source = path.parent / str(read_sidecar(path).get("source_onnx", {}).get("file", ""))
+    return load_onnx(source) if source.is_file() and source.suffix == ".onnx" else None
 
 
 def validate_artifact(
@@ -93,7 +120,10 @@ def validate_artifact(
     inputs_dir: str | Path | None = None,
     config: ExportConfig | None = None,
     weights_format: str | None = None,
+    locate: bool = False,
 ) -> ValidationReport:
+    """Parity of ``artifact`` against the PyTorch preset; with ``locate``, a failure is traced to the first
+    diverging module (no extra work when parity holds)."""
     from deploykit.export.pipeline import build_model
 
     path = Path(artifact)
@@ -103,13 +133,13 @@ def validate_artifact(
     config = config or default_config(spec.family)
     model, weights_info = build_model(spec.name, config.image_size, weights, config.seed, weights_format)
     if path.suffix in ONNX_SUFFIXES:
-        runner, precision = _onnx_runner(path, tuple(model.input_size))
+        runner, precision, graph = _onnx_runner(path, tuple(model.input_size))
         runtime = runner.name
     elif path.suffix in ENGINE_SUFFIXES:
         from deploykit.engine.runner import TensorRTRunner
 
         runner = TensorRTRunner(path)
-        precision, runtime = runner.precision, runner.name
+        precision, runtime, graph = runner.precision, runner.name, None
     else:
         raise ArtifactError(
             f"{path}: unknown artifact type (expected {', '.join(ONNX_SUFFIXES + ENGINE_SUFFIXES)})"
@@ -130,7 +160,28 @@ def validate_artifact(
         "inputs": str(inputs_dir) if inputs_dir else "built-in",
         "weights": weights_info.to_dict() if weights_info else None,
     }
-    return ValidationReport(str(path), spec.name, precision, runtime, parity, facts)
+    report = ValidationReport(str(path), spec.name, precision, runtime, parity, facts)
+    if locate and not parity.passed:
+        report.locate = _locate(model, path, graph, precision, batch.images, reference, candidate, config)
+    return report
+
+
+def _locate(model, path: Path, graph, precision, images, reference, candidate, config) -> LocateReport:
+    stage = "fp16" if precision == "fp16" else "onnx"
+    if path.suffix in ENGINE_SUFFIXES:
+        graph, stage = _engine_source(path), "onnx (the engine's source)"
+    report = locate_failure(
+        model, images, reference, candidate, config.fp32, config.tolerances(precision), graph, stage
+    )
+    if path.suffix in ENGINE_SUFFIXES and report.first is None:
+        report.stage = "engine"
+        report.note = (
+            "the engine's source ONNX matches PyTorch module by module: the divergence comes from the "
+            "TensorRT build (an engine exposes no intermediate tensors)"
+            if graph is not None
+            else "the engine's source ONNX is not beside it; an engine exposes no intermediate tensors"
+        )
+    return report
 
 
 def write_json(report: ValidationReport, path: str | Path) -> None:
@@ -166,6 +217,23 @@ def write_junit(report: ValidationReport, path: str | Path) -> None:
             if failed and (metric == "nonfinite" or failed[0].metric == metric):
                 failures += 1
                 ET.SubElement(case, "failure", message=failed[0].describe())
+    if report.locate is not None:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"{report.preset}.{report.precision}.locate", name="first_divergence"
+        )
+        ET.SubElement(case, "system-out").text = report.locate.describe()
+        if report.locate.first is not None:
+            failures += 1
+            ET.SubElement(case, "failure", message=report.locate.describe())
+    for regression in report.regressions or []:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"{report.preset}.{report.precision}.baseline",
+            name=f"{regression.output}.{regression.metric}",
+        )
+        failures += 1
+        ET.SubElement(case, "failure", message=regression.describe())
     suite.set("tests", str(len(suite)))
     suite.set("failures", str(failures))
     atomic_write_text(path, ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")

@@ -36,15 +36,27 @@ class Tolerances:
     min_top5: float | None = None
     #: reference-logit gap under which a top-1 disagreement is a near-tie (0 = strict top-1)
     top1_margin: float = 0.0
+    #: ``--locate``: a module output diverges when its max abs error exceeds this fraction of the
+    #: reference's max abs value, or its cosine similarity falls below ``module_min_cosine``
+    module_max_rel: float = 1e-3
+    module_min_cosine: float = 0.9999
 
     def __post_init__(self) -> None:
-        for name in ("max_abs", "min_cosine", "min_top1", "min_top5", "top1_margin"):
+        for name in (
+            "max_abs",
+            "min_cosine",
+            "min_top1",
+            "min_top5",
+            "top1_margin",
+            "module_max_rel",
+            "module_min_cosine",
+        ):
             v = getattr(self, name)
             if v is None and name == "min_top5":
                 continue
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"tolerances.{name} must be a finite non-negative number, got {v!r}")
-            if name not in ("max_abs", "top1_margin") and v > 1:
+            if name not in ("max_abs", "top1_margin", "module_max_rel") and v > 1:
                 raise ConfigError(f"tolerances.{name} is a fraction in [0, 1], got {v!r}")
 
 
@@ -217,3 +229,18 @@ def compare_outputs(
         result.outputs[name] = metrics
         result.failures.extend(check(metrics, tolerances))
     return result
+
+
+def per_sample(reference: np.ndarray, candidate: np.ndarray) -> dict[str, list[float | None]]:
+    """Max abs error and cosine similarity of every sample (``None`` where NaN/Inf), for reports."""
+    r = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    c = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(c - r).max(axis=1)
+        norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+        cos = np.where(norms > 0, (r * c).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+
+    def clean(values: np.ndarray, digits: int) -> list[float | None]:
+        return [float(f"{v:.{digits}g}") if math.isfinite(v) else None for v in values]
+
+    return {"max_abs": clean(diff, 6), "cosine": clean(cos, 12)}

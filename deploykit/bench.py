@@ -1,0 +1,780 @@
+"""``deploykit bench``: latency and throughput of every runtime of one export, measured in one process.
+
+The cases are PyTorch eager (the preset rebuilt from ``manifest.json``, with the export's weights), the FP32
+and FP16 ONNX files (ONNX Runtime; CUDA where a session really runs on it) and the TensorRT engines (where
+TensorRT and a GPU are present; otherwise the reason is recorded, nothing is faked), each at every batch
+size. Every round runs each case once, in a fresh (seeded) random order, so drift of the machine (clock,
+thermals, other processes) spreads over all cases alike instead of landing on one of them. Runtimes that
+share one process disturb each other, though: ONNX Runtime's intra-op workers keep spinning for tens of
+milliseconds after a run (measured on the 2-core development machine: eager hvt_ti_1 at batch 1 took 10 ms
+back to back but 24 ms straight after an ONNX Runtime run). So each case first settles: it runs untimed
+until ``settle_ms`` (50 ms) have passed, then its one timed run follows; each timed sample is thus taken in
+the state a back-to-back loop of that runtime alone would be in.
+
+Per case: min/p50/p90/p99/mean latency in ms, images/s at the p50, the p50 relative to eager at the same
+batch, and the achieved GFLOP/s: the model's FLOPs (counted once on the eager model, see
+:func:`count_flops`) over the p50, beside the machine's dense-MatMul ceiling measured by ONNX Runtime with
+the same thread count (:func:`matmul_ceiling`). Heavy imports (torch, onnxruntime, matplotlib) happen
+inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import gc
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from deploykit.errors import ArtifactError, ConfigError, UnknownModelError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from rich.table import Table
+    from torch import nn
+
+    from deploykit.runtime.base import Runner
+
+RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+#: ONNX files of an export directory and the precision of each
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+FLOPS_COUNTED = (
+    "matmul, linear, convolution and attention FLOPs (2 per multiply-add) of one image through the eager "
+    "model, counted by torch.utils.flop_counter; normalisation, softmax, activations, pooling and other "
+    "elementwise ops are not counted"
+)
+INPUT_SEED = 0
+
+
+# ------------------------------------------------------------------------------------------------ report
+@dataclass(frozen=True)
+class CaseResult:
+    """One runtime x precision x batch: latency statistics over the timed rounds (``samples_ms`` is kept
+    for plots but not written to JSON)."""
+
+    runtime: str
+    precision: str
+    batch: int
+    runner: str
+    samples_ms: tuple[float, ...]
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    images_per_s: float
+    gflops: float
+    ratio_to_torch: float | None = None
+    pct_of_matmul_ceiling: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.runtime} {self.precision}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "batch": self.batch,
+            "min_ms": self.min_ms,
+            "p50_ms": self.p50_ms,
+            "p90_ms": self.p90_ms,
+            "p99_ms": self.p99_ms,
+            "mean_ms": self.mean_ms,
+            "images_per_s": self.images_per_s,
+            "gflops": self.gflops,
+            "ratio_to_torch": self.ratio_to_torch,
+            "pct_of_matmul_ceiling": self.pct_of_matmul_ceiling,
+            "runner": self.runner,
+        }
+
+
+@dataclass
+class BenchReport:
+    """What :func:`run_bench` measured; :meth:`to_dict` is the ``--json`` document."""
+
+    target: str
+    preset: str
+    artifact_dir: str | None  # None: a preset exported into a temporary directory
+    input_shape: tuple[int, ...]  # (C, H, W)
+    gflop_per_image: float
+    results: list[CaseResult]
+    skipped: list[dict[str, Any]]
+    machine: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def result(self, runtime: str, precision: str, batch: int) -> CaseResult | None:
+        return next(
+            (r for r in self.results if (r.runtime, r.precision, r.batch) == (runtime, precision, batch)),
+            None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "results": [r.to_dict() for r in self.results],
+            "skipped": list(self.skipped),
+            "model": {
+                "preset": self.preset,
+                "target": self.target,
+                "artifact_dir": self.artifact_dir,
+                "input_shape": list(self.input_shape),
+                "gflop_per_image": self.gflop_per_image,
+                "flops_counted": FLOPS_COUNTED,
+            },
+            "settings": dict(self.settings),
+            "machine": dict(self.machine),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def parse_batches(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"1,8"`` (or a sequence of ints) -> ``(1, 8)``; positive, distinct, in the order given."""
+    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
+    try:
+        values = tuple(int(p) for p in parts)
+        ok = bool(values) and all(v >= 1 for v in values) and len(set(values)) == len(values)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"--batch takes distinct positive integers separated by commas (e.g. 1,8), got {text!r}"
+        )
+    return values
+
+
+def parse_runtimes(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"torch,onnxruntime"`` (or a sequence) -> the runtimes, each one of :data:`RUNTIMES`."""
+    values = tuple(p.strip() for p in text.split(",")) if isinstance(text, str) else tuple(text)
+    unknown = [v for v in values if v not in RUNTIMES]
+    if not values or unknown or len(set(values)) != len(values):
+        raise ConfigError(
+            f"--runtime takes distinct names from {', '.join(RUNTIMES)} separated by commas, got {text!r}"
+        )
+    return values
+
+
+# ------------------------------------------------------------------------------------------------ target
+@contextmanager
+def _export_dir(
+    target: str | Path, runtimes: Sequence[str], say: Callable[[str], None]
+) -> Iterator[tuple[Path, bool]]:
+    """The export directory of ``target``: the directory itself, the directory of an ``.onnx`` / engine
+    file in it, or (a preset name) a fresh FP32 + FP16 export in a temporary directory, removed afterwards.
+    Yields ``(directory, is_temporary)``."""
+    from deploykit.runtime.predictor import ENGINE_SUFFIXES, ONNX_SUFFIXES
+
+    path = Path(target)
+    if path.is_dir():
+        yield path, False
+        return
+    if path.is_file():
+        if path.suffix not in ONNX_SUFFIXES + ENGINE_SUFFIXES:
+            raise ArtifactError(
+                f"{path}: expected an export directory, an .onnx file or an engine "
+                f"({', '.join(ENGINE_SUFFIXES)}) inside one, or a preset name"
+            )
+        yield path.parent, False
+        return
+    if path.suffix in ONNX_SUFFIXES + ENGINE_SUFFIXES or len(path.parts) > 1:
+        raise ArtifactError(f"artifact not found: {path}")
+    from deploykit.models import get_preset
+
+    try:
+        preset = get_preset(str(target))
+    except UnknownModelError as exc:
+        raise UnknownModelError(
+            f"{str(target)!r} is neither an export directory nor a preset: {exc}"
+        ) from None
+    from deploykit.engine.builder import tensorrt_available
+    from deploykit.export.pipeline import run_export
+
+    engine = "tensorrt" in runtimes and tensorrt_available()[0]
+    with tempfile.TemporaryDirectory(prefix=f"deploykit-bench-{preset.name}-") as tmp:
+        say(
+            f"exporting {preset.name} (default config, FP32 + FP16{' + engine' if engine else ''}) into a "
+            f"temporary directory first; `deploykit export {preset.name} --fp16` keeps the files"
+        )
+        run_export(preset.name, Path(tmp), fp16=True, engine=engine)
+        yield Path(tmp), True
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"{directory}: no manifest.json (not a deploykit export directory; `deploykit export PRESET "
+            "--out DIR` makes one)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("preset"), str):
+        raise ArtifactError(f"{path}: not a deploykit manifest (no 'preset')")
+    return manifest
+
+
+def _eager_model(manifest: dict[str, Any], directory: Path, with_weights: bool) -> nn.Module:
+    """The preset the export came from, rebuilt as ``manifest.json`` records it (size, seed, weights)."""
+    from deploykit.export.pipeline import build_model
+
+    config = manifest.get("export_config") or {}
+    weights = manifest.get("weights") or None
+    path = fmt = None
+    if weights and with_weights:
+        path, fmt = weights.get("path"), weights.get("format")
+        if not path or not Path(path).exists():
+            raise ArtifactError(
+                f"{directory / 'manifest.json'} records weights {path!r}, which do not exist here; torch "
+                "eager needs them (restore the file, or leave torch out: --runtime onnxruntime,tensorrt)"
+            )
+    model, _ = build_model(manifest["preset"], config.get("image_size"), path, config.get("seed", 0), fmt)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ measurement
+def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
+    """FLOPs of one ``(1, *input_size)`` forward of ``model``, as :data:`FLOPS_COUNTED` says."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, *input_size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def matmul_ceiling(
+    threads: int, precision: str = "fp32", size: int = 1024, seconds: float = 0.5
+) -> float | None:
+    """The dense-MatMul rate (GFLOP/s) ONNX Runtime reaches here: one ``size``^3 MatMul, ``threads`` intra-op
+    threads, the same providers the artifacts run with, best of as many runs as fit in ``seconds`` (at
+    least 3). ``None`` when this ONNX Runtime has no MatMul for ``precision``. On CUDA the timing includes
+    the host/device copies, as every ONNX Runtime timing of :func:`run_bench` does."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from deploykit.runtime.ort_runner import OrtRunner
+
+    dtype, elem = {"fp32": (np.float32, TensorProto.FLOAT), "fp16": (np.float16, TensorProto.FLOAT16)}[
+        precision
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul_ceiling",
+        [helper.make_tensor_value_info(n, elem, [size, size]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("c", elem, [size, size])],
+    )
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        session = OrtRunner(probe.SerializeToString(), threads=threads, name="matmul").session
+    except ArtifactError:
+        return None
+    rng = np.random.default_rng(INPUT_SEED)
+    feeds = {n: rng.standard_normal((size, size)).astype(dtype) for n in ("a", "b")}
+    best, runs, start = float("inf"), 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        session.run(None, feeds)
+        best = min(best, time.perf_counter() - t)
+        runs += 1
+    return 2 * size**3 / best / 1e9
+
+
+def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
+    """min / p50 / p90 / p99 / mean of ``samples_ms`` (numpy's linear percentiles), in ms."""
+    import numpy as np
+
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
+    return {"min_ms": float(a.min()), "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": float(a.mean())}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@dataclass
+class _Case:
+    runtime: str
+    precision: str
+    batch: int
+    runner: Runner
+    x: np.ndarray
+    samples_ms: list[float] = field(default_factory=list)
+
+
+def _runners(
+    directory: Path,
+    runtimes: Sequence[str],
+    threads: int,
+    model: nn.Module,
+    say: Callable[[str], None],
+    skipped: list[dict[str, Any]],
+) -> list[tuple[str, str, Runner, tuple[int, int] | None]]:
+    """``(runtime, precision, runner, batch range or None)`` for every artifact of ``directory`` that
+    ``runtimes`` asks for and this machine can run; the rest go to ``skipped`` with the reason."""
+    out: list[tuple[str, str, Runner, tuple[int, int] | None]] = []
+    if "torch" in runtimes:
+        from deploykit.runtime.torch_runner import TorchRunner
+
+        out.append(("torch", "fp32", TorchRunner(model), None))
+    if "onnxruntime" in runtimes:
+        from deploykit.runtime.ort_runner import OrtRunner
+
+        for precision, name in ONNX_FILES.items():
+            path = directory / name
+            if not path.is_file():
+                if precision == "fp32":
+                    raise ArtifactError(f"{directory}: no {name} (the export's FP32 artifact)")
+                skipped.append(
+                    {
+                        "runtime": "onnxruntime",
+                        "precision": precision,
+                        "reason": f"no {name} (export with --fp16)",
+                    }
+                )
+                continue
+            say(f"loading {name} (ONNX Runtime, {threads} threads)")
+            out.append(("onnxruntime", precision, OrtRunner(path, threads=threads), None))
+    if "tensorrt" in runtimes:
+        from deploykit.engine.builder import tensorrt_available
+        from deploykit.runtime.predictor import ENGINE_SUFFIXES
+
+        ok, reason = tensorrt_available()
+        engines = sorted(p for p in directory.iterdir() if p.suffix in ENGINE_SUFFIXES and p.is_file())
+        if not ok:
+            skipped.append({"runtime": "tensorrt", "precision": None, "reason": reason})
+        elif not engines:
+            skipped.append(
+                {
+                    "runtime": "tensorrt",
+                    "precision": None,
+                    "reason": f"no engine in {directory} (deploykit build {directory / 'model.fp16.onnx'})",
+                }
+            )
+        else:
+            from deploykit.engine.runner import TensorRTRunner
+
+            seen: dict[str, str] = {}
+            for path in engines:
+                say(f"loading {path.name} (TensorRT)")
+                runner = TensorRTRunner(path)
+                if runner.precision in seen:
+                    skipped.append(
+                        {
+                            "runtime": "tensorrt",
+                            "precision": runner.precision,
+                            "reason": f"{path.name}: {seen[runner.precision]} is already the "
+                            f"{runner.precision} engine",
+                        }
+                    )
+                    continue
+                seen[runner.precision] = path.name
+                out.append(("tensorrt", runner.precision, runner, runner.batch_range))
+    return out
+
+
+def run_bench(
+    target: str | Path,
+    batches: str | Sequence[int] = (1, 8),
+    runtimes: str | Sequence[str] = RUNTIMES,
+    threads: int | None = None,
+    warmup: int = 5,
+    iters: int = 30,
+    progress: bool = True,
+    settle_ms: float = 50.0,
+) -> BenchReport:
+    """Benchmark the export ``target`` (an export directory, an ``.onnx`` / engine file in one, or a preset
+    name, which is first exported with its default config into a temporary directory) on ``runtimes`` at
+    every batch size of ``batches``: ``warmup`` untimed and ``iters`` timed rounds, each running every case
+    once in a shuffled order (after ``settle_ms`` of untimed runs of that case, see the module docstring).
+    ``threads`` (default: PyTorch's, i.e. the physical cores) is used by PyTorch, ONNX Runtime and the
+    MatMul probe alike. ``progress`` shows the steps and a progress bar on stderr. An existing path wins
+    over a preset of the same name."""
+    batches = parse_batches(batches)
+    runtimes = parse_runtimes(runtimes)
+    if iters < 1:
+        raise ConfigError(f"--iters must be at least 1, got {iters}")
+    if warmup < 0:
+        raise ConfigError(f"--warmup must be 0 or more, got {warmup}")
+    if settle_ms < 0:
+        raise ConfigError(f"settle_ms must be 0 or more, got {settle_ms}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=not progress)
+
+    def say(message: str) -> None:
+        console.print(f"[dim]bench[/dim] {message}", highlight=False)
+
+    with _export_dir(target, runtimes, say) as (directory, temporary):
+        manifest = _read_manifest(directory)
+        import torch
+
+        previous_threads = torch.get_num_threads()
+        threads = threads or previous_threads
+        torch.set_num_threads(threads)
+        try:
+            say(f"building {manifest['preset']} (torch eager, from {directory / 'manifest.json'})")
+            model = _eager_model(manifest, directory, with_weights="torch" in runtimes)
+            input_size = tuple(int(v) for v in model.input_size)
+            gflop_per_image = count_flops(model, input_size) / 1e9
+            skipped: list[dict[str, Any]] = []
+            runners = _runners(directory, runtimes, threads, model, say, skipped)
+            cases = _cases(runners, batches, input_size, skipped)
+            if not cases:
+                reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped)
+                raise ArtifactError(
+                    f"nothing to benchmark in {directory} ({reasons or 'no runtime asked for'})"
+                )
+            say(f"MatMul ceiling probe (ONNX Runtime, {threads} threads)")
+            precisions = sorted({"fp32", *(c.precision for c in cases if c.runtime != "torch")})
+            machine = machine_info(threads, precisions)
+            _time_cases(cases, warmup, iters, settle_ms / 1e3, console, progress)
+            for precision in precisions:  # probe again: the best of both, in case the first was disturbed
+                key = f"matmul_gflops_{precision}"
+                again = matmul_ceiling(threads, precision)
+                if again is not None:
+                    machine[key] = max(machine[key] or 0.0, again)
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    results = _results(cases, gflop_per_image, machine)
+    return BenchReport(
+        target=str(target),
+        preset=manifest["preset"],
+        artifact_dir=None if temporary else str(directory.resolve()),
+        input_shape=input_size,
+        gflop_per_image=gflop_per_image,
+        results=results,
+        skipped=skipped,
+        machine=machine,
+        settings={
+            "batches": list(batches),
+            "runtimes": list(runtimes),
+            "threads": threads,
+            "warmup_rounds": warmup,
+            "timed_rounds": iters,
+            "order": "every round runs each case once, in a seeded random order (interleaved)",
+            "settle_ms": settle_ms,
+            "input": f"fixed standard-normal batch (seed {INPUT_SEED}) in each runner's input dtype",
+        },
+    )
+
+
+def _cases(runners, batches, input_size, skipped) -> list[_Case]:
+    """One case per runner and batch size, each with its fixed, contiguous input in the runner's dtype."""
+    import numpy as np
+
+    rng = np.random.default_rng(INPUT_SEED)
+    full = rng.standard_normal((max(batches), *input_size), dtype=np.float32)
+    cases = []
+    for runtime, precision, runner, batch_range in runners:
+        dtype = getattr(runner, "input_dtype", np.float32)
+        for batch in batches:
+            if batch_range is not None and not batch_range[0] <= batch <= batch_range[1]:
+                skipped.append(
+                    {
+                        "runtime": runtime,
+                        "precision": precision,
+                        "reason": f"batch {batch} is outside the engine's profile {batch_range[0]}..{batch_range[1]}",
+                    }
+                )
+                continue
+            cases.append(
+                _Case(runtime, precision, batch, runner, np.ascontiguousarray(full[:batch], dtype=dtype))
+            )
+    return cases
+
+
+def _time_cases(
+    cases: list[_Case], warmup: int, iters: int, settle_s: float, console, progress: bool
+) -> None:
+    """Interleaved timing: each round runs every case in a seeded random order; a case runs untimed until
+    ``settle_s`` have passed (at least once), then once timed. The first ``warmup`` rounds record nothing.
+    The garbage collector is paused during a round (as ``timeit`` does) and runs between rounds."""
+    import numpy as np
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    for case in cases:  # one call each up front: a runner that cannot run its batch fails here, by name
+        try:
+            case.runner.run(case.x)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArtifactError(
+                f"{case.runtime} {case.precision} batch {case.batch} failed: {first}"
+            ) from None
+    rng = np.random.default_rng(INPUT_SEED)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    gc_was_enabled = gc.isenabled()
+    clock = time.perf_counter
+    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
+        task = bar.add_task("warm-up", total=(warmup + iters) * len(cases))
+        try:
+            for round_ in range(warmup + iters):
+                if round_ == warmup:
+                    bar.update(task, description="timing")
+                gc.disable()
+                for i in rng.permutation(len(cases)):
+                    case = cases[i]
+                    settled = clock() + settle_s
+                    case.runner.run(case.x)
+                    while clock() < settled:
+                        case.runner.run(case.x)
+                    start = clock()
+                    case.runner.run(case.x)
+                    elapsed_ms = (clock() - start) * 1e3
+                    if round_ >= warmup:
+                        case.samples_ms.append(elapsed_ms)
+                    bar.advance(task)
+                if gc_was_enabled:
+                    gc.enable()
+                    gc.collect()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+
+def _results(cases: list[_Case], gflop_per_image: float, machine: dict[str, Any]) -> list[CaseResult]:
+    torch_p50: dict[int, float] = {}
+    stats = []
+    for case in cases:
+        s = latency_stats(case.samples_ms)
+        stats.append(s)
+        if case.runtime == "torch":
+            torch_p50[case.batch] = s["p50_ms"]
+    results = []
+    for case, s in zip(cases, stats):
+        seconds = s["p50_ms"] / 1e3
+        gflops = gflop_per_image * case.batch / seconds
+        ceiling = machine.get(f"matmul_gflops_{case.precision}") or machine.get("matmul_gflops_fp32")
+        base = torch_p50.get(case.batch)
+        results.append(
+            CaseResult(
+                runtime=case.runtime,
+                precision=case.precision,
+                batch=case.batch,
+                runner=case.runner.name,
+                samples_ms=tuple(case.samples_ms),
+                **s,
+                images_per_s=case.batch / seconds,
+                gflops=gflops,
+                ratio_to_torch=s["p50_ms"] / base if base else None,
+                pct_of_matmul_ceiling=100 * gflops / ceiling if ceiling else None,
+            )
+        )
+    order = {r: i for i, r in enumerate(RUNTIMES)}
+    return sorted(results, key=lambda r: (r.batch, order[r.runtime], r.precision != "fp32"))
+
+
+def machine_info(threads: int, precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
+    """The machine and software the numbers belong to, with the MatMul ceiling for each precision."""
+    import numpy
+    import onnxruntime
+    import torch
+
+    import deploykit
+    from deploykit.engine.builder import tensorrt_available
+    from deploykit.runtime.ort_runner import default_providers
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "onnxruntime_providers": default_providers(),
+    }
+    for precision in sorted({"fp32", *precisions}):
+        info[f"matmul_gflops_{precision}"] = matmul_ceiling(threads, precision)
+    info["matmul_probe"] = (
+        "fastest run of one 1024x1024x1024 ONNX Runtime MatMul (2*n^3 FLOPs) in 0.5 s probes before and "
+        "after the timing, same threads and providers"
+    )
+    info.update(
+        {
+            "tensorrt": tensorrt_available()[1],
+            "deploykit": deploykit.__version__,
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": numpy.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    return info
+
+
+# ----------------------------------------------------------------------------------------------- output
+def format_table(report: BenchReport) -> Table:
+    """The results as a rich table, one row per case, grouped by batch size."""
+    from rich.table import Table
+
+    m = report.machine
+    table = Table(
+        title=f"deploykit bench: {report.preset} {'x'.join(map(str, report.input_shape))}, "
+        f"{m['threads']} threads, median of {report.settings.get('timed_rounds')} interleaved rounds",
+        caption=f"{m['cpu']}; ONNX Runtime MatMul ceiling {_num(m.get('matmul_gflops_fp32'))} GFLOP/s fp32"
+        + (f", {_num(m['matmul_gflops_fp16'])} fp16" if m.get("matmul_gflops_fp16") else "")
+        + f"; model {report.gflop_per_image:.3f} GFLOP/image",
+    )
+    columns = ["runtime", "precision", "batch", "min ms", "p50 ms", "p90 ms", "p99 ms", "mean ms"]
+    columns += ["images/s", "x torch", "GFLOP/s", "% ceiling"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("runtime", "precision") else "right")
+    previous = None
+    for r in report.results:
+        if previous is not None and r.batch != previous:
+            table.add_section()
+        previous = r.batch
+        table.add_row(
+            r.runtime,
+            r.precision,
+            str(r.batch),
+            *(f"{v:.2f}" for v in (r.min_ms, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms)),
+            f"{r.images_per_s:.1f}",
+            "" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.2f}",
+            f"{r.gflops:.1f}",
+            "" if r.pct_of_matmul_ceiling is None else f"{r.pct_of_matmul_ceiling:.0f}%",
+        )
+    return table
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def require_matplotlib() -> None:
+    """Raise :class:`ConfigError` unless matplotlib (the ``[plot]`` extra) imports; call before benchmarking."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib (pip install 'deploykit[plot]')") from None
+
+
+def plot(report: BenchReport, path: str | Path) -> Path:
+    """A PNG of the latency distributions: one panel per batch size, one box per runtime x precision
+    (whiskers at min and max, every sample drawn). Written atomically."""
+    require_matplotlib()
+    import numpy as np
+    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend switch
+
+    from deploykit.export.io import atomic_write_bytes
+
+    batches = sorted({r.batch for r in report.results})
+    fig = Figure(figsize=(max(4.0, 3.2 * len(batches) + 1), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(batches), squeeze=False)[0]
+    rng = np.random.default_rng(0)
+    for ax, batch in zip(axes, batches):
+        rows = [r for r in report.results if r.batch == batch]
+        samples = [r.samples_ms for r in rows]
+        ax.boxplot(samples, whis=(0, 100), widths=0.55, medianprops={"color": "black"})
+        for i, s in enumerate(samples, 1):
+            ax.plot(i + rng.uniform(-0.12, 0.12, len(s)), s, ".", alpha=0.45, markersize=4)
+        ax.set_xticks(range(1, len(rows) + 1), [r.label.replace(" ", "\n") for r in rows])
+        ax.set_title(f"batch {batch}")
+        ax.set_ylabel("latency (ms)")
+        low, high = min(min(x) for x in samples), max(max(x) for x in samples)
+        if high > 10 * low:  # a few slow outliers would flatten every box on a linear axis
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        f"{report.preset}: latency per runtime\n({report.machine['threads']} threads, "
+        f"{report.settings.get('timed_rounds')} interleaved rounds)",
+        fontsize="medium",
+    )
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def _cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``deploykit.cli._handle_errors`` around ``fn``, looked up when the command runs: ``deploykit.cli``
+    registers this command, so importing it here at module level would be circular."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from deploykit.cli import _handle_errors
+
+        return _handle_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+@click.command("bench")
+@click.argument("target", metavar="ARTIFACT|PRESET")
+@click.option("--batch", "batch", default="1,8", show_default=True, help="Batch sizes, comma-separated.")
+@click.option(
+    "--runtime",
+    "runtime",
+    default=",".join(RUNTIMES),
+    show_default=True,
+    help="Runtimes to benchmark, comma-separated.",
+)
+@click.option(
+    "--threads", type=int, help="Threads for PyTorch and ONNX Runtime (default: the physical cores)."
+)
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed rounds first.")
+@click.option("--iters", type=int, default=30, show_default=True, help="Timed rounds (samples per case).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option(
+    "--plot", "plot_out", type=click.Path(dir_okay=False), help="Write latency distributions as a PNG."
+)
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@_cli_errors
+def bench_cmd(
+    target: str,
+    batch: str,
+    runtime: str,
+    threads: int | None,
+    warmup: int,
+    iters: int,
+    json_out: str | None,
+    plot_out: str | None,
+    quiet: bool,
+) -> None:
+    """Latency of ARTIFACT (an export directory, or an .onnx / engine file in one) or of PRESET (exported
+    into a temporary directory first) on PyTorch eager, ONNX Runtime FP32/FP16 and TensorRT, interleaved
+    in one process: min/p50/p90/p99/mean ms, images/s, ratio to eager, GFLOP/s beside the MatMul ceiling."""
+    from rich.console import Console
+
+    from deploykit.export.io import atomic_write_text
+
+    if plot_out:
+        require_matplotlib()
+    report = run_bench(target, batch, runtime, threads, warmup, iters, progress=not quiet)
+    Console(width=max(Console().width, 130)).print(format_table(report))
+    for s in report.skipped:
+        precision = f" {s['precision']}" if s["precision"] else ""
+        click.echo(f"skipped {s['runtime']}{precision}: {s['reason']}")
+    if json_out:
+        atomic_write_text(json_out, report.to_json())
+        click.echo(f"wrote {json_out}")
+    if plot_out:
+        plot(report, plot_out)
+        click.echo(f"wrote {plot_out}")

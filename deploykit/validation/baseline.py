@@ -1,0 +1,102 @@
+"""``deploykit validate --baseline FILE``: parity metrics compared with a stored baseline, so CI notices
+an artifact that got worse while still inside its tolerances (``--update-baseline`` writes the file).
+
+Error metrics (``max_abs``, ``mean_abs``, ``max_rel``) regress when they exceed ``factor`` times their
+baseline value; agreement metrics (``cosine_min``, ``cosine_mean``, ``top1``, ``top5``) when their
+disagreement (``1 - value``) does. Baseline values below a floor count as the floor, so a change from
+1e-7 to 3e-7 (noise between CPUs) is not a regression.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import deploykit
+from deploykit.errors import ArtifactError, ConfigError
+from deploykit.export.io import atomic_write_text
+
+ERROR_METRICS = ("max_abs", "mean_abs", "max_rel")
+AGREEMENT_METRICS = ("cosine_min", "cosine_mean", "top1", "top5")
+FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class Regression:
+    output: str
+    metric: str
+    value: float
+    baseline: float
+    limit: float
+
+    def describe(self) -> str:
+        return (
+            f"{self.output}: {self.metric} = {self.value:.6g} regressed from baseline {self.baseline:.6g} "
+            f"(limit {self.limit:.6g})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "message": self.describe()}
+
+
+def baseline_record(report) -> dict[str, Any]:
+    """What a baseline file stores for a :class:`~deploykit.validation.gate.ValidationReport`."""
+    metrics = {
+        name: {k: getattr(m, k) for k in (*ERROR_METRICS, *AGREEMENT_METRICS) if getattr(m, k) is not None}
+        for name, m in report.parity.outputs.items()
+    }
+    return {
+        "deploykit": deploykit.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "preset": report.preset,
+        "precision": report.precision,
+        "artifact_sha256": report.facts["sha256"],
+        "images": report.facts["images"],
+        "metrics": metrics,
+    }
+
+
+def write_baseline(report, path: str | Path) -> None:
+    if not report.passed:
+        raise ArtifactError("parity failed: a failing artifact is not written as a baseline")
+    atomic_write_text(path, json.dumps(baseline_record(report), indent=2) + "\n")
+
+
+def read_baseline(path: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data["metrics"]
+    except FileNotFoundError:
+        raise ArtifactError(f"baseline not found: {path} (write one with --update-baseline)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{path} is not a deploykit baseline: {exc!r}") from None
+    return data
+
+
+def compare_baseline(report, baseline: dict[str, Any], factor: float) -> list[Regression]:
+    for key in ("preset", "precision"):
+        if baseline.get(key) != getattr(report, key):
+            raise ConfigError(
+                f"the baseline is for {key} {baseline.get(key)!r}, this artifact is {getattr(report, key)!r}"
+            )
+    regressions = []
+    for name, stored in baseline["metrics"].items():
+        current = report.parity.outputs.get(name)
+        if current is None:
+            raise ConfigError(f"the baseline has output {name!r}, the artifact does not")
+        for metric, base in stored.items():
+            value = getattr(current, metric, None)
+            if value is None or base is None:
+                continue
+            if metric in ERROR_METRICS:
+                limit = factor * max(base, FLOOR)
+                worse = value > limit
+            else:  # agreement: compare the disagreement 1 - value
+                limit = 1.0 - factor * max(1.0 - base, FLOOR)
+                worse = value < limit
+            if worse:
+                regressions.append(Regression(name, metric, value, base, limit))
+    return regressions
