@@ -22,7 +22,16 @@ from pathlib import Path
 
 
 def timed_export(model: str, out: Path, fp16: bool) -> tuple[float, dict]:
-    cmd = ["deploykit", "export", model, "--out", str(out), "--quiet", "--no-engine", *(["--fp16"] if fp16 else [])]
+    cmd = [
+        "deploykit",
+        "export",
+        model,
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-engine",
+        *(["--fp16"] if fp16 else []),
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -41,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
             wall16, m16 = timed_export(args.model, Path(tmp) / f"fp16-{i}", fp16=True)
             fp32_walls.append(wall32)
             fp16_walls.append(wall16)
-            print(f"pair {i + 1}: fp32 export {wall32:.1f} s, --fp16 export {wall16:.1f} s ({wall16 / wall32:.2f}x)")
+            print(
+                f"pair {i + 1}: fp32 export {wall32:.1f} s, --fp16 export {wall16:.1f} s ({wall16 / wall32:.2f}x)"
+            )
     a, b = statistics.median(fp32_walls), statistics.median(fp16_walls)
-    print(f"\n{m32['preset']}: deploykit export {a:.1f} s, --fp16 {b:.1f} s (medians): ratio {b / a:.2f}x (target <= 1.3x)")
+    print(
+        f"\n{m32['preset']}: deploykit export {a:.1f} s, --fp16 {b:.1f} s (medians): ratio {b / a:.2f}x (target <= 1.3x)"
+    )
     print("\nstage seconds (last pair):     fp32    --fp16")
     for stage in m16["timings_s"]:
         print(f"  {stage:<22} {m32['timings_s'].get(stage, 0.0):8.2f} {m16['timings_s'][stage]:8.2f}")
@@ -52,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nfp16 stage breakdown:")
         for step, seconds in inner.items():
             print(f"  {step:<22} {seconds:8.2f}")
-    print(f"  (outside the stages: imports and process start, {a - sum(m32['timings_s'].values()):.1f} s for fp32)")
+    print(
+        f"  (outside the stages: imports and process start, {a - sum(m32['timings_s'].values()):.1f} s for fp32)"
+    )
     return 0
 
 

@@ -104,7 +104,12 @@ def test_installed_wheel_exports_and_predicts_outside_the_checkout(wheel: Path, 
     assert "exported hvt_ti_1" in export.stdout
     out = work / "out"
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
-    assert modes == {"model.onnx": 0o644, "manifest.json": 0o644, "report.html": 0o644, "build_engine.sh": 0o755}, modes
+    assert modes == {
+        "model.onnx": 0o644,
+        "manifest.json": 0o644,
+        "report.html": 0o644,
+        "build_engine.sh": 0o755,
+    }, modes
 
     photo = out / "photo.png"
     from PIL import Image

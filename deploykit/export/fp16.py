@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -54,6 +55,15 @@ class Fp16Report:
     total_nodes: int = 0
     segments_checked: int = 0
     modules_checked: int = 0
+    timings_s: dict[str, float] = field(default_factory=dict)
+    logits: np.ndarray | None = None  # of the returned graph on the images (not serialized)
+    range_images: int = 0
+
+    def lap(self, step: str, since: float) -> float:
+        """Add the seconds since ``since`` to ``step``; returns now."""
+        now = time.perf_counter()
+        self.timings_s[step] = round(self.timings_s.get(step, 0.0) + now - since, 3)
+        return now
 
     def to_dict(self) -> dict:
         return {
@@ -62,6 +72,8 @@ class Fp16Report:
             "total_nodes": self.total_nodes,
             "segments_checked": self.segments_checked,
             "modules_checked": self.modules_checked,
+            "range_images": self.range_images,
+            "timings_s": self.timings_s,
         }
 
 
@@ -96,21 +108,39 @@ def _unshare_initializers(proto: onnx.ModelProto) -> None:
                 node.input[i] = copy.name
 
 
-def activation_ranges(proto: onnx.ModelProto, images: np.ndarray, chunk: int = 4) -> dict[str, float]:
-    """Max |x| of every float node output of the FP32 graph over ``images`` (ONNX Runtime, CPU)."""
-    from deploykit.export.scopes import expose_tensors
+def activation_ranges(proto: onnx.ModelProto, images: np.ndarray, chunk: int = 8) -> dict[str, float]:
+    """Max |x| of every float node output of the FP32 graph over ``images`` (ONNX Runtime, CPU).
+
+    The reductions run inside the graph (an ``Abs -> ReduceMax`` per tensor, exposed as scalar outputs), so
+    a run costs about one inference instead of copying every activation out of ONNX Runtime."""
+    from deploykit.export.scopes import tensor_types
     from deploykit.runtime.ort_runner import OrtRunner
 
-    producer = {out: node.name for node in proto.graph.node for out in node.output}
-    probe, _ = expose_tensors(proto)
+    types = tensor_types(proto)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    producer: dict[str, str] = {}
+    for node in proto.graph.node:
+        for out in node.output:
+            if types.get(out) == onnx.TensorProto.FLOAT:
+                producer[f"{out}__absmax"] = node.name
+                probe.graph.node.extend(
+                    [
+                        onnx.helper.make_node("Abs", [out], [f"{out}__abs"]),
+                        onnx.helper.make_node("ReduceMax", [f"{out}__abs"], [f"{out}__absmax"], keepdims=0),
+                    ]
+                )
+                probe.graph.output.append(
+                    onnx.helper.make_tensor_value_info(f"{out}__absmax", onnx.TensorProto.FLOAT, [])
+                )
     runner = OrtRunner(probe.SerializeToString())
     names = [o.name for o in runner.session.get_outputs()]
     peak: dict[str, float] = {}
     for i in range(0, len(images), chunk):
         outs = runner.session.run(None, {runner.input_name: images[i : i + chunk]})
         for name, value in zip(names, outs):
-            if name in producer and value.dtype == np.float32 and value.size:
-                peak[producer[name]] = max(peak.get(producer[name], 0.0), float(np.abs(value).max()))
+            if name in producer and value.size:
+                peak[producer[name]] = max(peak.get(producer[name], 0.0), float(value))
     return peak
 
 
@@ -181,26 +211,35 @@ def make_fp16(
     fp16_io: bool = False,
     max_batch: int = 16,
     tol: Tolerances | None = None,
+    range_images: np.ndarray | None = None,
 ) -> tuple[onnx.ModelProto, Fp16Report]:
     """Convert ``proto`` (FP32, nodes named) to mixed precision, keeping FP32 what the checks require.
 
     With ``tol`` (the FP16 tolerances) a graph that misses them is first fixed module by module: the first
     module whose FP16 output drifts from the FP32 graph (``module_max_rel`` / ``module_min_cosine``, see
-    :mod:`deploykit.validation.locate`) is kept FP32, up to :data:`MODULE_ROUNDS` times; segments after."""
+    :mod:`deploykit.validation.locate`) is kept FP32, up to :data:`MODULE_ROUNDS` times; segments after.
+    The range check runs over ``range_images`` (default ``images``). ``report.logits`` holds the final
+    graph's logits on ``images``."""
     from deploykit.runtime.base import run_batched
     from deploykit.runtime.ort_runner import OrtRunner
 
+    t = time.perf_counter()
     fp32 = onnx.ModelProto()
     fp32.CopyFrom(proto)
     _name_nodes(fp32)
     _unshare_initializers(fp32)
     report = Fp16Report(total_nodes=len(fp32.graph.node))
+    t = report.lap("prepare", t)
     ops = {n.name: n.op_type for n in fp32.graph.node}
     for name, op in ops.items():
         if op in FP32_OPS:
             report.kept_fp32.append({"node": name, "op": op, "reason": FP32_OPS[op]})
     blocked: set[str] = set()
-    for name, peak in sorted(activation_ranges(fp32, images).items()):
+    range_images = images if range_images is None else range_images
+    report.range_images = len(range_images)
+    ranges = activation_ranges(fp32, range_images)
+    t = report.lap("activation ranges", t)
+    for name, peak in sorted(ranges.items()):
         if peak >= OVERFLOW_LIMIT and ops.get(name) not in FP32_OPS:
             blocked.add(name)
             report.kept_fp32.append(
@@ -215,11 +254,14 @@ def make_fp16(
         return run_batched(OrtRunner(model.SerializeToString()), images, max_batch)
 
     converted = convert(fp32, blocked, fp16_io)
+    t = report.lap("convert", t)
     out = logits(converted)
+    t = report.lap("onnxruntime fp16", t)
     if not passes(out) and tol is not None:
         converted, out = _module_check(
             fp32, converted, out, logits, passes, images, reference, tol, blocked, report, ops, fp16_io
         )
+        t = report.lap("module check", t)
     if not passes(out):
         groups = segments(fp32)
         errors = []
@@ -241,8 +283,12 @@ def make_fp16(
                         }
                     )
             converted = convert(fp32, blocked, fp16_io)
-            if passes(logits(converted)):
+            out = logits(converted)
+            if passes(out):
                 break
+        t = report.lap("segment check", t)
     report.fp16_nodes = report.total_nodes - len({k["node"] for k in report.kept_fp32})
+    report.logits = out
     onnx.checker.check_model(converted)
+    report.lap("check model", t)
     return converted, report

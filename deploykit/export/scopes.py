@@ -125,17 +125,12 @@ def tensor_types(proto: onnx.ModelProto) -> dict[str, int]:
     return {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
 
 
-def expose_tensors(
-    proto: onnx.ModelProto, names: list[str] | None = None
-) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of ``proto`` whose graph outputs also include ``names`` (default: every float/half node
-    output), typed from ONNX shape inference; returns it and the names exposed (tensors whose type
-    inference cannot tell are left out)."""
+def expose_tensors(proto: onnx.ModelProto, names: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``proto`` whose graph outputs also include ``names``, typed from ONNX shape inference;
+    returns it and the names exposed (tensors whose type inference cannot tell are left out)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
     types = tensor_types(probe)
-    if names is None:
-        names = [o for n in probe.graph.node for o in n.output if types.get(o) in FLOAT_TYPES]
     existing = {o.name for o in probe.graph.output}
     exposed = []
     for name in names:

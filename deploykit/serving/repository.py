@@ -97,13 +97,16 @@ def _artifact(export: _Export, backend: str, precision: str) -> tuple[Path, str]
     manifest's sha256 (a corrupt or swapped file is refused)."""
     suffix = ".fp16" if precision == "fp16" else ""
     if backend == "tensorrt":
-        source = export.dir / f"model{suffix}.engine"
-        if not source.is_file():
-            raise ArtifactError(
-                f"{source} not found: engines are built on the target GPU (deploykit build "
-                f"{export.dir / f'model{suffix}.onnx'}, or build_engine.sh there); or use --backend onnxruntime"
-            )
-        return source, "model.plan"
+        from deploykit.engine.runner import engine_precision
+
+        # deploykit build writes model[.fp16].engine; deploykit export's engine stage writes model.engine
+        for source in (export.dir / f"model{suffix}.engine", export.dir / "model.engine"):
+            if source.is_file() and engine_precision(source) == precision:
+                return source, "model.plan"
+        raise ArtifactError(
+            f"no {precision} engine in {export.dir}: engines are built on the target GPU (deploykit build "
+            f"{export.dir / f'model{suffix}.onnx'}, or build_engine.sh there); or use --backend onnxruntime"
+        )
     source = export.dir / f"model{suffix}.onnx"
     recorded = export.manifest.get("artifacts", {}).get(source.name)
     if not source.is_file() or recorded is None:
