@@ -603,8 +603,8 @@ def serve_cmd(
 
     from deploykit.serving.server import ServerError, TritonServer, check_repository
 
-    models = check_repository(repo)
     server = TritonServer(repo, http_port, grpc_port, metrics_port, host, log_path)
+    models = check_repository(repo, python_only=server.install.source == "nvidia-pytriton")
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -382,6 +382,13 @@ def test_bad_repository_fails_serve_with_one_line(repo, tmp_path, damage, rc, me
         assert str(tmp_path / "bad.log") in errors[0]
 
 
+def test_serve_refuses_backends_the_wheel_server_lacks(export, tmp_path):
+    repo = tmp_path / "ort"
+    assert _cli("triton", export.out_dir, "--repo", repo, "--backend", "onnxruntime").exit_code == 0
+    run = _serve_once(repo, tmp_path)
+    assert run.returncode == 2 and "has only the Python backend" in run.stderr, run.stderr
+
+
 def test_serve_refuses_a_busy_port(repo, tmp_path):
     import socket
 

@@ -142,13 +142,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 # ------------------------------------------------------------------------------- repository checks
-def check_repository(repo: str | Path) -> list[str]:
+def check_repository(repo: str | Path, python_only: bool = False) -> list[str]:
     """Check a model repository before Triton sees it; returns the model names or raises one clear error.
 
     Every model needs a numeric version directory; Python-backend models need their ``model.py`` (without
     it Triton hangs). With tritonclient installed (extra ``[serve]``) also: every ``config.pbtxt`` parses
     as Triton's ``ModelConfig`` and names its directory; the ONNX file a model serves exists and its
     input/output names, dims and types are the config's; ensemble steps name models of the repository.
+    ``python_only``: the server has only the Python backend (nvidia-pytriton's), so every other model is
+    refused here rather than by the server a few seconds later.
     """
     repo = Path(repo)
     if not repo.is_dir():
@@ -181,6 +183,13 @@ def check_repository(repo: str | Path) -> list[str]:
                     raise ConfigError(f"{where}: ensemble step model {step.model_name!r} is not in {repo}")
             continue
         uses_python |= config.backend == "python"
+        if python_only and config.backend != "python":
+            kind = config.platform or config.backend
+            raise ConfigError(
+                f"{where}: {kind!r} needs a Triton with that backend; nvidia-pytriton's tritonserver has only "
+                "the Python backend (write the repository with --backend python, or serve it with the NGC "
+                "tritonserver container)"
+            )
         for version in versions:
             _check_version(config, version, where)
     if uses_python:
