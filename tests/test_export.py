@@ -244,3 +244,25 @@ def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
     assert result.manifest["exporter"] == "torchscript"
     assert "simulated dynamo failure" in result.manifest["exporter_notes"][0]
     assert result.manifest["passed"]
+
+
+def test_a_simplifier_that_changes_the_numbers_is_discarded(tmp_path, monkeypatch):
+    import deploykit.export.pipeline as pipeline
+    from deploykit.export.simplify import SimplifyResult
+
+    def wrong_simplifier(proto):
+        broken = onnx.ModelProto()
+        broken.CopyFrom(proto)
+        bias = next(t for t in broken.graph.initializer if t.name == "head.fc.bias")
+        bias.CopyFrom(
+            onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + np.float32(1.0), bias.name)
+        )
+        return broken, SimplifyResult("onnxsim", len(proto.graph.node), len(proto.graph.node), ())
+
+    monkeypatch.setattr(pipeline, "simplify_onnx", wrong_simplifier)
+    result = run_export("hvt_ti_1", tmp_path / "o", small_config("hvt_ti_1", 64, exporter="torchscript"))
+    manifest = result.manifest
+    assert manifest["passed"] and "simplified" not in manifest["parity"]
+    assert manifest["simplify"]["tool"] == "none"
+    assert "onnxsim output failed parity (logits: max_abs" in manifest["simplify"]["notes"][-1]
+    assert manifest["parity"]["dynamic batch"]["outputs"]["logits"]["max_abs"] < 1e-4  # the exported graph
