@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from deploykit.export.scopes import FLOAT_TYPES, ModuleOutput, expose_tensors, module_outputs, tensor_types
-from deploykit.validation.metrics import Tolerances
+from deploykit.validation.metrics import Tolerances, sample_cosine
 
 #: images the module comparison runs on (the worst ones of the failed parity check)
 LOCATE_IMAGES = 4
@@ -164,9 +164,7 @@ class _Stats:
             return True
         self.max_abs = max(self.max_abs, float(np.abs(c - r).max()))
         self.ref_max = max(self.ref_max, float(np.abs(r).max()))
-        norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
-        cos = np.where(norms > 0, (r * c).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
-        self.cos_min = min(self.cos_min, float(cos.min()))
+        self.cos_min = min(self.cos_min, float(sample_cosine(r, c).min()))
         return True
 
     @property

@@ -115,6 +115,12 @@ class Failure:
         }
 
 
+def sample_cosine(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``(N, D)`` arrays; 1 where either row is all zeros."""
+    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+    return np.where(norms > 0, (r * c).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+
+
 def compute_metrics(
     reference: np.ndarray, candidate: np.ndarray, name: str = "logits", top1_margin: float = 0.0
 ) -> OutputMetrics:
@@ -132,8 +138,7 @@ def compute_metrics(
         return OutputMetrics(name, n, nan, nan, nan, nan, nan, None, None, nonfinite)
     diff = np.abs(c - r)
     rel = diff / np.maximum(np.abs(r), REL_FLOOR)
-    norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
-    cos = np.where(norms > 0, (r * c).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+    cos = sample_cosine(r, c)
     top1 = top5 = decisive = None
     ties = 0
     if ref.ndim == 2:
@@ -237,8 +242,7 @@ def per_sample(reference: np.ndarray, candidate: np.ndarray) -> dict[str, list[f
     c = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(c - r).max(axis=1)
-        norms = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
-        cos = np.where(norms > 0, (r * c).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+        cos = sample_cosine(r, c)
 
     def clean(values: np.ndarray, digits: int) -> list[float | None]:
         return [float(f"{v:.{digits}g}") if math.isfinite(v) else None for v in values]
