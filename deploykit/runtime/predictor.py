@@ -52,6 +52,17 @@ def read_labels(path: str | Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in lines)
 
 
+def class_labels(num_classes: int, labels: str | Path | Sequence[str] | None = None) -> tuple[str, ...]:
+    """One name per class: from ``labels`` (a label file or a sequence; its length must match), else the
+    bundled ImageNet-1k names for a 1000-class model, else ``class 0``, ``class 1``, ..."""
+    if labels is None:
+        return imagenet_labels() if num_classes == 1000 else tuple(f"class {i}" for i in range(num_classes))
+    names = read_labels(labels) if isinstance(labels, str | Path) else tuple(labels)
+    if len(names) != num_classes:
+        raise ConfigError(f"{len(names)} labels given for a model with {num_classes} classes")
+    return names
+
+
 @dataclass(frozen=True)
 class TopK:
     cls: int
@@ -94,21 +105,19 @@ class Predictor:
         runner: Runner,
         preprocessing: Preprocessing,
         num_classes: int,
-        labels: Sequence[str] | None = None,
+        labels: str | Path | Sequence[str] | None = None,
         max_batch: int | None = None,
         artifact: str = "",
     ) -> None:
-        if labels is not None and len(labels) != num_classes:
-            raise ConfigError(f"{len(labels)} labels given for a model with {num_classes} classes")
         self.runner = runner
         self.preprocessing = preprocessing
         self.num_classes = num_classes
-        self.labels = tuple(labels) if labels is not None else None
+        self.labels = class_labels(num_classes, labels)
         self.max_batch = max_batch
         self.artifact = artifact
 
     def label(self, cls: int) -> str:
-        return self.labels[cls] if self.labels is not None else f"class {cls}"
+        return self.labels[cls]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
@@ -142,10 +151,6 @@ class Predictor:
 
 
 # ------------------------------------------------------------------------------------------------ load
-def _labels_for(num_classes: int, labels: str | Path | Sequence[str] | None) -> tuple[str, ...] | None:
-    if labels is None:
-        return imagenet_labels() if num_classes == 1000 else None
-    return read_labels(labels) if isinstance(labels, str | Path) else tuple(labels)
 
 
 def _manifest_preprocessing(path: Path) -> dict[str, Any] | None:
@@ -198,6 +203,4 @@ def load(
     if len(out_shape) != 2 or not isinstance(out_shape[-1], int) or out_shape[-1] < 1:
         raise ArtifactError(f"{path}: expected one output (batch, classes), found shape {out_shape}")
     num_classes = int(out_shape[-1])
-    return Predictor(
-        runner, preprocessing, num_classes, _labels_for(num_classes, labels), max_batch, str(path)
-    )
+    return Predictor(runner, preprocessing, num_classes, labels, max_batch, str(path))

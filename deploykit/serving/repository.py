@@ -29,6 +29,7 @@ from typing import Any
 
 from deploykit.errors import ArtifactError, ConfigError
 from deploykit.export.io import atomic_write_text, ordinary_mode, sha256_file
+from deploykit.runtime.predictor import class_labels
 from deploykit.serving.pbtxt import Enum, to_pbtxt
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
@@ -237,17 +238,6 @@ def _template(name: str) -> bytes:
     return resources.files("deploykit.serving").joinpath(f"triton_models/{name}").read_bytes()
 
 
-def _labels(num_classes: int, labels: str | Path | None) -> list[str]:
-    from deploykit.runtime.predictor import imagenet_labels, read_labels
-
-    if labels is not None:
-        names = list(read_labels(labels))
-        if len(names) != num_classes:
-            raise ConfigError(f"{len(names)} labels given for a model with {num_classes} classes")
-        return names
-    return list(imagenet_labels()) if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
-
-
 def write_repository(
     export_dir: str | Path,
     repo: str | Path,
@@ -293,7 +283,7 @@ def write_repository(
     num_classes = export.output_dims[-1]
     if not 1 <= top_k <= num_classes:
         raise ConfigError(f"--top-k must be in 1..{num_classes}, got {top_k}")
-    label_lines = _labels(num_classes, labels)
+    label_lines = class_labels(num_classes, labels)
     configs = model_configs(
         export, name, backend, max_batch, instances, kind, queue_delay_us, precision, top_k, ort_tensorrt
     )
