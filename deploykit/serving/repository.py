@@ -35,8 +35,8 @@ from deploykit.serving.pbtxt import Enum, to_pbtxt
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 KINDS = ("cpu", "gpu")
 PRECISIONS = ("fp32", "fp16")
-#: ONNX element types (as the manifest records them) -> Triton data types
-TRITON_TYPES = {"float": "TYPE_FP32", "float16": "TYPE_FP16"}
+#: ONNX element types (as io_signature and the manifest spell them) -> Triton data types
+TRITON_TYPES = {"float": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 IMAGE_INPUT = "IMAGE"
 TOPK_OUTPUTS = (("CLASSES", "TYPE_INT64"), ("PROBS", "TYPE_FP32"), ("LABELS", "TYPE_STRING"))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -236,16 +236,19 @@ def _check_onnx_io(config, onnx_path: Path, where: Path) -> None:
     import onnx
     from tritonclient.grpc import model_config_pb2
 
+    from deploykit.export.io import io_signature
+    from deploykit.serving.repository import TRITON_TYPES
+
     try:
         proto = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:
         raise ArtifactError(f"{onnx_path} is not a readable ONNX file: {str(exc).splitlines()[0]}") from None
+    signature = io_signature(proto)
     initializers = {t.name for t in proto.graph.initializer}
     graph = {
-        "input": {v.name: v for v in proto.graph.input if v.name not in initializers},
-        "output": {v.name: v for v in proto.graph.output},
+        "input": {v["name"]: v for v in signature["inputs"] if v["name"] not in initializers},
+        "output": {v["name"]: v for v in signature["outputs"]},
     }
-    types = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64", 6: "TYPE_INT32"}
     batched = config.max_batch_size > 0
     for kind in ("input", "output"):
         for tensor in getattr(config, kind):
@@ -255,13 +258,13 @@ def _check_onnx_io(config, onnx_path: Path, where: Path) -> None:
                     f"{where}: {kind} {tensor.name!r} is not an {kind} of {onnx_path.name} "
                     f"(it has {sorted(graph[kind])})"
                 )
-            dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
+            dims = [d if isinstance(d, int) and d > 0 else -1 for d in value["shape"]]  # symbolic: -1
             dims = dims[1:] if batched else dims
             if list(tensor.dims) != dims:
                 raise ConfigError(
                     f"{where}: {kind} {tensor.name!r} dims {list(tensor.dims)} do not match {onnx_path.name} {dims}"
                 )
-            want = types.get(value.type.tensor_type.elem_type)
+            want = TRITON_TYPES.get(value["dtype"])
             got = model_config_pb2.DataType.Name(tensor.data_type)
             if want and got != want:
                 raise ConfigError(f"{where}: {kind} {tensor.name!r} is {got}, {onnx_path.name} has {want}")
