@@ -94,7 +94,7 @@ class _Progress:
 
     def __call__(self, stage: str, message: str) -> None:
         if not self.quiet:
-            click.echo(f"[{self.clock() - self.t0:6.1f}s] {stage:<9} {message}", err=True)
+            click.echo(f"[{self.clock() - self.t0:6.1f}s] {stage:<14} {message}", err=True)
 
 
 def _resolve_config(

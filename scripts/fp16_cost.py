@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What the FP16 stage costs: ``deploykit export MODEL`` and ``deploykit export MODEL --fp16``, each a fresh
 process, alternated in one run (``--repeat`` pairs, median), and the ratio of their wall times; then where
-the time goes, from the manifests' ``timings_s`` (stage by stage) and the ``fp16.timings_s`` breakdown.
+the time goes, from the manifests' ``timings_s`` (stage by stage), the ``fp16.timings_s`` breakdown and
+the background process's jobs (``fp16.background.seconds``).
 
     python scripts/fp16_cost.py            # cvt_13, 2 pairs
     python scripts/fp16_cost.py hvt --repeat 3
@@ -65,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\nfp16 stage breakdown:")
         for step, seconds in inner.items():
             print(f"  {step:<22} {seconds:8.2f}")
+    background = m16.get("fp16", {}).get("background", {})
+    if background:
+        print("\nbackground process (overlaps the onnx stage; one thread):")
+        for job, seconds in background["seconds"].items():
+            print(f"  {job:<22} {seconds:8.2f}")
+        for note in background["notes"]:
+            print(f"  note: {note}")
     print(
         f"  (outside the stages: imports and process start, {a - sum(m32['timings_s'].values()):.1f} s for fp32)"
     )

@@ -13,7 +13,7 @@ from onnx import TensorProto
 
 from deploykit.cli import cli
 from deploykit.engine.builder import tensorrt_available
-from deploykit.export.fp16 import FP32_OPS, OVERFLOW_LIMIT, make_fp16
+from deploykit.export.fp16 import FP32_OPS, OVERFLOW_LIMIT, SCREEN_LIMIT, make_fp16, torch_peak
 from deploykit.export.onnx_export import export_onnx, serialize
 from deploykit.runtime.ort_runner import OrtRunner
 
@@ -92,6 +92,14 @@ def test_sensitivity_check_keeps_overflowing_node_fp32():
     kept = [k for k in report.kept_fp32 if k["reason"].startswith("range check")]
     assert kept, report.kept_fp32
     assert all(float(k["reason"].split("= ")[1].split()[0]) >= OVERFLOW_LIMIT for k in kept)
+    # the producer, the Relu (its range derived, not measured) and the consumer that reads the overflowing
+    # tensor all stay FP32: an FP16 consumer would get the kept producer's output cast to FP16, i.e. inf
+    assert sorted(k["op"] for k in kept) == ["Gemm", "Gemm", "Relu"], kept
+    assert report.range_tensors == 2  # the two Gemm outputs; Flatten and Relu derived
+    types = _value_types(converted)
+    for node in converted.graph.node:
+        if node.op_type in ("Gemm", "Relu"):
+            assert all(types[i] == TensorProto.FLOAT for i in node.input if i), node.name
     out = OrtRunner(serialize(converted)).run(images)
     assert np.isfinite(out).all() and passes(out)
     # without the range check the same conversion overflows: the check is what saves it
@@ -100,6 +108,45 @@ def test_sensitivity_check_keeps_overflowing_node_fp32():
     _name_nodes(proto)
     naive = OrtRunner(serialize(convert(proto, set()))).run(images)
     assert not passes(naive)
+
+
+def test_range_screen_runs_the_probe_only_near_the_limit():
+    model = Overflowing().eval()
+    proto = export_onnx(model, (2, 2, 2), 18, "torchscript")
+    images = np.random.default_rng(0).standard_normal((16, 2, 2, 2)).astype(np.float32)
+    reference = model(torch.from_numpy(images)).detach().numpy()
+    peak = torch_peak(model, images)
+    assert peak >= OVERFLOW_LIMIT  # the screen sees the ~1e6 activations of `big`
+
+    def passes(logits):
+        return bool(np.isfinite(logits).all())
+
+    screened = make_fp16(proto, images, reference, passes, range_screen=peak)[1]
+    probed = make_fp16(proto, images, reference, passes)[1]
+    assert screened.range_tensors == probed.range_tensors == 2 and screened.kept_fp32 == probed.kept_fp32
+    # below the screen's limit the probe is skipped, and nothing is kept FP32 for range
+    skipped = make_fp16(proto, images, reference, passes, range_screen=SCREEN_LIMIT / 2)[1]
+    assert skipped.range_tensors == 0 and "activation ranges" not in skipped.timings_s
+    assert not [k for k in skipped.kept_fp32 if k["reason"].startswith("range check")]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CASES))
+def test_range_screen_sees_what_the_graph_computes(exported, name):
+    """The screen's premise, on every family: PyTorch's max |x| over its op outputs is the ONNX graph's
+    max over every tensor (measured or bounded) — not merely within the screen's margin."""
+    from deploykit.export import rewrites
+    from deploykit.export.fp16 import activation_ranges
+    from deploykit.export.pipeline import RANGE_IMAGES, build_model
+    from deploykit.validation import validation_batch
+
+    result = exported[name]
+    model, _ = build_model(name, FAMILY_CASES[name])
+    rewritten, _ = rewrites.apply_rewrites(model)
+    images = validation_batch(model.data_config, RANGE_IMAGES, 0, None).images
+    peaks, measured = activation_ranges(onnx.load(str(result.onnx_path)), images)
+    assert measured > 0
+    assert max(peaks.values()) == pytest.approx(torch_peak(rewritten, images), rel=1e-3)
+    assert result.manifest["fp16"]["range_screen"] < SCREEN_LIMIT
 
 
 def test_fp16_io_option(tmp_path):

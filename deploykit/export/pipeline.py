@@ -1,5 +1,6 @@
 """The export pipeline: build -> rewrite -> onnx -> simplify -> validate -> lint -> fp16 -> engine ->
-manifest.
+manifest (with ``fp16``, also fp16-reference after rewrite: it hands the FP16 check's images, their
+PyTorch reference and the range screen to a background process, see :mod:`deploykit.export.background`).
 
 Each stage is a plain function over one :class:`ExportState`; :data:`STAGES` lists them in order, and each
 name is both its progress line and its key in the manifest (``timings_s``, ``parity``). :func:`run_export`
@@ -53,10 +54,12 @@ Progress = Callable[[str, str], None]
 REPORT_NAME = "report.html"
 #: images of the FP16 check (at least); their PyTorch reference is computed once, in the build stage
 FP16_IMAGES = 64
-#: images the FP16 range check runs on (it reads every activation of the graph: ~0.3 s an image for CvT-13)
+#: images the FP16 range check runs on (its PyTorch screen, and the ONNX measurement when the screen is
+#: inconclusive: both read every activation, ~0.3 s an image for CvT-13 on one core)
 RANGE_IMAGES = 8
-#: batch size of the FP16 stage's bulk runs (PyTorch and ONNX Runtime are fastest around 8 on CPU)
-BULK_BATCH = 8
+#: batch size of the FP16 stage's bulk runs (ONNX Runtime ran the FP16 CvT-13 graph over 64 images in
+#: 2.41 s at batch 4, 2.46 at 2, 2.53-2.66 at 8, 2.95 at 16 on two cores)
+BULK_BATCH = 4
 
 
 def _silent(stage: str, message: str) -> None:
@@ -154,7 +157,10 @@ class ExportState:
     # fp16
     fp16_proto: onnx.ModelProto | None = None
     fp16_info: dict[str, Any] = field(default_factory=dict)
+    worker: Any = None  # the background process (deploykit.export.background.Worker)
+    jobs: dict[str, Any] = field(default_factory=dict)  # its jobs: "inputs", "screen"
     fp16_images: np.ndarray | None = None
+    fp16_rows: list[int | None] = field(default_factory=list)  # row of each FP16 image in images, or None
     fp16_reference: np.ndarray | None = None
     # per check (key): the parity result, its reference and candidate logits, and the graph that ran
     parity: dict[str, ParityResult] = field(default_factory=dict)
@@ -202,28 +208,51 @@ class ExportState:
 
 # -------------------------------------------------------------------------------------------- stages
 def stage_build(state: ExportState) -> None:
-    """The preset (with weights), the validation images and the PyTorch FP32 reference logits — one
-    PyTorch pass: with ``fp16`` the >= 64 images of the FP16 check include the FP32 stages' images, and
-    their reference rows are reused."""
+    """The preset (with weights), the validation images and the PyTorch FP32 reference logits."""
     config = state.config
     state.model, state.weights_info = build_model(
         state.spec.name, config.image_size, state.weights, config.seed, state.weights_format
     )
     state.batch = validation_batch(state.model.data_config, config.num_images, config.seed, state.inputs_dir)
-    torch_runner = TorchRunner(state.model)
-    if not state.fp16:
-        state.reference = run_batched(torch_runner, state.images, config.batch.max)
-        return
+    state.reference = run_batched(TorchRunner(state.model), state.images, config.batch.max)
+
+
+def fp16_inputs(context: dict, count: int, seed: int, inputs_dir, batch: int) -> tuple:
+    """A background job: the FP16 check's images, the row of each in the FP32 stages' images (or None)
+    and the PyTorch FP32 logits of those that are not there (their rows are reused)."""
+    model, known = context["model"], context["images"]
+    images = validation_batch(model.data_config, count, seed, inputs_dir).images
+    rows = {image.tobytes(): i for i, image in enumerate(known)}
+    found = [rows.get(image.tobytes()) for image in images]
+    extra = [i for i, row in enumerate(found) if row is None]
+    return images, found, run_batched(TorchRunner(model), images[extra], batch)
+
+
+def fp16_screen(context: dict, picks: np.ndarray) -> float:
+    """A background job: the range check's PyTorch screen (max |x| over every op output of the rewritten
+    model, i.e. the model the ONNX graph was exported from) on the FP32 stages' images ``picks``."""
+    from deploykit.export.fp16 import torch_peak
+
+    return torch_peak(context["rewritten"], context["images"][picks])
+
+
+def stage_fp16_reference(state: ExportState) -> None:
+    """Start the background process (:mod:`deploykit.export.background`) with the FP16 stage's work that
+    needs no graph, on the core the ONNX export leaves idle: the FP16 check's >= :data:`FP16_IMAGES` images
+    with the PyTorch reference of those the FP32 stages do not have, then the range check's screen."""
+    from deploykit.export.background import Worker
+
+    config = state.config
+    context = {"model": state.model, "rewritten": state.rewritten, "images": state.images}
+    state.worker = Worker(state.staging, context)
     count = max(FP16_IMAGES, config.num_images)
-    fp16_batch = validation_batch(state.model.data_config, count, config.seed, state.inputs_dir)
-    state.fp16_images = fp16_batch.images
-    state.fp16_reference = run_batched(torch_runner, state.fp16_images, BULK_BATCH)
-    rows = {image.tobytes(): i for i, image in enumerate(state.fp16_images)}
-    found = [rows.get(image.tobytes()) for image in state.images]
-    if all(i is not None for i in found):
-        state.reference = state.fp16_reference[found]
-    else:  # an image set that is not nested (it is, for the built-in and directory inputs)
-        state.reference = run_batched(torch_runner, state.images, config.batch.max)
+    state.jobs["inputs"] = state.worker.submit(fp16_inputs, count, config.seed, state.inputs_dir, BULK_BATCH)
+    state.jobs["screen"] = state.worker.submit(fp16_screen, _range_picks(state))
+
+
+def _range_picks(state: ExportState) -> np.ndarray:
+    """:data:`RANGE_IMAGES` of the FP32 stages' images, spread over their kinds (photos first, noise last)."""
+    return np.unique(np.linspace(0, len(state.images) - 1, RANGE_IMAGES).round().astype(int))
 
 
 def stage_rewrite(state: ExportState) -> None:
@@ -290,19 +319,26 @@ def stage_lint(state: ExportState) -> None:
 
 def stage_fp16(state: ExportState) -> None:
     """The mixed-precision graph (FP32 islands), validated on >= 64 images against PyTorch FP32 (the
-    reference of the build stage). The range check runs over :data:`RANGE_IMAGES` of the FP32 stages'
-    images, spread over their kinds (photos first, noise last); an overflow it misses fails the 64-image
-    check and is then found by the module check."""
+    build stage's rows and the background process's). The range check runs over :data:`RANGE_IMAGES` of
+    the FP32 stages' images, spread over their kinds (photos first, noise last)."""
     from deploykit.export.fp16 import make_fp16
     from deploykit.export.lint import lint_model
 
+    t = time.perf_counter()
+    inputs = state.jobs["inputs"]
+    state.fp16_images, state.fp16_rows, computed = inputs.result()
+    computed = iter(computed)
+    state.fp16_reference = np.stack(
+        [state.reference[row] if row is not None else next(computed) for row in state.fp16_rows]
+    )
+    waited = time.perf_counter() - t
     tol = state.config.tolerances("fp16")
 
     def passes(logits: np.ndarray) -> bool:
         return check_parity("fp16", state.fp16_reference, logits, tol).passed
 
+    screen = state.jobs["screen"]
     images = state.fp16_images
-    spread = np.unique(np.linspace(0, len(state.images) - 1, RANGE_IMAGES).round().astype(int))
     proto, report = make_fp16(
         state.proto,
         images,
@@ -311,7 +347,8 @@ def stage_fp16(state: ExportState) -> None:
         state.fp16_io,
         BULK_BATCH,
         tol,
-        state.images[spread],
+        state.images[_range_picks(state)],
+        screen.result(),
     )
     label = f"fp16 (onnxruntime, {len(images)} images)"
     state.check("fp16", label, report.logits, proto, state.fp16_reference, "fp16")
@@ -319,8 +356,15 @@ def stage_fp16(state: ExportState) -> None:
     state.fp16_proto = proto
     lint = lint_model(proto).to_dict()
     report.lap("lint", t)
+    report.timings_s = {"reference (wait)": round(waited, 3), **report.timings_s}
     io = "fp16" if state.fp16_io else "fp32"
     state.fp16_info = {"io": io, "images": len(images), "lint": lint, **report.to_dict()}
+    state.fp16_info["background"] = {
+        "reference_images": sum(row is None for row in state.fp16_rows),
+        "reused_images": sum(row is not None for row in state.fp16_rows),
+        "seconds": {"images and reference": inputs.seconds, "range screen": screen.seconds},
+        "notes": [job.note for job in (inputs, screen) if job.note],
+    }
 
 
 def stage_engine(state: ExportState) -> None:
@@ -338,6 +382,12 @@ def stage_manifest(state: ExportState) -> None:
     # models first, manifest last: a published manifest never describes a missing file
     for name in [*state.manifest["artifacts"], REPORT_NAME, "manifest.json"]:
         (state.staging / name).replace(state.out / name)
+
+
+def _end_background(state: ExportState) -> None:
+    """The export is done, failed or interrupted: the background process ends, its files go."""
+    if state.worker is not None:
+        state.worker.close()
 
 
 def _always(state: ExportState) -> bool:
@@ -362,6 +412,12 @@ def _describe_build(state: ExportState) -> str:
 STAGES: tuple[Stage, ...] = (
     Stage("build", stage_build, _describe_build),
     Stage("rewrite", stage_rewrite, lambda s: "export-friendly module swaps"),
+    Stage(
+        "fp16-reference",
+        stage_fp16_reference,
+        lambda s: "FP16 check's images, PyTorch reference and range screen, in a background process",
+        lambda s: s.fp16,
+    ),
     Stage("onnx", stage_onnx, lambda s: f"{s.config.exporter} exporter, opset {s.config.opset}"),
     Stage("simplify", stage_simplify, lambda s: "onnxsim (fallback onnxslim)", lambda s: s.config.simplify),
     Stage("validate", stage_validate, lambda s: f"{len(s.images)} images, batch sizes through one file"),
@@ -404,14 +460,17 @@ def run_export(
     t0 = time.perf_counter()
     with staging_dir(out) as staging:
         state.staging = staging
-        for stage in STAGES:
-            if not stage.enabled(state):
-                continue
-            if stage.needs_parity and state.failed():
-                _reject(state)
-            progress(stage.name, stage.describe(state))
-            stage.run(state)
-            state.timings[stage.name] = round(time.perf_counter() - t0 - sum(state.timings.values()), 3)
+        try:
+            for stage in STAGES:
+                if not stage.enabled(state):
+                    continue
+                if stage.needs_parity and state.failed():
+                    _reject(state)
+                progress(stage.name, stage.describe(state))
+                stage.run(state)
+                state.timings[stage.name] = round(time.perf_counter() - t0 - sum(state.timings.values()), 3)
+        finally:
+            _end_background(state)
     sizes = ", ".join(f"{n} ({len(d) / 1e6:.1f} MB)" for n, d in state.artifacts.items())
     progress("done", f"{out}: {sizes}, manifest.json, {REPORT_NAME}")
     return ExportResult(out, out / "model.onnx", out / "manifest.json", state.manifest, state.parity)
@@ -537,6 +596,7 @@ def _reject(state: ExportState) -> None:
             key,
             rewritten=state.rewritten,
         )
+    _end_background(state)
     _write_manifest(state)
     if state.locate is not None:
         atomic_write_text(state.staging / "locate.json", json.dumps(state.locate.to_dict(), indent=2) + "\n")

@@ -118,11 +118,23 @@ def module_nodes(proto: onnx.ModelProto, module: str) -> set[str]:
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
+def _declared_types(graph: onnx.GraphProto) -> dict[str, int]:
+    values = [*graph.value_info, *graph.input, *graph.output]
+    return {v.name: v.type.tensor_type.elem_type for v in values if v.type.tensor_type.elem_type}
+
+
+def types_declared(proto: onnx.ModelProto) -> bool:
+    """Whether the graph's ``value_info`` (with its I/O) types every node output — the simplifiers and the
+    FP16 converter leave it complete, so ONNX shape inference has nothing to add."""
+    known = _declared_types(proto.graph)
+    return all(name in known for node in proto.graph.node for name in node.output if name)
+
+
 def tensor_types(proto: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor ONNX shape inference can type (graph I/O included)."""
-    inferred = onnx.shape_inference.infer_shapes(proto)
-    graph = inferred.graph
-    return {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    """Element type of every tensor ONNX shape inference can type (graph I/O included). Shape inference,
+    which copies the whole model with its weights, runs only when :func:`types_declared` is false."""
+    graph = proto.graph if types_declared(proto) else onnx.shape_inference.infer_shapes(proto).graph
+    return _declared_types(graph)
 
 
 def expose_tensors(proto: onnx.ModelProto, names: list[str]) -> tuple[onnx.ModelProto, list[str]]:

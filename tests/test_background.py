@@ -1,0 +1,169 @@
+"""The FP16 stage's background process: results bitwise equal to the in-process computation, a failing or
+killed child falls back, an ended export leaves no process and no file behind."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import small_config
+
+import deploykit.export.background as background
+from deploykit.errors import ParityError
+from deploykit.export.background import Worker, fork_available, one_thread
+from deploykit.export.fp16 import SCREEN_LIMIT
+from deploykit.export.pipeline import BULK_BATCH, build_model, fp16_inputs, run_export
+from deploykit.runtime.base import run_batched
+from deploykit.runtime.torch_runner import TorchRunner
+from deploykit.validation import validation_batch
+from deploykit.validation.metrics import Tolerances
+
+pytestmark = pytest.mark.skipif(not fork_available(), reason="the background process needs os.fork (Linux)")
+
+
+def _fails_in_child(context, parent: int) -> int:
+    if os.getpid() != parent:
+        raise RuntimeError("only in the child")
+    return 42
+
+
+def _sleep(context, seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _pid(context) -> int:
+    return os.getpid()
+
+
+def _children() -> list[int]:
+    """Live (not zombie) child processes of this process."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    model, _ = build_model("hvt_ti_1", image_size=64)
+    images = validation_batch(model.data_config, 16, 0, None).images
+    return {"model": model, "images": images}
+
+
+def test_child_results_equal_in_process_bitwise(small_model, tmp_path, monkeypatch):
+    worker = Worker(tmp_path, small_model)
+    try:
+        job = worker.submit(fp16_inputs, 64, 0, None, BULK_BATCH)
+        pid = worker.submit(_pid).result()
+        images, rows, logits = job.result()
+    finally:
+        worker.close()
+    assert pid != os.getpid() and job.note is None
+    # the 16 FP32-stage images are among the 64, found by content; the other 48 were computed
+    assert sorted(r for r in rows if r is not None) == list(range(16))
+    for i, row in enumerate(rows):
+        if row is not None:
+            assert np.array_equal(images[i], small_model["images"][row])
+    extra = [i for i, row in enumerate(rows) if row is None]
+    assert images.shape == (64, 3, 64, 64) and logits.shape == (48, 1000)
+    with one_thread():
+        expected = run_batched(TorchRunner(small_model["model"]), images[extra], BULK_BATCH)
+    assert np.array_equal(logits, expected)  # bitwise: one thread in the child and in-process alike
+
+    monkeypatch.setattr(background, "fork_available", lambda: False)
+    fallback = Worker(tmp_path, small_model)
+    job = fallback.submit(fp16_inputs, 64, 0, None, BULK_BATCH)
+    same_images, same_rows, same_logits = job.result()
+    fallback.close()
+    assert fallback.pid is None and "no os.fork" in job.note
+    assert np.array_equal(same_images, images) and same_rows == rows and np.array_equal(same_logits, logits)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failing_job_and_killed_child_fall_back(tmp_path):
+    worker = Worker(tmp_path, {})
+    try:
+        failing = worker.submit(_fails_in_child, os.getpid())
+        assert failing.result() == 42  # computed in-process after the child's failure
+        assert "RuntimeError: only in the child" in failing.note
+        slow = worker.submit(_sleep, 0.2)
+        os.kill(worker.pid, signal.SIGKILL)
+        assert slow.result() == 0.2 and "ended (exit -9)" in slow.note
+        assert worker.pid is None
+        late = worker.submit(_sleep, 0.0)  # no child any more: runs in-process at once
+        assert late.result() == 0.0 and "ended" in late.note
+    finally:
+        worker.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_close_kills_a_busy_child_at_once(tmp_path):
+    worker = Worker(tmp_path, {})
+    worker.submit(_sleep, 60)
+    pid = worker.pid
+    assert pid in _children()
+    t0 = time.perf_counter()
+    worker.close()
+    assert time.perf_counter() - t0 < 5
+    assert pid not in _children() and worker.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped, not a zombie
+
+
+def test_fp16_export_with_and_without_fork_is_byte_identical(tmp_path, monkeypatch):
+    config = small_config("hvt_ti_1", 64, exporter="torchscript")
+    forked = run_export("hvt_ti_1", tmp_path / "a", config, fp16=True)
+    info = forked.manifest["fp16"]["background"]
+    assert info["reference_images"] == 48 and info["reused_images"] == 16 and info["notes"] == []
+    assert all(seconds > 0 for seconds in info["seconds"].values()), info
+    assert set(forked.manifest["timings_s"]) >= {"fp16-reference", "fp16"}
+    # the PyTorch screen (in the background) found no activation near FP16's limit: no ONNX probe ran
+    fp16 = forked.manifest["fp16"]
+    assert (
+        fp16["range_images"] == 8 and 0 < fp16["range_screen"] < SCREEN_LIMIT and fp16["range_tensors"] == 0
+    )
+    assert set(info["seconds"]) == {"images and reference", "range screen"}
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "manifest.json",
+        "model.fp16.onnx",
+        "model.onnx",
+        "report.html",
+    ]
+    monkeypatch.setattr(background, "fork_available", lambda: False)
+    in_process = run_export("hvt_ti_1", tmp_path / "b", config, fp16=True)
+    assert [n for n in in_process.manifest["fp16"]["background"]["notes"]] and not _children()
+    for name in ("model.onnx", "model.fp16.onnx"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert forked.manifest["parity"]["fp16"] == in_process.manifest["parity"]["fp16"]
+    assert forked.manifest["fp16"]["kept_fp32"] == in_process.manifest["fp16"]["kept_fp32"]
+
+
+def test_rejected_fp16_export_leaves_no_process_and_no_background_file(tmp_path):
+    impossible = small_config("hvt_ti_1", 64, exporter="torchscript", fp32=Tolerances(0.0, 1.0, 1.0, 1.0))
+    with pytest.raises(ParityError, match="nothing was published"):
+        run_export("hvt_ti_1", tmp_path / "out", impossible, fp16=True)
+    assert not _children()
+    rejected = sorted(p.name for p in (tmp_path / "out" / "rejected").iterdir())
+    assert "model.onnx" in rejected and not [n for n in rejected if n.startswith(".")]
+
+
+def test_interrupted_fp16_export_kills_the_background_process(tmp_path, monkeypatch):
+    def interrupt(*args, **kwargs):
+        assert _children()  # the background process is there while the export runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("deploykit.export.pipeline.simplify_onnx", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_export(
+            "hvt_ti_1", tmp_path / "out", small_config("hvt_ti_1", 64, exporter="torchscript"), fp16=True
+        )
+    assert not _children()
+    assert list((tmp_path / "out").iterdir()) == []
