@@ -13,6 +13,9 @@ two single-threaded ONNX Runtime runs side by side take 2.8-3.0 s each against 1
 check run in the child while the main process validated the FP32 graph (two ONNX Runtime threads) ended
 up slower than running it in the main process.
 
+The jobs run PyTorch and numpy only — no ONNX Runtime session is ever created in the child — so forking
+a process that already used ONNX Runtime (``deploykit bench PRESET`` exports in-process) stays safe.
+
 One thread is also what makes the numbers reproducible: a job whose child failed (or where ``os.fork`` is
 missing) runs in-process, again with one thread, so the results are bitwise the same either way and
 re-exports stay byte-identical.
