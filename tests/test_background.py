@@ -62,8 +62,10 @@ def test_child_results_equal_in_process_bitwise(small_model, tmp_path, monkeypat
     worker = Worker(tmp_path, small_model)
     try:
         job = worker.submit(fp16_inputs, 64, 0, None, BULK_BATCH)
-        pid = worker.submit(_pid).result()
+        pid_job = worker.submit(_pid)
+        pid = pid_job.result()
         images, rows, logits = job.result()
+        assert pid_job.result() == pid  # a second call returns the value again (no second wait)
     finally:
         worker.close()
     assert pid != os.getpid() and job.note is None

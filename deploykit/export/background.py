@@ -92,7 +92,13 @@ class Job:
         self.note: str | None = None  # why it ran in-process, if it did
 
     def result(self) -> Any:
-        """The value (computed in-process, with one thread, when the child could not)."""
+        """The value (computed in-process, with one thread, when the child could not); kept, so a second
+        call returns it again."""
+        if not hasattr(self, "_value"):
+            self._value = self._collect()
+        return self._value
+
+    def _collect(self) -> Any:
         failure = self.worker._wait(self.number)
         if failure is None:
             path = self.worker._result_path(self.number)
