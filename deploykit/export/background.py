@@ -39,6 +39,8 @@ from typing import Any
 import torch
 
 _HEADER = struct.Struct("<Q")
+#: the child's scheduling priority below the main process
+NICENESS = 10
 
 
 @contextmanager
@@ -162,6 +164,7 @@ class Worker:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills us
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             torch.set_num_threads(1)
+            os.nice(NICENESS)  # the main process's critical path goes first when both want a core
             while (message := _receive(jobs)) is not None:
                 number, fn, args = message
                 t0 = time.perf_counter()
