@@ -96,10 +96,17 @@ def test_failing_job_and_killed_child_fall_back(tmp_path):
         failing = worker.submit(_fails_in_child, os.getpid())
         assert failing.result() == 42  # computed in-process after the child's failure
         assert "RuntimeError: only in the child" in failing.note
-        slow = worker.submit(_sleep, 0.2)
+        quick = worker.submit(_sleep, 0.0)
+        slow = worker.submit(_sleep, 1.0)
+        deadline = time.monotonic() + 30
+        while not worker._result_path(quick.number).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # quick is done in the child (its message follows the file)
+        time.sleep(0.1)
         os.kill(worker.pid, signal.SIGKILL)
-        assert slow.result() == 0.2 and "ended (exit -9)" in slow.note
+        assert slow.result() == 1.0 and "ended (exit -9)" in slow.note
         assert worker.pid is None
+        # reported by the child before it died: collected from the child, not recomputed
+        assert quick.result() == 0.0 and quick.note is None
         late = worker.submit(_sleep, 0.0)  # no child any more: runs in-process at once
         assert late.result() == 0.0 and "ended" in late.note
     finally:

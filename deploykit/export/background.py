@@ -194,10 +194,11 @@ class Worker:
         return job
 
     def _wait(self, number: int) -> str | None:
-        """None when job ``number`` succeeded in the child, otherwise why not."""
-        if self.pid is None:
-            return self.failure
+        """None when job ``number`` succeeded in the child, otherwise why not (a job the child reported
+        before it ended still counts)."""
         while number not in self._done:
+            if self.pid is None:
+                return self.failure
             message = _receive(self._done_r)
             if message is None:
                 code = self._reap()
