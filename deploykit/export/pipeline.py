@@ -52,7 +52,7 @@ from deploykit.validation.metrics import per_sample
 
 Progress = Callable[[str, str], None]
 REPORT_NAME = "report.html"
-#: images of the FP16 check (at least); their PyTorch reference is computed once, in the build stage
+#: images of the FP16 check (at least); PyTorch runs once per image: the FP32 stages' rows are reused
 FP16_IMAGES = 64
 #: images the FP16 range check runs on (its PyTorch screen, and the ONNX measurement when the screen is
 #: inconclusive: both read every activation, ~0.3 s an image for CvT-13 on one core)
