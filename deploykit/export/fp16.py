@@ -194,7 +194,7 @@ def activation_ranges(
     graph_input = proto.graph.input[0].name
     peak: dict[str, float] = {graph_input: float(np.abs(images).max())} if len(images) else {}
     derived: list[tuple[onnx.NodeProto, list[str]]] = []
-    pending: set[str] = set()  # measured tensors: their range is known after the run
+    planned = dict(peak)  # bounds known before the run: measured tensors are inf until then
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
     measured: dict[str, str] = {}  # probe output -> tensor
@@ -203,14 +203,12 @@ def activation_ranges(
         if not floats or node.op_type == "Constant":
             continue
         inputs = [i for i in node.input if i and types.get(i) == onnx.TensorProto.FLOAT]
-        # whether a bound follows from the inputs, the measured ones unknown (inf) until the run
-        assumed = {**peak, **dict.fromkeys(pending, float("inf"))}
-        if _derived_bound(node, inputs, assumed, constants) is not None:
+        bound = _derived_bound(node, inputs, planned, constants)
+        planned.update(dict.fromkeys(floats, float("inf") if bound is None else bound))
+        if bound is not None:
             derived.append((node, inputs))
-            pending.update(floats)
             continue
         for out in floats:
-            pending.add(out)
             measured[f"{out}__absmax"] = out
             probe.graph.node.extend(
                 [
