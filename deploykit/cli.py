@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from deploykit import __version__
-from deploykit.errors import DeployKitError
+from deploykit.core.errors import DeployKitError
 
 #: the layouts of ``deploykit.models.pretrained.FORMATS``, spelled out so that ``--help`` imports no torch
 WEIGHTS_FORMATS = (
@@ -107,8 +107,8 @@ def _resolve_config(
 ):
     import dataclasses
 
-    from deploykit.errors import ConfigError
-    from deploykit.export.config import BatchProfile, default_config, load_config
+    from deploykit.core.config import BatchProfile, default_config, load_config
+    from deploykit.core.errors import ConfigError
 
     config = load_config(config_path) if config_path else default_config(family)
     if config.family != family:
@@ -185,9 +185,9 @@ def export_cmd(
     quiet: bool,
 ) -> None:
     """Export MODEL (a preset or family alias) to a validated, simplified, dynamic-batch ONNX file."""
-    from deploykit.errors import ConfigError
-    from deploykit.export.pipeline import run_export
+    from deploykit.core.errors import ConfigError
     from deploykit.models import get_preset
+    from deploykit.workflows.pipeline import run_export
 
     preset = get_preset(model)
     config = _resolve_config(preset.family, config_path, opset, batch, exporter, no_simplify)
@@ -242,9 +242,9 @@ def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
     from collections import Counter
     from pathlib import Path
 
-    from deploykit.export.io import atomic_write_text, io_signature
-    from deploykit.export.lint import format_report, lint_model
-    from deploykit.export.onnx_export import load_onnx
+    from deploykit.core.io import atomic_write_text
+    from deploykit.core.onnx_io import io_signature, load_onnx
+    from deploykit.transforms.lint import format_report, lint_model
 
     proto = load_onnx(onnx_file)
     size = Path(onnx_file).stat().st_size
@@ -327,10 +327,10 @@ def validate_cmd(
     Exit 0 parity holds (and no metric regressed from --baseline); 1 parity fails or a metric regressed;
     2 bad usage or input.
     """
-    from deploykit.errors import ConfigError
+    from deploykit.core.errors import ConfigError
     from deploykit.models import get_preset
     from deploykit.validation.baseline import compare_baseline, read_baseline, write_baseline
-    from deploykit.validation.gate import validate_artifact, write_json, write_junit
+    from deploykit.workflows.validate import validate_artifact, write_json, write_junit
 
     if update_baseline and not baseline_path:
         raise ConfigError("--update-baseline needs --baseline FILE")
@@ -388,9 +388,9 @@ def predict_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from deploykit.export.io import atomic_write_text
-    from deploykit.runtime import load
+    from deploykit.core.io import atomic_write_text
     from deploykit.runtime.preprocess import expand_image_paths
+    from deploykit.workflows.predict import load
 
     files = expand_image_paths(images)
     predictor = load(artifact, labels=labels)
@@ -439,13 +439,12 @@ def build_cmd(
     import dataclasses
     from pathlib import Path
 
+    from deploykit.core.config import BatchProfile, ExportConfig, load_config
+    from deploykit.core.errors import EngineUnavailableError
+    from deploykit.core.io import ensure_writable_dir
+    from deploykit.core.onnx_io import load_onnx, onnx_precision
     from deploykit.engine.builder import build_engine, onnx_input, tensorrt_available
     from deploykit.engine.script import write_build_script
-    from deploykit.errors import EngineUnavailableError
-    from deploykit.export.config import BatchProfile, ExportConfig, load_config
-    from deploykit.export.io import ensure_writable_dir
-    from deploykit.export.onnx_export import load_onnx
-    from deploykit.validation.gate import onnx_precision
 
     source = Path(onnx_file)
     proto = load_onnx(source)
@@ -633,14 +632,54 @@ def serve_cmd(
             signal.signal(sig, handler)
 
 
-def _register_optional_commands() -> None:
-    """Commands defined in their own modules (they import nothing heavy at load time)."""
-    from deploykit.bench import bench_cmd
+@cli.command("bench")
+@click.argument("target", metavar="ARTIFACT|PRESET")
+@click.option("--batch", "batch", default="1,8", show_default=True, help="Batch sizes, comma-separated.")
+@click.option(
+    "--runtime",
+    "runtime",
+    default="torch,onnxruntime,tensorrt",
+    show_default=True,
+    help="Runtimes to benchmark, comma-separated.",
+)
+@click.option(
+    "--threads", type=int, help="Threads for PyTorch and ONNX Runtime (default: the physical cores)."
+)
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed rounds first.")
+@click.option("--iters", type=int, default=30, show_default=True, help="Timed rounds (samples per case).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON.")
+@click.option(
+    "--plot", "plot_out", type=click.Path(dir_okay=False), help="Write latency distributions as a PNG."
+)
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@_handle_errors
+def bench_cmd(
+    target: str,
+    batch: str,
+    runtime: str,
+    threads: int | None,
+    warmup: int,
+    iters: int,
+    json_out: str | None,
+    plot_out: str | None,
+    quiet: bool,
+) -> None:
+    """Latency of ARTIFACT (an export directory, or an .onnx / engine file in one) or of PRESET (exported
+    into a temporary directory first) on PyTorch eager, ONNX Runtime FP32/FP16 and TensorRT, interleaved
+    in one process: min/p50/p90/p99/mean ms, images/s, ratio to eager, GFLOP/s beside the MatMul ceiling."""
+    from deploykit.workflows.bench import bench_command
 
-    cli.add_command(bench_cmd)
-
-
-_register_optional_commands()
+    bench_command(
+        target,
+        batch=batch,
+        runtime=runtime,
+        threads=threads,
+        warmup=warmup,
+        iters=iters,
+        json_out=json_out,
+        plot_out=plot_out,
+        quiet=quiet,
+    )
 
 
 def main() -> None:

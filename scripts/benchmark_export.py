@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Per family: export time, node counts (plain export vs deploykit's rewrites + simplification),
-ONNX Runtime vs PyTorch eager latency at batch 1 and 8 (measured by ``deploykit.bench``: both runtimes in
+ONNX Runtime vs PyTorch eager latency at batch 1 and 8 (measured by ``deploykit.workflows.bench``: both runtimes in
 this one process, 2 threads each, p50 of N interleaved rounds after 5 warm-up rounds), the achieved GFLOP/s
 against the machine's MatMul ceiling, and parity. Prints a markdown table; where ORT misses 0.4x eager at
 batch 1, prints where ORT's time goes (ORT profiler, by op type).
@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploykit.bench import BenchReport, run_bench
-from deploykit.export.config import default_config
-from deploykit.export.io import atomic_write_text
-from deploykit.export.onnx_export import export_onnx
-from deploykit.export.pipeline import run_export
+from deploykit.core.config import default_config
+from deploykit.core.io import atomic_write_text
 from deploykit.models import create_model, get_preset
 from deploykit.runtime.ort_runner import OrtRunner
+from deploykit.transforms.onnx_export import export_onnx
+from deploykit.workflows.bench import BenchReport, run_bench
+from deploykit.workflows.pipeline import run_export
 
 DEFAULT = ["convit_tiny", "ceit_tiny", "deepvit_16b", "cvt_13", "hvt_ti_1"]
 THREADS = 2
@@ -103,7 +103,7 @@ def main() -> None:
     machine = rows[0]["bench"]["machine"]
     print(
         f"torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, {machine['cpu']}, {THREADS} threads "
-        f"each; p50 of {args.runs} interleaved rounds after {WARMUP} warm-up (deploykit.bench); ONNX Runtime "
+        f"each; p50 of {args.runs} interleaved rounds after {WARMUP} warm-up (deploykit.workflows.bench); ONNX Runtime "
         f"MatMul ceiling {machine['matmul_gflops_fp32']:.0f} GFLOP/s\n"
     )
     print(

@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from deploykit.export.config import default_config
+from deploykit.core.config import default_config
 from deploykit.models import create_model, get_preset
 
 

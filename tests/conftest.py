@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from deploykit.export.config import default_config
+from deploykit.core.config import default_config
 from deploykit.models import get_preset
 
 # one preset of every family, at reduced resolution for speed (cvt_13 also runs at 224 in test_export)
@@ -23,7 +23,7 @@ def _seed_and_threads():
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """Every family exported once (FP32 + FP16 + engine stage) through the real pipeline."""
-    from deploykit.export.pipeline import run_export
+    from deploykit.workflows.pipeline import run_export
 
     root = tmp_path_factory.mktemp("exports")
     return {

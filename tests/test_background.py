@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-import deploykit.export.background as background
-from deploykit.errors import ParityError
-from deploykit.export.background import Worker, fork_available, one_thread
-from deploykit.export.fp16 import SCREEN_LIMIT
-from deploykit.export.pipeline import BULK_BATCH, build_model, fp16_inputs, run_export
+import deploykit.workflows.background as background
+from deploykit.core.errors import ParityError
 from deploykit.runtime.base import run_batched
 from deploykit.runtime.torch_runner import TorchRunner
+from deploykit.transforms.fp16 import SCREEN_LIMIT
 from deploykit.validation import validation_batch
 from deploykit.validation.metrics import Tolerances
+from deploykit.workflows.background import Worker, fork_available, one_thread
+from deploykit.workflows.pipeline import BULK_BATCH, build_model, fp16_inputs, run_export
 
 pytestmark = pytest.mark.skipif(not fork_available(), reason="the background process needs os.fork (Linux)")
 
@@ -169,7 +169,7 @@ def test_interrupted_fp16_export_kills_the_background_process(tmp_path, monkeypa
         assert _children()  # the background process is there while the export runs
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("deploykit.export.pipeline.simplify_onnx", interrupt)
+    monkeypatch.setattr("deploykit.workflows.pipeline.simplify_onnx", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_export(
             "hvt_ti_1", tmp_path / "out", small_config("hvt_ti_1", 64, exporter="torchscript"), fp16=True

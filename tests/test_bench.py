@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deploykit.bench import bench_cmd
+from deploykit.cli import cli
 
 THREADS = 2
 SPEC_KEYS = {
@@ -28,7 +28,7 @@ SPEC_KEYS = {
 
 
 def invoke(*args):
-    return CliRunner().invoke(bench_cmd, [str(a) for a in args])
+    return CliRunner().invoke(cli, ["bench", *(str(a) for a in args)])
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.models import create_model
 from deploykit.models.base import InputShapeError
 from deploykit.models.ceit import LCA, CeiT, LeFF

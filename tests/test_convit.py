@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.models import ConViT, count_parameters
 from deploykit.models.convit import GPSA, relative_position_table
 from deploykit.models.layers import Attention

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.models import count_parameters, create_model, get_preset, list_models, preset_parameter_count
 from deploykit.models.cvt import ConvAttention, CvT, CvTConfig
 from deploykit.models.layers import DropPath, QuickGELU

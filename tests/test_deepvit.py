@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.models import DeepViT, count_parameters, create_model
 from deploykit.models.deepvit import ReAttention
 

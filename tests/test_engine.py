@@ -27,6 +27,9 @@ import pytest
 from fakes import FakeCudart, FakeTensorRT, expected_logits, install_cudart
 from onnx import TensorProto, helper
 
+from deploykit.core.config import BatchProfile, default_config
+from deploykit.core.errors import EngineUnavailableError
+from deploykit.core.io import ordinary_mode
 from deploykit.engine import builder as engine_builder
 from deploykit.engine.builder import (
     FP16_SHARE_MIN,
@@ -37,9 +40,6 @@ from deploykit.engine.builder import (
     tensorrt_available,
 )
 from deploykit.engine.script import SCRIPT_NAME, write_build_script
-from deploykit.errors import EngineUnavailableError
-from deploykit.export.config import BatchProfile, default_config
-from deploykit.export.io import ordinary_mode
 from deploykit.validation.metrics import Tolerances
 
 ENGINE_DIR = Path(engine_builder.__file__).parent
@@ -542,8 +542,8 @@ def test_runner_numpy_path_through_cuda_python(tmp_path: Path, monkeypatch, vers
 
 
 def test_runner_half_io_and_profile_errors(tmp_path: Path, monkeypatch):
+    from deploykit.core.errors import InputError
     from deploykit.engine.runner import TensorRTRunner
-    from deploykit.errors import InputError
 
     _with_fakes(monkeypatch, "11.4.0.106", io_dtype="HALF", batch_range=(1, 4))
     runner = TensorRTRunner(_fake_engine(tmp_path, precision="fp16"))
@@ -558,8 +558,8 @@ def test_runner_half_io_and_profile_errors(tmp_path: Path, monkeypatch):
 
 
 def test_runner_rejects_an_engine_tensorrt_cannot_load(tmp_path: Path, monkeypatch):
+    from deploykit.core.errors import ArtifactError
     from deploykit.engine.runner import TensorRTRunner
-    from deploykit.errors import ArtifactError
 
     _with_fakes(monkeypatch, "10.3.0.26")
     engine = tmp_path / "other.engine"
@@ -583,7 +583,7 @@ def test_runner_needs_cuda_python_not_torch(tmp_path: Path, monkeypatch):
 def test_engine_runtime_imports_no_torch():
     code = (
         "import sys, deploykit.engine.runner, deploykit.runtime; "
-        "from deploykit.runtime import load; assert 'torch' not in sys.modules, 'torch was imported'"
+        "from deploykit import load; assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -597,7 +597,7 @@ PRESET, FAMILY = "convit_tiny", "convit"
 def exported(tmp_path_factory):
     if not _TRT_OK:
         pytest.skip(f"needs TensorRT 10.3+ and a CUDA GPU: {_TRT_REASON}")
-    from deploykit.export.pipeline import run_export
+    from deploykit.workflows.pipeline import run_export
 
     config = dataclasses.replace(default_config(FAMILY), image_size=64, batch=BatchProfile(1, 2, 8))
     out = tmp_path_factory.mktemp("engine")
@@ -606,10 +606,10 @@ def exported(tmp_path_factory):
 
 
 def _reference(config, count: int = 16):
-    from deploykit.export.pipeline import build_model
     from deploykit.runtime.base import run_batched
     from deploykit.runtime.torch_runner import TorchRunner
     from deploykit.validation import validation_batch
+    from deploykit.workflows.pipeline import build_model
 
     model, _ = build_model(PRESET, config.image_size, None, config.seed)
     images = validation_batch(model.data_config, count, config.seed).images
@@ -663,9 +663,9 @@ def test_fp32_engine_builds_with_sidecar_and_matches_torch(exported, tmp_path: P
 @pytest.mark.gpu
 @pytest.mark.trt
 def test_fp16_engine_is_fp16_and_matches_torch(exported, tmp_path: Path):
-    fp16 = pytest.importorskip("deploykit.export.fp16", reason="deploykit.export.fp16 is not available")
+    fp16 = pytest.importorskip("deploykit.transforms.fp16", reason="deploykit.transforms.fp16 is not available")
     if not hasattr(fp16, "make_fp16"):
-        pytest.skip("deploykit.export.fp16.make_fp16 is not available")
+        pytest.skip("deploykit.transforms.fp16.make_fp16 is not available")
     from deploykit.validation import compare_outputs
 
     result, config = exported

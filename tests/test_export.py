@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from conftest import FAMILY_CASES, small_config
 
 from deploykit.cli import cli
-from deploykit.errors import ParityError
-from deploykit.export.pipeline import run_export
+from deploykit.core.errors import ParityError
 from deploykit.validation import Tolerances
+from deploykit.workflows.pipeline import run_export
 
 
 def sha(path: Path) -> str:
@@ -133,7 +133,7 @@ def test_interrupted_export_leaves_previous_artifact(tmp_path, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("deploykit.export.lint.lint_model", interrupt)
+    monkeypatch.setattr("deploykit.transforms.lint.lint_model", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_export("hvt_ti_1", out, small_config("hvt_ti_1", 64, exporter="torchscript"))
     assert sha(out / "model.onnx") == before
@@ -230,7 +230,7 @@ def test_inspect_reports_graph_facts(exported, tmp_path):
 
 
 def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
-    import deploykit.export.onnx_export as oe
+    import deploykit.transforms.onnx_export as oe
 
     real = oe.torch.onnx.export
 
@@ -247,8 +247,8 @@ def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
 
 
 def test_a_simplifier_that_changes_the_numbers_is_discarded(tmp_path, monkeypatch):
-    import deploykit.export.pipeline as pipeline
-    from deploykit.export.simplify import SimplifyResult
+    import deploykit.workflows.pipeline as pipeline
+    from deploykit.transforms.simplify import SimplifyResult
 
     def wrong_simplifier(proto):
         broken = onnx.ModelProto()

@@ -12,10 +12,11 @@ from conftest import FAMILY_CASES
 from onnx import TensorProto
 
 from deploykit.cli import cli
+from deploykit.core.onnx_io import serialize
 from deploykit.engine.builder import tensorrt_available
-from deploykit.export.fp16 import FP32_OPS, OVERFLOW_LIMIT, SCREEN_LIMIT, make_fp16, torch_peak
-from deploykit.export.onnx_export import export_onnx, serialize
 from deploykit.runtime.ort_runner import OrtRunner
+from deploykit.transforms.fp16 import FP32_OPS, OVERFLOW_LIMIT, SCREEN_LIMIT, make_fp16, torch_peak
+from deploykit.transforms.onnx_export import export_onnx
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY_CASES))
@@ -103,7 +104,7 @@ def test_sensitivity_check_keeps_overflowing_node_fp32():
     out = OrtRunner(serialize(converted)).run(images)
     assert np.isfinite(out).all() and passes(out)
     # without the range check the same conversion overflows: the check is what saves it
-    from deploykit.export.fp16 import _name_nodes, convert
+    from deploykit.transforms.fp16 import _name_nodes, convert
 
     _name_nodes(proto)
     naive = OrtRunner(serialize(convert(proto, set()))).run(images)
@@ -134,10 +135,10 @@ def test_range_screen_runs_the_probe_only_near_the_limit():
 def test_range_screen_sees_what_the_graph_computes(exported, name):
     """The screen's premise, on every family: PyTorch's max |x| over its op outputs is the ONNX graph's
     max over every tensor (measured or bounded) — not merely within the screen's margin."""
-    from deploykit.export import rewrites
-    from deploykit.export.fp16 import activation_ranges
-    from deploykit.export.pipeline import RANGE_IMAGES, build_model
+    from deploykit.transforms import rewrites
+    from deploykit.transforms.fp16 import activation_ranges
     from deploykit.validation import validation_batch
+    from deploykit.workflows.pipeline import RANGE_IMAGES, build_model
 
     result = exported[name]
     model, _ = build_model(name, FAMILY_CASES[name])
@@ -152,8 +153,8 @@ def test_range_screen_sees_what_the_graph_computes(exported, name):
 def test_fp16_io_option(tmp_path):
     from dataclasses import replace
 
-    from deploykit.export.config import default_config
-    from deploykit.export.pipeline import run_export
+    from deploykit.core.config import default_config
+    from deploykit.workflows.pipeline import run_export
 
     cfg = replace(default_config("hvt"), image_size=64, exporter="torchscript")
     result = run_export("hvt_ti_1", tmp_path / "o", cfg, fp16=True, fp16_io=True)

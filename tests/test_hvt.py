@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.models import create_model, get_preset, list_aliases, list_models, preset_parameter_count
 from deploykit.models.base import InputShapeError
 from deploykit.models.hvt import HPool_ViT, PoolStage, TokenPool, hpool_vit, hvt_pool_from_block_width

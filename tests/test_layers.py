@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.models import DeepViT
 from deploykit.models.layers import Attention, Block, DropPath, Encoder, Mlp, PatchEmbed, drop_path_rates
 

@@ -11,8 +11,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from deploykit.errors import ConfigError
-from deploykit.export.lint import EINSUM_MESSAGE, dtype_name, format_report, lint_model, load_table
+from deploykit.core.errors import ConfigError
+from deploykit.transforms.lint import EINSUM_MESSAGE, dtype_name, format_report, lint_model, load_table
 
 F32, F64, I64 = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64
 
@@ -397,7 +397,7 @@ def test_exported_torch_model_is_clean(tmp_path):
 def test_lint_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import deploykit.export.lint as lint\n"
+        "import deploykit.transforms.lint as lint\n"
         "assert lint.load_table()['operators']['MatMul']['supported']\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

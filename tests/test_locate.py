@@ -15,14 +15,14 @@ from click.testing import CliRunner
 from conftest import FAMILY_CASES, small_config
 from onnx import numpy_helper
 
-import deploykit.export.rewrites as rewrites
+import deploykit.transforms.rewrites as rewrites
 from deploykit.cli import cli
-from deploykit.errors import ParityError
-from deploykit.export.config import BatchProfile
-from deploykit.export.onnx_export import export_onnx
-from deploykit.export.pipeline import run_export
-from deploykit.export.scopes import SCOPES_KEY, module_outputs, node_scopes
+from deploykit.core.config import BatchProfile
+from deploykit.core.errors import ParityError
+from deploykit.core.scopes import SCOPES_KEY, module_outputs, node_scopes
 from deploykit.models import get_preset
+from deploykit.transforms.onnx_export import export_onnx
+from deploykit.workflows.pipeline import run_export
 
 BLOCK = re.compile(r"^(.*blocks\.(\d+))\.")
 
@@ -155,7 +155,7 @@ def test_a_wrong_rewrite_is_located_in_its_block(exported, tmp_path, monkeypatch
 
 
 def test_clean_artifact_with_locate_passes_without_an_extra_run(exported, tmp_path, monkeypatch):
-    import deploykit.validation.gate as gate
+    import deploykit.workflows.validate as gate
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("locate ran for a passing artifact")
@@ -204,9 +204,9 @@ class Drifting(torch.nn.Module):
 
 
 def test_fp16_module_check_keeps_only_the_drifting_module_fp32():
-    from deploykit.export.fp16 import make_fp16
-    from deploykit.export.scopes import module_nodes
+    from deploykit.core.scopes import module_nodes
     from deploykit.runtime.ort_runner import OrtRunner
+    from deploykit.transforms.fp16 import make_fp16
     from deploykit.validation.metrics import Tolerances
 
     torch.manual_seed(0)
@@ -317,7 +317,7 @@ def test_report_html_beside_the_manifest(exported, monkeypatch):
 
     import builtins
 
-    from deploykit.validation.report import render_report
+    from deploykit.workflows.report import render_report
 
     real_import = builtins.__import__
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from deploykit.errors import ComparisonError, ConfigError, DeployKitError
+from deploykit.core.errors import ComparisonError, ConfigError, DeployKitError
 from deploykit.validation import ParityResult, Tolerances, check, compare_outputs, compute_metrics
 from deploykit.validation.metrics import REL_FLOOR
 

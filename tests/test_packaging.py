@@ -58,7 +58,7 @@ def test_wheel_carries_configs_and_data(wheel: Path):
     for family in ("convit", "ceit", "deepvit", "cvt", "hvt"):
         assert f"deploykit/export_configs/{family}.toml" in names
     assert "deploykit/data/imagenet1k_labels.txt" in names
-    assert "deploykit/export/trt_operators.json" in names
+    assert "deploykit/transforms/trt_operators.json" in names
     assert not any(n.startswith("export_configs/") for n in names)  # no stray top-level package
 
 

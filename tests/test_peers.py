@@ -11,11 +11,11 @@ import dataclasses
 import pytest
 import torch
 
-from deploykit.export.config import default_config
-from deploykit.export.pipeline import run_export
+from deploykit.core.config import default_config
 from deploykit.models import create_model, load_pretrained
 from deploykit.models.layers import QuickGELU
-from deploykit.validation.gate import validate_artifact
+from deploykit.workflows.pipeline import run_export
+from deploykit.workflows.validate import validate_artifact
 
 ATOL = 1e-5
 

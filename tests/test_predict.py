@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from deploykit import load
 from deploykit.cli import cli
-from deploykit.errors import ArtifactError, ConfigError, InputError
-from deploykit.runtime import load
+from deploykit.core.errors import ArtifactError, ConfigError, InputError
 from deploykit.runtime.ort_runner import OrtRunner
-from deploykit.runtime.predictor import imagenet_labels, softmax
+from deploykit.runtime.postprocess import imagenet_labels, softmax
 from deploykit.runtime.preprocess import Preprocessing
 from deploykit.validation import validation_batch
 
@@ -203,7 +203,7 @@ def test_predict_matches_timm_convit_tiny_on_real_photos(tmp_path):
     timm = pytest.importorskip("timm")
     import torch
 
-    from deploykit.export.pipeline import run_export
+    from deploykit.workflows.pipeline import run_export
 
     torch.manual_seed(0)
     peer = timm.create_model("convit_tiny", pretrained=False).eval()

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from deploykit.cli import WEIGHTS_FORMATS, cli
-from deploykit.errors import WeightsError
+from deploykit.core.errors import WeightsError
 from deploykit.models import create_model, load_pretrained
 from deploykit.models.pretrained import FORMATS, detect_format
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import deploykit.models as dm
-from deploykit.errors import ConfigError, UnknownModelError
+from deploykit.core.errors import ConfigError, UnknownModelError
 from deploykit.models import (
     count_parameters,
     create_model,

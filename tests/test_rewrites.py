@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from deploykit.export.rewrites import REWRITES, apply_rewrites, randomize_batchnorm_
 from deploykit.models import create_model
+from deploykit.transforms.rewrites import REWRITES, apply_rewrites, randomize_batchnorm_
 
 RULES = {r.name: r for r in REWRITES.values()}
 

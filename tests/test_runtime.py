@@ -3,10 +3,11 @@
 import numpy as np
 import torch
 
-from deploykit.export.onnx_export import export_onnx, serialize
+from deploykit.core.onnx_io import serialize
 from deploykit.runtime import run_batched
 from deploykit.runtime.ort_runner import OrtRunner, cuda_provider_loads
 from deploykit.runtime.torch_runner import TorchRunner
+from deploykit.transforms.onnx_export import export_onnx
 
 
 def test_ort_runner_reports_the_provider_in_use():

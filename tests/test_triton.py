@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from deploykit.cli import cli
-from deploykit.export.io import ordinary_mode, sha256_file
+from deploykit.core.io import ordinary_mode, sha256_file
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2",
@@ -165,7 +165,7 @@ def test_versions_are_added_never_overwritten_silently(export, tmp_path, monkeyp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(shutil, "copyfile", broken_copy)
-    from deploykit.errors import ArtifactError
+    from deploykit.core.errors import ArtifactError
     from deploykit.serving.repository import write_repository
 
     with pytest.raises(ArtifactError, match="No space left"):
@@ -281,7 +281,7 @@ def test_concurrent_load_batches_and_matches_onnxruntime(server, repo, protocol)
 def test_classify_ensemble_matches_deploykit_predict(server, export):
     import tritonclient.http as http
 
-    from deploykit.runtime import load
+    from deploykit import load
 
     client = http.InferenceServerClient(f"127.0.0.1:{server.http}")
     blobs = np.array([[p.read_bytes()] for p in PHOTOS], dtype=object)

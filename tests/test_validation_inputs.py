@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deploykit.errors import ConfigError, DeployKitError, InputError
+from deploykit.core.errors import ConfigError, DeployKitError, InputError
 from deploykit.models.base import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from deploykit.validation import ValidationBatch, validation_batch
 from deploykit.validation.inputs import _available_photos

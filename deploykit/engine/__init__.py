@@ -1,5 +1,8 @@
 """The TensorRT engine stage (TensorRT 10.3+ and 11.x): build (builder.py), run (runner.py), or write the trtexec script
-(script.py) when this machine has no TensorRT or GPU. Nothing here imports ``tensorrt`` at import time."""
+(script.py) when this machine has no TensorRT or GPU. Nothing here imports ``tensorrt`` at import time.
+
+Owns: everything that names a TensorRT API.
+May import: core, runtime."""
 
 from deploykit.engine.builder import (
     FP16_SHARE_MIN,

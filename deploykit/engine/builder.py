@@ -1,7 +1,7 @@
 """Stage: ONNX -> TensorRT engine, written against the documented Python API of TensorRT 10.3+ and 11.x.
 
 Both versions build the network **strongly typed**: the precision of every layer is the type of its
-tensors in the ONNX graph, so an FP16 engine comes from an FP16 ONNX graph (:mod:`deploykit.export.fp16`)
+tensors in the ONNX graph, so an FP16 engine comes from an FP16 ONNX graph (:mod:`deploykit.transforms.fp16`)
 and this stage only checks, through the engine inspector, that the engine really came out FP16.
 
 * TensorRT 11 is always strongly typed ("Migrating Python Code from TensorRT 10.x to 11.x": no
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import ArtifactError, DeployKitError, EngineUnavailableError
-from deploykit.export.config import BatchProfile
-from deploykit.export.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from deploykit.core.config import BatchProfile
+from deploykit.core.errors import ArtifactError, DeployKitError, EngineUnavailableError
+from deploykit.core.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 
 #: Every TensorRT name this module uses (classes, enum members, methods, properties). tests/test_engine.py
 #: checks each against the identifiers of the TensorRT 10.3 and 11.4 bindings and that the code uses no other.

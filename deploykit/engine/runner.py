@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from deploykit.core.errors import ArtifactError, EngineUnavailableError, InputError
 from deploykit.engine.builder import EngineError, require_tensorrt, sidecar_path_for
-from deploykit.errors import ArtifactError, EngineUnavailableError, InputError
 
 #: Every TensorRT name this module uses; tests/test_engine.py checks each against the TensorRT 10.3 and
 #: 11.4 bindings.

@@ -20,9 +20,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from deploykit.errors import ConfigError
-from deploykit.export.config import BatchProfile
-from deploykit.export.io import atomic_write_text
+from deploykit.core.config import BatchProfile
+from deploykit.core.errors import ConfigError
+from deploykit.core.io import atomic_write_text
 
 SCRIPT_NAME = "build_engine.sh"
 

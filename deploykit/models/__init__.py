@@ -2,7 +2,9 @@
 
 >>> from deploykit.models import create_model, list_models
 >>> model = create_model("cvt_13")
-"""
+
+Owns: the model definitions, presets, registry and checkpoint layouts.
+May import: core (and torch)."""
 
 from deploykit.models.base import DataConfig, InputShapeError, VisionModel
 from deploykit.models.registry import (

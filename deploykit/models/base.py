@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from deploykit.errors import DeployKitError
+from deploykit.core.errors import DeployKitError
 from deploykit.models.layers.drop import update_stochastic_depth_rate
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

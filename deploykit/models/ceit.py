@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.models.base import InputShapeError, VisionModel
 from deploykit.models.layers import (
     Attention,

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.models.base import VisionModel
 from deploykit.models.layers import Mlp, QuickGELU, make_drop_path
 from deploykit.models.layers.checks import choice, divisible, non_negative_int, positive_int, probability
@@ -70,7 +70,7 @@ class CvTConfig:
     ``'lin'`` is normalised to ``'linear'``. ``pos_embed`` is accepted and unused, as in the official code
     (CvT has no position embedding). ``image_size`` (extra) is the nominal input size recorded in the
     model's data config; the network itself takes any resolution.
-    Invalid values raise :class:`~deploykit.errors.ConfigError` naming the field.
+    Invalid values raise :class:`~deploykit.core.errors.ConfigError` naming the field.
     """
 
     num_stages: int

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.models.base import VisionModel
 from deploykit.models.layers import (
     Attention,

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deploykit.errors import WeightsError
+from deploykit.core.errors import WeightsError
 from deploykit.models import ceit, convit, cvt, deepvit, hvt
 from deploykit.models.registry import create_model, get_preset, list_models
 from deploykit.models.weights import WeightsInfo, check_state_dict, read_state_dict
@@ -285,7 +285,7 @@ def load_pretrained(
     ``model_or_preset``: a built model (loaded in place, its train/eval mode kept) or a preset name (built
     first, returned in eval mode). ``weights_format``
     forces a :data:`FORMATS` layout instead of detecting it. Returns ``(model, info)``; raises
-    :class:`~deploykit.errors.WeightsError` naming the problem (wrong family, wrong size, the offending keys).
+    :class:`~deploykit.core.errors.WeightsError` naming the problem (wrong family, wrong size, the offending keys).
     """
     model = create_model(model_or_preset).eval() if isinstance(model_or_preset, str) else model_or_preset
     path = Path(path)

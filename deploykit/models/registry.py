@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deploykit.errors import ConfigError, UnknownModelError
+from deploykit.core.errors import ConfigError, UnknownModelError
 from deploykit.models.base import IMAGENET_MEAN, IMAGENET_STD
 
 

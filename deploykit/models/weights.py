@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deploykit.errors import WeightsError
+from deploykit.core.errors import WeightsError, first_line
 
 _NESTING_KEYS = ("state_dict", "model", "module", "model_state", "state_dict_ema")
 
@@ -81,7 +81,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             with torch.serialization.safe_globals([argparse.Namespace]):
                 obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise WeightsError(
             f"{path} is not a readable checkpoint ({type(exc).__name__}: {first[:200]})"
         ) from None
@@ -127,7 +127,7 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 def load_weights(model: nn.Module, path: str | Path) -> WeightsInfo:
     """Strictly load a state_dict file into ``model`` (in place)."""
-    from deploykit.export.io import sha256_file
+    from deploykit.core.io import sha256_file
 
     state = read_state_dict(path)
     check_state_dict(model, state, f"weights {Path(path).name}")

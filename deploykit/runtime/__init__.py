@@ -1,7 +1,9 @@
-"""Runners (one small interface over PyTorch, ONNX Runtime and TensorRT; heavy imports are lazy) and
-:func:`load`, an exported artifact as a classifier (``.predict(images)``, ``.run(batch)``)."""
+"""Runners: one small interface (:class:`Runner`) over PyTorch and ONNX Runtime (the TensorRT runner lives in
+:mod:`deploykit.engine`), the preprocessing an artifact records, and the postprocessing from logits to classes.
+
+Owns: runners, preprocessing, postprocessing. May import: ``deploykit.core`` (and torch, lazily, in the torch
+runner only)."""
 
 from deploykit.runtime.base import Runner, run_batched
-from deploykit.runtime.predictor import Prediction, Predictor, load
 
-__all__ = ["Prediction", "Predictor", "Runner", "load", "run_batched"]
+__all__ = ["Runner", "run_batched"]

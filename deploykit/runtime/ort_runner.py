@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.errors import ArtifactError
+from deploykit.core.errors import ArtifactError, first_line
 
 
 class OrtRunner:
@@ -35,7 +35,7 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(source, options, providers=wanted)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ArtifactError(f"ONNX Runtime cannot load the model: {first}") from None
         self.providers = self.session.get_providers()
         self.input = self.session.get_inputs()[0]

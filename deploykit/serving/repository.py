@@ -27,9 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from deploykit.errors import ArtifactError, ConfigError
-from deploykit.export.io import atomic_write_text, ordinary_mode, sha256_file
-from deploykit.runtime.predictor import class_labels
+from deploykit.core.errors import ArtifactError, ConfigError
+from deploykit.core.io import atomic_write_text, ordinary_mode, sha256_file
+from deploykit.runtime.postprocess import class_labels
 from deploykit.serving.pbtxt import Enum, to_pbtxt
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")

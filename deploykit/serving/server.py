@@ -36,7 +36,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploykit.errors import ArtifactError, ConfigError, DeployKitError
+from deploykit.core.errors import ArtifactError, ConfigError, DeployKitError, first_line
 
 #: log lines after which tritonserver never becomes ready and never exits on its own
 HANG_PATTERNS = (
@@ -236,13 +236,13 @@ def _check_onnx_io(config, onnx_path: Path, where: Path) -> None:
     import onnx
     from tritonclient.grpc import model_config_pb2
 
-    from deploykit.export.io import io_signature
+    from deploykit.core.onnx_io import io_signature
     from deploykit.serving.repository import TRITON_TYPES
 
     try:
         proto = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:
-        raise ArtifactError(f"{onnx_path} is not a readable ONNX file: {str(exc).splitlines()[0]}") from None
+        raise ArtifactError(f"{onnx_path} is not a readable ONNX file: {first_line(exc)}") from None
     signature = io_signature(proto)
     initializers = {t.name for t in proto.graph.initializer}
     graph = {

@@ -1,4 +1,7 @@
-"""Validation inputs and the parity comparator."""
+"""Validation inputs and the parity comparator.
+
+Owns: comparing outputs (it never orchestrates: it is handed models, graphs and images).
+May import: core, models, runtime."""
 
 from deploykit.validation.inputs import ValidationBatch, validation_batch
 from deploykit.validation.metrics import (

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import deploykit
-from deploykit.errors import ArtifactError, ConfigError
-from deploykit.export.io import atomic_write_text
+from deploykit.core.errors import ArtifactError, ConfigError
+from deploykit.core.io import atomic_write_text
 
 ERROR_METRICS = ("max_abs", "mean_abs", "max_rel")
 AGREEMENT_METRICS = ("cosine_min", "cosine_mean", "top1", "top5")
@@ -43,7 +43,7 @@ class Regression:
 
 
 def baseline_record(report) -> dict[str, Any]:
-    """What a baseline file stores for a :class:`~deploykit.validation.gate.ValidationReport`."""
+    """What a baseline file stores for a :class:`~deploykit.workflows.validate.ValidationReport`."""
     metrics = {
         name: {k: getattr(m, k) for k in (*ERROR_METRICS, *AGREEMENT_METRICS) if getattr(m, k) is not None}
         for name, m in report.parity.outputs.items()

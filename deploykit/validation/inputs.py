@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from deploykit.errors import InputError
+from deploykit.core.errors import InputError
 from deploykit.runtime.preprocess import Preprocessing, expand_image_paths, load_image, to_array
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 The reference is the PyTorch model with forward hooks on its modules; the candidate is either a second
 PyTorch model (the rewritten one: stage ``rewrites``) or an ONNX graph whose module outputs are found
-from the module scopes the export keeps on its nodes (:mod:`deploykit.export.scopes`) and exposed as
+from the module scopes the export keeps on its nodes (:mod:`deploykit.core.scopes`) and exposed as
 extra graph outputs for one ONNX Runtime run. Modules are compared in execution order (the position of the
 node producing their output; a module before its parent), so the first one that diverges is the deepest
 module where the error starts, never an earlier one that merely carries it.
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from deploykit.export.scopes import FLOAT_TYPES, ModuleOutput, expose_tensors, module_outputs, tensor_types
+from deploykit.core.scopes import FLOAT_TYPES, ModuleOutput, expose_tensors, module_outputs, tensor_types
 from deploykit.validation.metrics import Tolerances, sample_cosine
 
 #: images the module comparison runs on (the worst ones of the failed parity check)
@@ -297,31 +297,3 @@ def locate_between_graphs(
     first, stats = first_divergence(order, ref, cand, images, tol)
     found = _divergence(first, stats[first], "module", stage, by_module[first]) if first else None
     return LocateReport(stage, found, len(stats), len(order) - len(stats), len(images), _thresholds(tol))
-
-
-def locate_failure(
-    model,
-    images: np.ndarray,
-    reference: np.ndarray,
-    candidate: np.ndarray,
-    fp32: Tolerances,
-    tol: Tolerances,
-    graph: onnx.ModelProto | None,
-    stage: str,
-    rewritten=None,
-) -> LocateReport:
-    """Locate a failed parity check: first the export rewrites (PyTorch against PyTorch, FP32
-    tolerances), then ``graph`` (the ONNX the failing candidate ran) against PyTorch with ``tol``.
-
-    ``rewritten``: the rewritten model when the caller has it (the export pipeline); otherwise the
-    registered rewrites are applied to ``model`` again.
-    """
-    from deploykit.export import rewrites
-
-    picked = images[worst_images(reference, candidate)]
-    if rewritten is None:
-        rewritten, _ = rewrites.apply_rewrites(model)
-    report = locate_in_torch(model, rewritten, picked, fp32, "rewrites")
-    if report.first is not None or graph is None:
-        return report
-    return locate_in_onnx(model, graph, picked, tol, stage)

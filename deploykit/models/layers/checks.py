@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 
 
 def positive_int(name: str, value: object) -> int:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 from deploykit.models.layers.checks import probability
 
 

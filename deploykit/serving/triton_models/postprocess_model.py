@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from deploykit.runtime.predictor import softmax, topk_indices
+from deploykit.runtime.postprocess import softmax, topk_indices
 
 
 class TritonPythonModel:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

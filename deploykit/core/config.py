@@ -7,6 +7,7 @@ file and the key. ``--config FILE`` takes any such file.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -22,14 +23,47 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     from importlib.abc import Traversable
 
-from deploykit.errors import ConfigError
-from deploykit.validation.metrics import Tolerances
+from deploykit.core.errors import ConfigError
 
 #: the package the shipped ``<family>.toml`` files are installed as (the repository's ``export_configs/``)
 CONFIG_PACKAGE = "deploykit.export_configs"
 EXPORTERS = ("dynamo", "torchscript")
 #: LayerNormalization is a single op from opset 17; TensorRT 11's parser documents opsets up to 24
 MIN_OPSET, MAX_OPSET = 17, 24
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Parity thresholds for one precision: ``max_abs`` bounds the max abs error of every output."""
+
+    max_abs: float
+    min_cosine: float
+    min_top1: float
+    min_top5: float | None = None
+    #: reference-logit gap under which a top-1 disagreement is a near-tie (0 = strict top-1)
+    top1_margin: float = 0.0
+    #: ``--locate``: a module output diverges when its max abs error exceeds this fraction of the
+    #: reference's max abs value, or its cosine similarity falls below ``module_min_cosine``
+    module_max_rel: float = 1e-3
+    module_min_cosine: float = 0.9999
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_abs",
+            "min_cosine",
+            "min_top1",
+            "min_top5",
+            "top1_margin",
+            "module_max_rel",
+            "module_min_cosine",
+        ):
+            v = getattr(self, name)
+            if v is None and name == "min_top5":
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ConfigError(f"tolerances.{name} must be a finite non-negative number, got {v!r}")
+            if name not in ("max_abs", "top1_margin", "module_max_rel") and v > 1:
+                raise ConfigError(f"tolerances.{name} is a fraction in [0, 1], got {v!r}")
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ def activation_ranges(
     bounded by 1, scaling by a constant or by a gate in [-1, 1]) it is used instead: fewer exposed tensors
     leave ONNX Runtime its fusions (e.g. QuickGelu), which keeps the run close to a plain inference. Runs
     ``chunk`` images at a time (2: 20 % faster than 8 for CvT-13 here, the activations stay in cache)."""
-    from deploykit.export.scopes import tensor_types
+    from deploykit.core.scopes import tensor_types
     from deploykit.runtime.ort_runner import OrtRunner
 
     types = tensor_types(proto)
@@ -283,7 +283,7 @@ def range_blocks(proto: onnx.ModelProto, peaks: dict[str, float]) -> list[dict]:
 def convert(proto: onnx.ModelProto, block_nodes: set[str], fp16_io: bool = False) -> onnx.ModelProto:
     from onnxconverter_common import float16
 
-    from deploykit.export.scopes import types_declared
+    from deploykit.core.scopes import types_declared
 
     src = onnx.ModelProto()
     src.CopyFrom(proto)
@@ -306,7 +306,7 @@ def _module_check(
     """Keep FP32 the nodes of the first module that drifts in FP16 from the FP32 graph, again and again,
     until the logits pass, no module drifts past the module tolerances, or :data:`MODULE_ROUNDS` is
     reached. Returns the last converted graph and its logits."""
-    from deploykit.export.scopes import module_nodes
+    from deploykit.core.scopes import module_nodes
     from deploykit.validation.locate import locate_between_graphs, worst_images
 
     for _ in range(MODULE_ROUNDS):

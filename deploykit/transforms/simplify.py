@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from deploykit.core.errors import first_line
+
 
 @dataclass(frozen=True)
 class SimplifyResult:
@@ -26,8 +28,7 @@ class SimplifyResult:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def simplify_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifyResult]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deploykit.export.rewrites.base import Rewrite, register_rewrite
 from deploykit.models.hvt import TokenPool
+from deploykit.transforms.rewrites.base import Rewrite, register_rewrite
 
 
 class TokenPool2d(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deploykit.export.rewrites.base import Rewrite, fold_conv_bn, randomize_batchnorm_, register_rewrite
 from deploykit.models.cvt import ConvProjection
+from deploykit.transforms.rewrites.base import Rewrite, fold_conv_bn, randomize_batchnorm_, register_rewrite
 
 
 class ConvProjectionFolded(nn.Module):

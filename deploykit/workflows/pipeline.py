@@ -1,6 +1,6 @@
 """The export pipeline: build -> rewrite -> onnx -> simplify -> validate -> lint -> fp16 -> engine ->
 manifest (with ``fp16``, also fp16-reference after rewrite: it hands the FP16 check's images, their
-PyTorch reference and the range screen to a background process, see :mod:`deploykit.export.background`).
+PyTorch reference and the range screen to a background process, see :mod:`deploykit.workflows.background`).
 
 Each stage is a plain function over one :class:`ExportState`; :data:`STAGES` lists them in order, and each
 name is both its progress line and its key in the manifest (``timings_s``, ``parity``). :func:`run_export`
@@ -28,25 +28,25 @@ import torch
 from torch import nn
 
 import deploykit
-from deploykit.errors import ExportError, ParityError
-from deploykit.export import rewrites
-from deploykit.export.config import ExportConfig, default_config
-from deploykit.export.io import (
+from deploykit.core.config import ExportConfig, default_config
+from deploykit.core.errors import ExportError, ParityError
+from deploykit.core.io import (
     atomic_write_bytes,
     atomic_write_text,
     ensure_writable_dir,
-    io_signature,
     sha256_bytes,
     staging_dir,
 )
-from deploykit.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx, serialize, set_metadata
-from deploykit.export.scopes import carry_scopes
-from deploykit.export.simplify import SimplifyResult, simplify_onnx
+from deploykit.core.onnx_io import io_signature, serialize, set_metadata
+from deploykit.core.scopes import carry_scopes
 from deploykit.models import create_model, get_preset, load_pretrained
 from deploykit.models.weights import WeightsInfo
 from deploykit.runtime.base import run_batched
 from deploykit.runtime.ort_runner import OrtRunner
 from deploykit.runtime.torch_runner import TorchRunner
+from deploykit.transforms import rewrites
+from deploykit.transforms.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from deploykit.transforms.simplify import SimplifyResult, simplify_onnx
 from deploykit.validation import ParityResult, compare_outputs, validation_batch
 from deploykit.validation.metrics import per_sample
 
@@ -158,7 +158,7 @@ class ExportState:
     # fp16
     fp16_proto: onnx.ModelProto | None = None
     fp16_info: dict[str, Any] = field(default_factory=dict)
-    worker: Any = None  # the background process (deploykit.export.background.Worker)
+    worker: Any = None  # the background process (deploykit.workflows.background.Worker)
     jobs: dict[str, Any] = field(default_factory=dict)  # its jobs: "inputs", "screen"
     fp16_images: np.ndarray | None = None
     fp16_rows: list[int | None] = field(default_factory=list)  # row of each FP16 image in images, or None
@@ -232,16 +232,16 @@ def fp16_inputs(context: dict, count: int, seed: int, inputs_dir, batch: int) ->
 def fp16_screen(context: dict, picks: np.ndarray) -> float:
     """A background job: the range check's PyTorch screen (max |x| over every op output of the rewritten
     model, i.e. the model the ONNX graph was exported from) on the FP32 stages' images ``picks``."""
-    from deploykit.export.fp16 import torch_peak
+    from deploykit.transforms.fp16 import torch_peak
 
     return torch_peak(context["rewritten"], context["images"][picks])
 
 
 def stage_fp16_reference(state: ExportState) -> None:
-    """Start the background process (:mod:`deploykit.export.background`) with the FP16 stage's work that
+    """Start the background process (:mod:`deploykit.workflows.background`) with the FP16 stage's work that
     needs no graph, on the core the ONNX export leaves idle: the FP16 check's >= :data:`FP16_IMAGES` images
     with the PyTorch reference of those the FP32 stages do not have, then the range check's screen."""
-    from deploykit.export.background import Worker
+    from deploykit.workflows.background import Worker
 
     config = state.config
     context = {"model": state.model, "rewritten": state.rewritten, "images": state.images}
@@ -313,7 +313,7 @@ def stage_validate(state: ExportState) -> None:
 
 def stage_lint(state: ExportState) -> None:
     """The final graph against TensorRT's ONNX-parser operator table."""
-    from deploykit.export.lint import lint_model
+    from deploykit.transforms.lint import lint_model
 
     state.lint = lint_model(state.proto)
 
@@ -322,8 +322,8 @@ def stage_fp16(state: ExportState) -> None:
     """The mixed-precision graph (FP32 islands), validated on >= 64 images against PyTorch FP32 (the
     build stage's rows and the background process's). The range check runs over :data:`RANGE_IMAGES` of
     the FP32 stages' images, spread over their kinds (photos first, noise last)."""
-    from deploykit.export.fp16 import make_fp16
-    from deploykit.export.lint import lint_model
+    from deploykit.transforms.fp16 import make_fp16
+    from deploykit.transforms.lint import lint_model
 
     t = time.perf_counter()
     inputs, screen = state.jobs["inputs"], state.jobs["screen"]
@@ -570,7 +570,7 @@ def _not_simplified(proto: onnx.ModelProto) -> SimplifyResult:
 
 
 def _write_manifest(state: ExportState) -> None:
-    from deploykit.validation.report import render_report
+    from deploykit.workflows.report import render_report
 
     state.manifest = _manifest(state)
     atomic_write_text(state.staging / "manifest.json", json.dumps(state.manifest, indent=2) + "\n")
@@ -579,7 +579,7 @@ def _write_manifest(state: ExportState) -> None:
 
 def _reject(state: ExportState) -> None:
     """Parity failed: find the first diverging module, move everything to ``rejected/``, raise."""
-    from deploykit.validation.locate import locate_failure
+    from deploykit.workflows.locate import locate_failure
 
     key = state.failed()
     result = state.parity[key]

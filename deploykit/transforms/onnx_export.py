@@ -6,13 +6,12 @@ import contextlib
 import io
 import logging
 import warnings
-from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
-from deploykit.errors import ExportError
+from deploykit.core.errors import ExportError, first_line
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -86,7 +85,7 @@ def export_onnx(
     except ExportError:
         raise
     except Exception as exc:  # the exporters raise many unrelated types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(f"{exporter} exporter failed: {first}") from exc
     check_dynamic_batch(proto)
     return proto
@@ -98,34 +97,3 @@ def check_dynamic_batch(proto: onnx.ModelProto) -> None:
         if not dims or dims[0].dim_param == "" or dims[0].HasField("dim_value"):
             shown = [d.dim_param or d.dim_value for d in dims]
             raise ExportError(f"exported graph has a static batch axis on {value.name!r}: {shown}")
-
-
-def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
-    """Replace the model's ``metadata_props`` with ``metadata`` (sorted keys: deterministic bytes)."""
-    del proto.metadata_props[:]
-    for key in sorted(metadata):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(metadata[key])
-
-
-def serialize(proto: onnx.ModelProto) -> bytes:
-    """One self-contained file (protobuf limit: 2 GB; every preset here is far below it)."""
-    data = proto.SerializeToString(deterministic=True)
-    if len(data) >= 2**31:
-        raise ExportError("model exceeds the 2 GB single-file ONNX limit")
-    return data
-
-
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    from deploykit.errors import ArtifactError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"ONNX file not found: {path}")
-    try:
-        proto = onnx.load(str(path))
-        onnx.checker.check_model(proto)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"{path} is not a valid ONNX model: {first}") from None
-    return proto

@@ -13,19 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
-from deploykit.errors import ArtifactError
-from deploykit.export.config import ExportConfig, default_config
-from deploykit.export.io import atomic_write_text, sha256_file
+from deploykit.core.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES
+from deploykit.core.config import ExportConfig, default_config
+from deploykit.core.errors import ArtifactError
+from deploykit.core.io import atomic_write_text, sha256_file
 from deploykit.models import get_preset
 from deploykit.runtime.base import run_batched
-from deploykit.runtime.predictor import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.validation.baseline import Regression
 from deploykit.validation.inputs import validation_batch
-from deploykit.validation.locate import LocateReport, locate_failure
+from deploykit.validation.locate import LocateReport
 from deploykit.validation.metrics import ParityResult, compare_outputs
+from deploykit.workflows.locate import locate_failure
 
 
 @dataclass
@@ -82,17 +82,8 @@ class ValidationReport:
         }
 
 
-def onnx_precision(proto: onnx.ModelProto) -> str:
-    """``fp16`` when the graph says so (deploykit metadata) or most weights are half precision."""
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if "deploykit.precision" in meta:
-        return meta["deploykit.precision"]
-    half = sum(1 for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
-    return "fp16" if half > len(proto.graph.initializer) / 2 else "fp32"
-
-
 def _onnx_runner(path: Path, expected: tuple[int, ...]):
-    from deploykit.export.onnx_export import load_onnx
+    from deploykit.core.onnx_io import load_onnx, onnx_precision
     from deploykit.runtime.ort_runner import OrtRunner
 
     proto = load_onnx(path)
@@ -106,8 +97,8 @@ def _onnx_runner(path: Path, expected: tuple[int, ...]):
 
 def _engine_source(path: Path):
     """The ONNX file an engine was built from, when it is beside the engine (for --locate)."""
+    from deploykit.core.onnx_io import load_onnx
     from deploykit.engine.runner import read_sidecar
-    from deploykit.export.onnx_export import load_onnx
 
     source = path.parent / str(read_sidecar(path).get("source_onnx", {}).get("file", ""))
     return load_onnx(source) if source.is_file() and source.suffix == ".onnx" else None
@@ -124,7 +115,7 @@ def validate_artifact(
 ) -> ValidationReport:
     """Parity of ``artifact`` against the PyTorch preset; with ``locate``, a failure is traced to the first
     diverging module (no extra work when parity holds)."""
-    from deploykit.export.pipeline import build_model
+    from deploykit.workflows.pipeline import build_model
 
     path = Path(artifact)
     if not path.is_file():

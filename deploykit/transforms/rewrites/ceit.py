@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from deploykit.export.rewrites.base import Rewrite, fold_conv_bn, randomize_batchnorm_, register_rewrite
 from deploykit.models.ceit import Image2Tokens, LeFF
+from deploykit.transforms.rewrites.base import Rewrite, fold_conv_bn, randomize_batchnorm_, register_rewrite
 
 
 class Image2TokensFolded(nn.Module):

@@ -1,6 +1,14 @@
 """Typed errors. Library code raises these; only the CLI turns them into messages and exit codes."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when the message is empty."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
 class DeployKitError(Exception):
     """Base class of every error deploykit raises on purpose."""
 

@@ -36,7 +36,7 @@ import onnx
 import onnx.inliner
 from onnx import TensorProto, numpy_helper
 
-from deploykit.errors import ConfigError
+from deploykit.core.errors import ConfigError
 
 TABLE_PATH = Path(__file__).with_name("trt_operators.json")
 DEFAULT_DOMAINS = ("", "ai.onnx")

@@ -1,7 +1,7 @@
 """Registered export rewrites (importing a family's module registers its rewrites)."""
 
-from deploykit.export.rewrites import ceit, common, convit, cvt, deepvit, hvt  # noqa: F401  (registration)
-from deploykit.export.rewrites.base import (
+from deploykit.transforms.rewrites import ceit, common, convit, cvt, deepvit, hvt  # noqa: F401  (registration)
+from deploykit.transforms.rewrites.base import (
     REWRITES,
     Rewrite,
     RewriteRecord,

@@ -1,4 +1,4 @@
-"""Atomic artifact writes, file fingerprints and an ONNX file's I/O signature."""
+"""Atomic artifact writes, writable-directory checks and file fingerprints (torch-free, onnx-free)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from deploykit.errors import ArtifactError
-
-if TYPE_CHECKING:
-    import onnx
+from deploykit.core.errors import ArtifactError
 
 
 def sha256_file(path: str | Path) -> str:
@@ -94,18 +90,3 @@ def staging_dir(out_dir: Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def io_signature(proto: onnx.ModelProto) -> dict[str, Any]:
-    """``{"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}``; a symbolic dim is its name."""
-    import onnx
-
-    def desc(v: onnx.ValueInfoProto) -> dict[str, Any]:
-        t = v.type.tensor_type
-        return {
-            "name": v.name,
-            "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(),
-            "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
-        }
-
-    return {"inputs": [desc(v) for v in proto.graph.input], "outputs": [desc(v) for v in proto.graph.output]}

@@ -21,7 +21,6 @@ inside the functions, so importing this module is cheap.
 from __future__ import annotations
 
 import datetime
-import functools
 import gc
 import io
 import json
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from deploykit.errors import ArtifactError, ConfigError, UnknownModelError
+from deploykit.core.errors import ArtifactError, ConfigError, UnknownModelError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -175,7 +174,7 @@ def _export_dir(
     """The export directory of ``target``: the directory itself, the directory of an ``.onnx`` / engine
     file in it, or (a preset name) a fresh FP32 + FP16 export in a temporary directory, removed afterwards.
     Yields ``(directory, is_temporary)``."""
-    from deploykit.runtime.predictor import ENGINE_SUFFIXES, ONNX_SUFFIXES
+    from deploykit.core.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES
 
     path = Path(target)
     if path.is_dir():
@@ -200,7 +199,7 @@ def _export_dir(
             f"{str(target)!r} is neither an export directory nor a preset: {exc}"
         ) from None
     from deploykit.engine.builder import tensorrt_available
-    from deploykit.export.pipeline import run_export
+    from deploykit.workflows.pipeline import run_export
 
     engine = "tensorrt" in runtimes and tensorrt_available()[0]
     with tempfile.TemporaryDirectory(prefix=f"deploykit-bench-{preset.name}-") as tmp:
@@ -230,7 +229,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
 
 def _eager_model(manifest: dict[str, Any], directory: Path, with_weights: bool) -> nn.Module:
     """The preset the export came from, rebuilt as ``manifest.json`` records it (size, seed, weights)."""
-    from deploykit.export.pipeline import build_model
+    from deploykit.workflows.pipeline import build_model
 
     config = manifest.get("export_config") or {}
     weights = manifest.get("weights") or None
@@ -358,8 +357,8 @@ def _runners(
             say(f"loading {name} (ONNX Runtime, {threads} threads)")
             out.append(("onnxruntime", precision, OrtRunner(path, threads=threads), None))
     if "tensorrt" in runtimes:
+        from deploykit.core.artifacts import ENGINE_SUFFIXES
         from deploykit.engine.builder import tensorrt_available
-        from deploykit.runtime.predictor import ENGINE_SUFFIXES
 
         ok, reason = tensorrt_available()
         engines = sorted(p for p in directory.iterdir() if p.suffix in ENGINE_SUFFIXES and p.is_file())
@@ -523,7 +522,7 @@ def _time_cases(
         try:
             case.runner.run(case.x)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise ArtifactError(
                 f"{case.runtime} {case.precision} batch {case.batch} failed: {first}"
             ) from None
@@ -681,7 +680,7 @@ def plot(report: BenchReport, path: str | Path) -> Path:
     import numpy as np
     from matplotlib.figure import Figure  # the object API: no pyplot, no global backend switch
 
-    from deploykit.export.io import atomic_write_bytes
+    from deploykit.core.io import atomic_write_bytes
 
     batches = sorted({r.batch for r in report.results})
     fig = Figure(figsize=(max(4.0, 3.2 * len(batches) + 1), 4.2), layout="constrained")
@@ -712,43 +711,9 @@ def plot(report: BenchReport, path: str | Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-# ---------------------------------------------------------------------------------------------------- CLI
-def _cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``deploykit.cli._handle_errors`` around ``fn``, looked up when the command runs: ``deploykit.cli``
-    registers this command, so importing it here at module level would be circular."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from deploykit.cli import _handle_errors
-
-        return _handle_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
-@click.command("bench")
-@click.argument("target", metavar="ARTIFACT|PRESET")
-@click.option("--batch", "batch", default="1,8", show_default=True, help="Batch sizes, comma-separated.")
-@click.option(
-    "--runtime",
-    "runtime",
-    default=",".join(RUNTIMES),
-    show_default=True,
-    help="Runtimes to benchmark, comma-separated.",
-)
-@click.option(
-    "--threads", type=int, help="Threads for PyTorch and ONNX Runtime (default: the physical cores)."
-)
-@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed rounds first.")
-@click.option("--iters", type=int, default=30, show_default=True, help="Timed rounds (samples per case).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the results as JSON.")
-@click.option(
-    "--plot", "plot_out", type=click.Path(dir_okay=False), help="Write latency distributions as a PNG."
-)
-@click.option("--quiet", is_flag=True, help="No progress output.")
-@_cli_errors
-def bench_cmd(
+def bench_command(
     target: str,
+    *,
     batch: str,
     runtime: str,
     threads: int | None,
@@ -758,12 +723,10 @@ def bench_cmd(
     plot_out: str | None,
     quiet: bool,
 ) -> None:
-    """Latency of ARTIFACT (an export directory, or an .onnx / engine file in one) or of PRESET (exported
-    into a temporary directory first) on PyTorch eager, ONNX Runtime FP32/FP16 and TensorRT, interleaved
-    in one process: min/p50/p90/p99/mean ms, images/s, ratio to eager, GFLOP/s beside the MatMul ceiling."""
+    """``deploykit bench``: run, print the table and what was skipped, write the JSON and the plot."""
     from rich.console import Console
 
-    from deploykit.export.io import atomic_write_text
+    from deploykit.core.io import atomic_write_text
 
     if plot_out:
         require_matplotlib()

@@ -1,0 +1,65 @@
+"""ONNX files in and out, with one error type: load (checked), serialize (deterministic bytes), metadata,
+the I/O signature and the precision of a graph. Imports onnx, never torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from deploykit.core.errors import ArtifactError, ExportError, first_line
+
+#: metadata key of the precision deploykit writes into every graph it exports
+PRECISION_KEY = "deploykit.precision"
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"ONNX file not found: {path}")
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise ArtifactError(f"{path} is not a valid ONNX model: {first_line(exc)}") from None
+    return proto
+
+
+def serialize(proto: onnx.ModelProto) -> bytes:
+    """One self-contained file (protobuf limit: 2 GB; every preset here is far below it)."""
+    data = proto.SerializeToString(deterministic=True)
+    if len(data) >= 2**31:
+        raise ExportError("model exceeds the 2 GB single-file ONNX limit")
+    return data
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Replace the model's ``metadata_props`` with ``metadata`` (sorted keys: deterministic bytes)."""
+    del proto.metadata_props[:]
+    for key in sorted(metadata):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(metadata[key])
+
+
+def io_signature(proto: onnx.ModelProto) -> dict[str, Any]:
+    """``{"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}``; a symbolic dim is its name."""
+
+    def desc(v: onnx.ValueInfoProto) -> dict[str, Any]:
+        t = v.type.tensor_type
+        return {
+            "name": v.name,
+            "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(),
+            "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
+        }
+
+    return {"inputs": [desc(v) for v in proto.graph.input], "outputs": [desc(v) for v in proto.graph.output]}
+
+
+def onnx_precision(proto: onnx.ModelProto) -> str:
+    """``fp16`` when the graph says so (deploykit metadata) or most weights are half precision."""
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if PRECISION_KEY in meta:
+        return meta[PRECISION_KEY]
+    half = sum(1 for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
+    return "fp16" if half > len(proto.graph.initializer) / 2 else "fp32"

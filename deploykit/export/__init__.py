@@ -1,1 +1,0 @@
-"""Export pipeline: rewrites -> ONNX -> simplify -> validate -> lint -> manifest (each stage runnable alone)."""
