@@ -60,69 +60,9 @@ def cli(verbose: bool) -> None:
 @_handle_errors
 def list_cmd(pattern: str | None) -> None:
     """List registered presets (optionally matching an fnmatch PATTERN such as 'cvt*')."""
-    from rich.console import Console
-    from rich.table import Table
+    from deploykit.workflows.info import list_command
 
-    from deploykit.models import get_preset, list_aliases, list_models, preset_parameter_count
-
-    table = Table(title="deploykit presets")
-    for col in ("preset", "family", "params (M)", "reference (M)", "input size", "reference"):
-        table.add_column(col, justify="right" if "(M)" in col else "left")
-    for name in list_models(pattern):
-        p = get_preset(name)
-        params = preset_parameter_count(name)
-        ref = (
-            "" if p.reference_params_m is None else f"{p.reference_params_m:.{p.reference_params_decimals}f}"
-        )
-        size = p.kwargs.get("image_size", 224)
-        table.add_row(name, p.family, f"{params / 1e6:.3f}", ref, f"{size}x{size}", p.reference)
-    console = Console(width=max(Console().width, 120))
-    console.print(table)
-    aliases = ", ".join(f"{a} -> {t}" for a, t in list_aliases().items())
-    console.print(f"family aliases: {aliases}")
-
-
-class _Progress:
-    """Per-stage progress lines on stderr (``--quiet`` silences them)."""
-
-    def __init__(self, quiet: bool) -> None:
-        import time
-
-        self.quiet = quiet
-        self.t0 = time.perf_counter()
-        self.clock = time.perf_counter
-
-    def __call__(self, stage: str, message: str) -> None:
-        if not self.quiet:
-            click.echo(f"[{self.clock() - self.t0:6.1f}s] {stage:<14} {message}", err=True)
-
-
-def _resolve_config(
-    family: str,
-    config_path: str | None,
-    opset: int | None,
-    batch: str | None,
-    exporter: str | None,
-    no_simplify: bool,
-):
-    import dataclasses
-
-    from deploykit.core.config import BatchProfile, default_config, load_config
-    from deploykit.core.errors import ConfigError
-
-    config = load_config(config_path) if config_path else default_config(family)
-    if config.family != family:
-        raise ConfigError(f"config {config.source} is for family {config.family!r}, the model is {family!r}")
-    changes: dict[str, Any] = {}
-    if opset is not None:
-        changes["opset"] = opset
-    if batch is not None:
-        changes["batch"] = BatchProfile.parse(batch)
-    if exporter is not None:
-        changes["exporter"] = exporter
-    if no_simplify:
-        changes["simplify"] = False
-    return dataclasses.replace(config, **changes) if changes else config
+    list_command(pattern)
 
 
 @cli.command("export")
@@ -185,51 +125,25 @@ def export_cmd(
     quiet: bool,
 ) -> None:
     """Export MODEL (a preset or family alias) to a validated, simplified, dynamic-batch ONNX file."""
-    from deploykit.core.errors import ConfigError
-    from deploykit.models import get_preset
-    from deploykit.workflows.pipeline import run_export
+    from deploykit.workflows.pipeline import export_command
 
-    preset = get_preset(model)
-    config = _resolve_config(preset.family, config_path, opset, batch, exporter, no_simplify)
-    if fp16_io and not fp16:
-        raise ConfigError("--fp16-io needs --fp16")
-    result = run_export(
-        preset.name,
-        out_dir,
-        config,
-        weights,
-        inputs_dir,
-        progress=_Progress(quiet),
+    export_command(
+        model,
+        config_path=config_path,
+        out_dir=out_dir,
+        opset=opset,
+        batch=batch,
+        weights=weights,
+        weights_format=weights_format,
+        exporter=exporter,
+        no_simplify=no_simplify,
+        inputs_dir=inputs_dir,
         fp16=fp16,
         fp16_io=fp16_io,
-        engine=not no_engine,
+        no_engine=no_engine,
         timing_cache=timing_cache,
-        weights_format=weights_format,
+        quiet=quiet,
     )
-    final = result.parity["dynamic batch"]
-    lint = result.manifest["lint"]
-    click.echo(
-        f"exported {preset.name} -> {result.onnx_path}  "
-        f"(max abs logit error {final.worst_metric('max_abs'):.2e}, top-1 agreement "
-        f"{final.worst_metric('top1'):.0%}, lint violations {len(lint['violations'])})"
-    )
-    if fp16:
-        half = result.parity["fp16"]
-        info = result.manifest["fp16"]
-        click.echo(
-            f"fp16 -> {result.out_dir / 'model.fp16.onnx'}  (cosine min {half.worst_metric('cosine_min'):.6f}, top-1 "
-            f"{half.worst_metric('top1'):.1%} ({half.worst_metric('top1_decisive'):.1%} counting near-ties as agreement), max abs {half.worst_metric('max_abs'):.2e} on {info['images']} images; "
-            f"{info['size_ratio']:.2f}x the fp32 file; {len(info['kept_fp32'])} nodes kept FP32; "
-            f"lint violations {len(info['lint']['violations'])})"
-        )
-    engine = result.manifest["engine"]
-    if engine["status"].startswith("skipped"):
-        click.echo(
-            f"engine: {engine['status']}; run {result.out_dir / engine['script']} on the target GPU "
-            "(trtexec of TensorRT 10.3+ or 11.x) to build it there"
-        )
-    elif engine["status"] == "built":
-        click.echo(f"engine -> {result.out_dir / 'model.engine'} ({engine.get('precision', '')})")
 
 
 @cli.command("inspect")
@@ -238,47 +152,9 @@ def export_cmd(
 @_handle_errors
 def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
     """Opset, inputs/outputs, op histogram, size, metadata and TensorRT-parser lint of ONNX_FILE."""
-    import json
-    from collections import Counter
-    from pathlib import Path
+    from deploykit.workflows.info import inspect_command
 
-    from deploykit.core.io import atomic_write_text
-    from deploykit.core.onnx_io import io_signature, load_onnx
-    from deploykit.transforms.lint import format_report, lint_model
-
-    proto = load_onnx(onnx_file)
-    size = Path(onnx_file).stat().st_size
-    opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
-    ops = Counter(n.op_type for n in proto.graph.node)
-    sig = io_signature(proto)
-    lint = lint_model(proto)
-    click.echo(
-        f"{onnx_file}: {size / 1e6:.2f} MB, {len(proto.graph.node)} nodes, "
-        f"{len(proto.graph.initializer)} initializers, opsets {opsets}"
-    )
-    for kind in ("inputs", "outputs"):
-        for v in sig[kind]:
-            click.echo(f"  {kind[:-1]:<6} {v['name']}: {v['dtype']} {v['shape']}")
-    click.echo("  ops: " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
-    for p in proto.metadata_props:
-        click.echo(f"  meta {p.key} = {p.value}")
-    click.echo(
-        "  lint: " + ("no TensorRT-parser violations" if lint.ok else f"{len(lint.violations)} violation(s)")
-    )
-    if not lint.ok:
-        click.echo(format_report(lint))
-    if json_out:
-        facts = {
-            "file": onnx_file,
-            "bytes": size,
-            "nodes": len(proto.graph.node),
-            "opsets": opsets,
-            "ops": dict(ops.most_common()),
-            **sig,
-            "metadata": {p.key: p.value for p in proto.metadata_props},
-            "lint": lint.to_dict(),
-        }
-        atomic_write_text(json_out, json.dumps(facts, indent=2) + "\n")
+    inspect_command(onnx_file, json_out)
 
 
 @cli.command("validate")
@@ -327,33 +203,22 @@ def validate_cmd(
     Exit 0 parity holds (and no metric regressed from --baseline); 1 parity fails or a metric regressed;
     2 bad usage or input.
     """
-    from deploykit.core.errors import ConfigError
-    from deploykit.models import get_preset
-    from deploykit.validation.baseline import compare_baseline, read_baseline, write_baseline
-    from deploykit.workflows.validate import validate_artifact, write_json, write_junit
+    from deploykit.workflows.validate import validate_command
 
-    if update_baseline and not baseline_path:
-        raise ConfigError("--update-baseline needs --baseline FILE")
-    preset = get_preset(model)
-    config = _resolve_config(preset.family, config_path, None, None, None, False)
-    baseline = read_baseline(baseline_path) if baseline_path and not update_baseline else None
-    report = validate_artifact(
-        artifact, preset.name, weights, inputs_dir, config, weights_format=weights_format, locate=locate
+    code = validate_command(
+        artifact,
+        model=model,
+        weights=weights,
+        weights_format=weights_format,
+        inputs_dir=inputs_dir,
+        config_path=config_path,
+        json_out=json_out,
+        junit_out=junit_out,
+        locate=locate,
+        baseline_path=baseline_path,
+        update_baseline=update_baseline,
     )
-    if baseline is not None:
-        report.regressions = compare_baseline(report, baseline, config.baseline_factor)
-    if json_out:
-        write_json(report, json_out)
-    if junit_out:
-        write_junit(report, junit_out)
-    click.echo(report.summary())
-    if update_baseline:
-        if report.passed:
-            write_baseline(report, baseline_path)
-            click.echo(f"baseline written: {baseline_path}")
-        else:
-            click.echo(f"baseline not written: parity failed ({baseline_path} unchanged)")
-    sys.exit(0 if report.passed else 1)
+    sys.exit(code)
 
 
 @cli.command("predict")
@@ -383,31 +248,9 @@ def predict_cmd(
     Preprocessing (resize, crop, interpolation, mean/std) comes from the artifact's own record of its
     preset. Exit 0 done; 2 bad input (missing, unreadable or truncated image, bad artifact, bad option).
     """
-    import json
+    from deploykit.workflows.predict import predict_command
 
-    from rich.console import Console
-    from rich.table import Table
-
-    from deploykit.core.io import atomic_write_text
-    from deploykit.runtime.preprocess import expand_image_paths
-    from deploykit.workflows.predict import load
-
-    files = expand_image_paths(images)
-    predictor = load(artifact, labels=labels)
-    results = predictor.predict(files, top_k=top_k, batch_size=batch_size)
-    table = Table(title=f"{artifact} ({predictor.runner.name})")
-    table.add_column("image", overflow="fold")
-    for col in ("#", "class", "label", "prob"):
-        table.add_column(col, justify="left" if col == "label" else "right")
-    for result in results:
-        for rank, top in enumerate(result.topk, 1):
-            table.add_row(
-                result.image if rank == 1 else "", str(rank), str(top.cls), top.label, f"{top.prob:.4f}"
-            )
-        table.add_section()
-    Console(width=max(Console().width, 100)).print(table)
-    if json_out:
-        atomic_write_text(json_out, json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    predict_command(artifact, images, top_k=top_k, labels=labels, batch_size=batch_size, json_out=json_out)
 
 
 @cli.command("build")
@@ -436,59 +279,9 @@ def build_cmd(
     Exit 0 built; 1 an FP16 graph came out FP32; 2 bad input or build failure; 3 TensorRT or a GPU is
     missing (then build_engine.sh with the equivalent trtexec command is written instead).
     """
-    import dataclasses
-    from pathlib import Path
+    from deploykit.workflows.build import build_command
 
-    from deploykit.core.config import BatchProfile, ExportConfig, load_config
-    from deploykit.core.errors import EngineUnavailableError
-    from deploykit.core.io import ensure_writable_dir
-    from deploykit.core.onnx_io import load_onnx, onnx_precision
-    from deploykit.engine.builder import build_engine, onnx_input, tensorrt_available
-    from deploykit.engine.script import write_build_script
-
-    source = Path(onnx_file)
-    proto = load_onnx(source)
-    config = load_config(config_path) if config_path else ExportConfig(family="any")
-    if batch:
-        config = dataclasses.replace(config, batch=BatchProfile.parse(batch))
-    out = ensure_writable_dir(Path(out_dir) if out_dir else source.parent)
-    engine_path = out / f"{source.name.removesuffix('.onnx')}.engine"
-    cache = Path(timing_cache) if timing_cache else out / "timing.cache"
-    fp16 = onnx_precision(proto) == "fp16"
-    ok, reason = tensorrt_available()
-    if not ok:
-        if out.resolve() != source.parent.resolve():
-            import shutil
-
-            shutil.copyfile(source, out / source.name)
-        name, chw = onnx_input(source)
-        script = write_build_script(
-            out / source.name,
-            config.batch,
-            name,
-            chw,
-            config.workspace_mib,
-            config.builder_optimization_level,
-            cache.name,
-            engine_path.name,
-            reason,
-        )
-        raise EngineUnavailableError(
-            f"engine not built: {reason}; wrote {script} (trtexec, TensorRT 10.3+ / 11.x)"
-        )
-    result = build_engine(
-        source,
-        engine_path,
-        config.batch,
-        config.workspace_mib,
-        config.builder_optimization_level,
-        cache,
-        expect_fp16=fp16,
-    )
-    click.echo(
-        f"built {result.engine_path} ({result.sidecar.get('precision')}, FP16 layers "
-        f"{result.fp16_share:.0%}, {result.build_seconds:.1f} s) + {result.sidecar_path.name}"
-    )
+    build_command(onnx_file, batch=batch, config_path=config_path, timing_cache=timing_cache, out_dir=out_dir)
 
 
 @cli.command("triton")

@@ -117,7 +117,12 @@ def test_parity_failure_publishes_nothing_and_keeps_previous(tmp_path):
     out = tmp_path / "out"
     good = run_export("hvt_ti_1", out, small_config("hvt_ti_1", 64, exporter="torchscript"))
     before = sha(good.onnx_path)
-    impossible = small_config("hvt_ti_1", 64, exporter="torchscript", fp32=Tolerances(0.0, 1.0, 1.0, 1.0))
+    impossible = small_config(
+        "hvt_ti_1",
+        64,
+        exporter="torchscript",
+        fp32=Tolerances(max_abs=0.0, min_cosine=1.0, min_top1=1.0, min_top5=1.0),
+    )
     with pytest.raises(ParityError, match="nothing was published"):
         run_export("hvt_ti_1", out, impossible, inputs_dir=None)
     assert sha(out / "model.onnx") == before
@@ -247,7 +252,7 @@ def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
 
 
 def test_a_simplifier_that_changes_the_numbers_is_discarded(tmp_path, monkeypatch):
-    import deploykit.workflows.pipeline as pipeline
+    import deploykit.workflows.stages as stages
     from deploykit.transforms.simplify import SimplifyResult
 
     def wrong_simplifier(proto):
@@ -259,7 +264,7 @@ def test_a_simplifier_that_changes_the_numbers_is_discarded(tmp_path, monkeypatc
         )
         return broken, SimplifyResult("onnxsim", len(proto.graph.node), len(proto.graph.node), ())
 
-    monkeypatch.setattr(pipeline, "simplify_onnx", wrong_simplifier)
+    monkeypatch.setattr(stages, "simplify_onnx", wrong_simplifier)
     result = run_export("hvt_ti_1", tmp_path / "o", small_config("hvt_ti_1", 64, exporter="torchscript"))
     manifest = result.manifest
     assert manifest["passed"] and "simplified" not in manifest["parity"]

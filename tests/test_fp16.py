@@ -138,7 +138,7 @@ def test_range_screen_sees_what_the_graph_computes(exported, name):
     from deploykit.transforms import rewrites
     from deploykit.transforms.fp16 import activation_ranges
     from deploykit.validation import validation_batch
-    from deploykit.workflows.pipeline import RANGE_IMAGES, build_model
+    from deploykit.workflows.state import RANGE_IMAGES, build_model
 
     result = exported[name]
     model, _ = build_model(name, FAMILY_CASES[name])

@@ -32,9 +32,10 @@ EXPORTERS = ("dynamo", "torchscript")
 MIN_OPSET, MAX_OPSET = 17, 24
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Tolerances:
-    """Parity thresholds for one precision: ``max_abs`` bounds the max abs error of every output."""
+    """Parity thresholds for one precision: ``max_abs`` bounds the max abs error of every output. Built by
+    keyword only (several are fractions in [0, 1], easily swapped when passed by position)."""
 
     max_abs: float
     min_cosine: float
@@ -100,8 +101,20 @@ class ExportConfig:
     num_images: int = 16
     seed: int = 0
     baseline_factor: float = 2.0
-    fp32: Tolerances = field(default_factory=lambda: Tolerances(1e-4, 0.99999, 1.0, 1.0))
-    fp16: Tolerances = field(default_factory=lambda: Tolerances(0.5, 0.999, 0.99, None, 0.01, 0.05, 0.999))
+    fp32: Tolerances = field(
+        default_factory=lambda: Tolerances(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0, min_top5=1.0)
+    )
+    fp16: Tolerances = field(
+        default_factory=lambda: Tolerances(
+            max_abs=0.5,
+            min_cosine=0.999,
+            min_top1=0.99,
+            min_top5=None,
+            top1_margin=0.01,
+            module_max_rel=0.05,
+            module_min_cosine=0.999,
+        )
+    )
     workspace_mib: int = 4096
     builder_optimization_level: int = 3
     source: str = ""
@@ -224,3 +237,31 @@ def default_config(family: str) -> ExportConfig:
         )
         raise ConfigError(f"no default export config for family {family!r} (shipped: {', '.join(known)})")
     return load_config(path)
+
+
+def resolve_config(
+    family: str,
+    config_path: str | Path | None = None,
+    *,
+    opset: int | None = None,
+    batch: str | None = None,
+    exporter: str | None = None,
+    simplify: bool | None = None,
+) -> ExportConfig:
+    """The config a command runs with: ``config_path`` (else the family's shipped file), which must be for
+    ``family``, with the command line's overrides applied (``None``: keep the file's value)."""
+    import dataclasses
+
+    config = load_config(config_path) if config_path else default_config(family)
+    if config.family != family:
+        raise ConfigError(f"config {config.source} is for family {config.family!r}, the model is {family!r}")
+    changes: dict[str, Any] = {}
+    if opset is not None:
+        changes["opset"] = opset
+    if batch is not None:
+        changes["batch"] = BatchProfile.parse(batch)
+    if exporter is not None:
+        changes["exporter"] = exporter
+    if simplify is not None:
+        changes["simplify"] = simplify
+    return dataclasses.replace(config, **changes) if changes else config

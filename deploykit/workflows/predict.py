@@ -158,3 +158,40 @@ def load(
         raise ArtifactError(f"{path}: expected one output (batch, classes), found shape {out_shape}")
     num_classes = int(out_shape[-1])
     return Predictor(runner, preprocessing, num_classes, labels, max_batch, str(path))
+
+
+def predict_command(
+    artifact: str,
+    images: Sequence[str],
+    *,
+    top_k: int = 5,
+    labels: str | None = None,
+    batch_size: int | None = None,
+    json_out: str | None = None,
+) -> None:
+    """``deploykit predict``: classify ``images`` (files or folders) and print a table (and write JSON)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from deploykit.core.io import atomic_write_text
+    from deploykit.runtime.preprocess import expand_image_paths
+    from deploykit.workflows.predict import load
+
+    files = expand_image_paths(images)
+    predictor = load(artifact, labels=labels)
+    results = predictor.predict(files, top_k=top_k, batch_size=batch_size)
+    table = Table(title=f"{artifact} ({predictor.runner.name})")
+    table.add_column("image", overflow="fold")
+    for col in ("#", "class", "label", "prob"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for result in results:
+        for rank, top in enumerate(result.topk, 1):
+            table.add_row(
+                result.image if rank == 1 else "", str(rank), str(top.cls), top.label, f"{top.prob:.4f}"
+            )
+        table.add_section()
+    Console(width=max(Console().width, 100)).print(table)
+    if json_out:
+        atomic_write_text(json_out, json.dumps([r.to_dict() for r in results], indent=2) + "\n")

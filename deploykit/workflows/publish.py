@@ -1,0 +1,215 @@
+"""Publishing an export: the ONNX files with their metadata, the engine stage, ``manifest.json`` and
+``report.html`` moved into place atomically, or, when parity failed, everything moved to ``rejected/``
+with the first diverging module (``locate.json``)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+import deploykit
+from deploykit.core.errors import ParityError
+from deploykit.core.io import atomic_write_bytes, atomic_write_text, sha256_bytes
+from deploykit.core.onnx_io import io_signature, serialize, set_metadata
+from deploykit.transforms.onnx_export import INPUT_NAME
+from deploykit.transforms.simplify import SimplifyResult
+from deploykit.validation.metrics import per_sample
+from deploykit.workflows.state import REPORT_NAME, ExportState
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+
+    out = {
+        "deploykit": deploykit.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    for mod in ("onnxsim", "onnxslim", "onnxscript"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # optional
+            out[mod] = "not installed"
+    return out
+
+
+def stage_engine(state: ExportState) -> None:
+    """The TensorRT engine of the published graph (build_engine.sh where TensorRT or a GPU is missing)."""
+    from deploykit.workflows.build import build_or_script, export_engine_info
+
+    _artifacts(state)  # the engine is built from the staged file
+    source = "model.fp16.onnx" if state.fp16 else "model.onnx"
+    outcome = build_or_script(
+        state.staging / source,
+        engine_path=state.staging / "model.engine",
+        config=state.config,
+        timing_cache=Path(state.timing_cache) if state.timing_cache else None,
+        script_cache_name="timing.cache",
+        input_name=INPUT_NAME,
+        input_chw=state.input_size,
+        expect_fp16=state.fp16,
+    )
+    state.engine_info = export_engine_info(outcome, source)
+
+
+def stage_manifest(state: ExportState) -> None:
+    """manifest.json and report.html beside the artifacts, then everything moved into place."""
+    _write_manifest(state)
+    # models first, manifest last: a published manifest never describes a missing file
+    for name in [*state.manifest["artifacts"], REPORT_NAME, "manifest.json"]:
+        (state.staging / name).replace(state.out / name)
+
+
+def _finish(state: ExportState, graph: onnx.ModelProto, precision: str, lint_count: int) -> bytes:
+    """The graph with deploykit's metadata, serialized."""
+    result = state.parity["fp16" if precision == "fp16" else "dynamic batch"]
+    meta = {
+        "deploykit.version": deploykit.__version__,
+        "deploykit.preset": state.spec.name,
+        "deploykit.family": state.spec.family,
+        "deploykit.input": json.dumps({"name": INPUT_NAME, "shape": ["batch", *state.input_size]}),
+        "deploykit.preprocessing": json.dumps(_jsonable(vars(state.model.data_config))),
+        "deploykit.rewrites": ",".join(r.name for r in state.records),
+        "deploykit.opset": str(state.config.opset),
+        "deploykit.exporter": state.config.exporter,
+        "deploykit.torch": torch.__version__,
+    }
+    if state.weights_info is not None:
+        meta["deploykit.weights_sha256"] = state.weights_info.sha256
+    meta["deploykit.precision"] = precision
+    meta["deploykit.parity"] = json.dumps(
+        {
+            "max_abs": result.worst_metric("max_abs"),
+            "cosine_min": result.worst_metric("cosine_min"),
+            "top1": result.worst_metric("top1"),
+            "passed": result.passed,
+        }
+    )
+    meta["deploykit.lint_violations"] = str(lint_count)
+    set_metadata(graph, meta)
+    return serialize(graph)
+
+
+def _artifacts(state: ExportState) -> dict[str, bytes]:
+    """The ONNX files with their metadata, serialized and staged once."""
+    if not state.artifacts:
+        state.artifacts["model.onnx"] = _finish(state, state.proto, "fp32", len(state.lint.violations))
+        if state.fp16_proto is not None:
+            lint = len(state.fp16_info["lint"]["violations"])
+            data = _finish(state, state.fp16_proto, "fp16", lint)
+            state.artifacts["model.fp16.onnx"] = data
+            state.fp16_info["size_ratio"] = round(len(data) / len(state.artifacts["model.onnx"]), 4)
+        for name, data in state.artifacts.items():
+            atomic_write_bytes(state.staging / name, data)
+    return state.artifacts
+
+
+def _manifest(state: ExportState) -> dict[str, Any]:
+    config, model = state.config, state.model
+    artifacts = {name: {"sha256": sha256_bytes(d), "bytes": len(d)} for name, d in _artifacts(state).items()}
+    for name in [state.engine_info.get("script"), *state.engine_info.get("files", [])]:
+        if name:
+            data = (state.staging / name).read_bytes()
+            artifacts[name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
+    image_size = {"image_size": config.image_size} if config.image_size else {}
+    manifest = {
+        "preset": state.spec.name,
+        "family": state.spec.family,
+        "model_config": _jsonable(dict(state.spec.kwargs) | image_size),
+        "preprocessing": _jsonable(vars(model.data_config)),
+        "export_config": _jsonable(config.to_dict()),
+        "versions": versions(),
+        "opset": config.opset,
+        "exporter": config.exporter,
+        "exporter_notes": state.exporter_notes,
+        "weights": state.weights_info.to_dict() if state.weights_info else None,
+        "rewrites": [r.to_dict() for r in state.records],
+        "io": io_signature(state.proto),
+        "nodes": {"exported": len(state.exported.graph.node), "final": len(state.proto.graph.node)},
+        "simplify": (state.simplify or _not_simplified(state.proto)).to_dict(),
+        "validation_inputs": {
+            "count": len(state.images),
+            "names": list(state.batch.names),
+            "source": str(state.inputs_dir) if state.inputs_dir else "built-in",
+        },
+        "parity": {name: p.to_dict() for name, p in state.parity.items()},
+        "per_image": {k: per_sample(state.references[k], c) for k, c in state.candidates.items()},
+        "lint": state.lint.to_dict(),
+        **({"fp16": state.fp16_info} if state.fp16_proto is not None else {}),
+        "engine": state.engine_info,
+        "artifacts": artifacts,
+        "timings_s": state.timings,
+        "passed": state.failed() is None,
+    }
+    if state.locate is not None:
+        manifest["first_divergence"] = state.locate.first.to_dict() if state.locate.first else None
+        manifest["locate"] = state.locate.to_dict()
+    return manifest
+
+
+def _not_simplified(proto: onnx.ModelProto) -> SimplifyResult:
+    return SimplifyResult("none", len(proto.graph.node), len(proto.graph.node), ("--no-simplify",))
+
+
+def _write_manifest(state: ExportState) -> None:
+    from deploykit.workflows.report import render_report
+
+    state.manifest = _manifest(state)
+    atomic_write_text(state.staging / "manifest.json", json.dumps(state.manifest, indent=2) + "\n")
+    atomic_write_text(state.staging / REPORT_NAME, render_report(state.manifest))
+
+
+def reject(state: ExportState) -> None:
+    """Parity failed: find the first diverging module, move everything to ``rejected/``, raise."""
+    from deploykit.workflows.locate import locate_failure
+
+    key = state.failed()
+    result = state.parity[key]
+    images = state.fp16_images if key == "fp16" else state.images
+    if len(state.candidates[key]) == len(images):  # not "dynamic batch": its rows repeat images
+        tol = state.config.tolerances("fp16" if key == "fp16" else "fp32")
+        state.locate = locate_failure(
+            state.model,
+            images,
+            state.references[key],
+            state.candidates[key],
+            state.config.fp32,
+            tol,
+            state.graphs[key],
+            key,
+            rewritten=state.rewritten,
+        )
+    state.end_background()
+    _write_manifest(state)
+    if state.locate is not None:
+        atomic_write_text(state.staging / "locate.json", json.dumps(state.locate.to_dict(), indent=2) + "\n")
+    rejected = state.out / "rejected"
+    shutil.rmtree(rejected, ignore_errors=True)
+    state.staging.rename(rejected)
+    state.staging.mkdir()  # staging_dir removes it on exit
+    fail = result.worst()
+    where = f"; {state.locate.describe()}" if state.locate is not None and state.locate.first else ""
+    raise ParityError(
+        f"parity failed at stage {result.stage!r}: {fail.describe() if fail else 'see manifest'}{where}; "
+        f"nothing was published, rejected artifacts are in {rejected}"
+    )
