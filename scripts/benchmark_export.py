@@ -66,7 +66,13 @@ def bench(name: str, runs: int, out_root: Path) -> dict:
     model = create_model(name).eval()
     plain_nodes = len(export_onnx(model, model.input_size, config.opset, config.exporter).graph.node)
     report = run_bench(
-        result.out_dir, (1, 8), ("torch", "onnxruntime"), THREADS, WARMUP, runs, progress=False
+        result.out_dir,
+        batches=(1, 8),
+        runtimes=("torch", "onnxruntime"),
+        threads=THREADS,
+        warmup=WARMUP,
+        iters=runs,
+        progress=False,
     )
     ort_b1 = report.result("onnxruntime", "fp32", 1)
     row = {

@@ -1,11 +1,15 @@
 """Fakes of ``tensorrt`` and ``cuda.bindings.runtime`` that record every call, for the version branches of
 the engine stage on a machine without TensorRT or a GPU.
 
-They implement only what deploykit calls, with the names of the real bindings (tests/test_engine.py
+They implement only what deploykit calls, with the names of the real bindings (tests/test_engine_api.py
 checks deploykit's names against the real identifier lists; these fakes do not decide that). The fake
 "device memory" is host memory addressed by integers, so the runner's copies and buffer handling are
 exercised for real; the fake engine computes ``logits = mean over (H, W) of the input @ W`` so results
-can be checked.
+can be checked. A fake timing cache is accepted when it is empty or was serialized by the fake builder
+(``CACHE...``); any other bytes are "from another device/version".
+
+Also the small files the engine tests share: ONNX graphs as an export writes them and engine files with
+their sidecar.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import ctypes
 import enum
 import json
+import sys
 import types
+from pathlib import Path
 
 import numpy as np
 
@@ -85,7 +91,7 @@ def install_cudart(monkeypatch, cudart: FakeCudart) -> None:
     bindings = types.ModuleType("cuda.bindings")
     cuda.bindings, bindings.runtime = bindings, cudart
     for name, module in (("cuda", cuda), ("cuda.bindings", bindings), ("cuda.bindings.runtime", cudart)):
-        monkeypatch.setitem(__import__("sys").modules, name, module)
+        monkeypatch.setitem(sys.modules, name, module)
 
 
 # ---------------------------------------------------------------------------------------- tensorrt
@@ -213,9 +219,15 @@ class FakeConfig:
         self.profiles.append(profile)
 
     def create_timing_cache(self, blob):
-        return types.SimpleNamespace(serialize=lambda: b"CACHE" + bytes(blob))
+        blob = bytes(blob)
+        return types.SimpleNamespace(blob=blob, serialize=lambda: b"CACHE" + blob)
 
     def set_timing_cache(self, cache, ignore_mismatch):
+        """False (cache not set) for a cache that this fake builder did not write, as TensorRT does for
+        one from another device or version when ``ignore_mismatch`` is False."""
+        self.trt.calls.append(("set_timing_cache", cache.blob, ignore_mismatch))
+        if cache.blob and not cache.blob.startswith(b"CACHE") and not ignore_mismatch:
+            return False
         self.cache = cache
         return True
 
@@ -299,3 +311,49 @@ class FakeContext:
 def expected_logits(x: np.ndarray, classes: int = 5) -> np.ndarray:
     weights = np.arange(3 * classes, dtype=np.float32).reshape(3, classes) / 10
     return x.astype(np.float32).mean(axis=(2, 3)) @ weights
+
+
+def install_fakes(monkeypatch, version: str, devices: int = 1, **engine) -> tuple[FakeTensorRT, FakeCudart]:
+    """Make ``import tensorrt`` and ``cuda.bindings.runtime`` the fakes (``engine``: FakeTensorRT options)."""
+    trt, cudart = FakeTensorRT(version, **engine), FakeCudart(devices)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    install_cudart(monkeypatch, cudart)
+    return trt, cudart
+
+
+# ------------------------------------------------------------------------------------- files
+def tiny_onnx(path: Path) -> Path:
+    """A one-node ONNX graph: input ``input`` (batch, 3, 16, 16) -> Relu -> ``logits``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["logits"], name="relu0")],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+#: the preprocessing record :func:`exported_like_onnx` writes into the graph's metadata
+PREPROCESSING = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+
+
+def exported_like_onnx(path: Path) -> Path:
+    """:func:`tiny_onnx` with deploykit's preprocessing record, as an export writes it."""
+    import onnx
+
+    proto = onnx.load(str(tiny_onnx(path)))
+    onnx.helper.set_model_props(proto, {"deploykit.preprocessing": json.dumps(PREPROCESSING)})
+    onnx.save(proto, str(path))
+    return path
+
+
+def fake_engine_file(directory: Path, version: str = "10.3.0.26", precision: str = "fp32") -> Path:
+    """``model.engine`` that FakeTensorRT deserializes, with a sidecar giving its precision."""
+    engine = directory / "model.engine"
+    engine.write_bytes(f"ENGINE trt={version}".encode())
+    (directory / "model.engine.json").write_text(json.dumps({"precision": precision}))
+    return engine

@@ -2,6 +2,7 @@
 killed child falls back, an ended export leaves no process and no file behind."""
 
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -18,7 +19,9 @@ from deploykit.transforms.fp16 import SCREEN_LIMIT
 from deploykit.validation import validation_batch
 from deploykit.validation.metrics import Tolerances
 from deploykit.workflows.background import Worker, fork_available, one_thread
-from deploykit.workflows.pipeline import BULK_BATCH, build_model, fp16_inputs, run_export
+from deploykit.workflows.pipeline import run_export
+from deploykit.workflows.stages import fp16_inputs
+from deploykit.workflows.state import BULK_BATCH, build_model
 
 pytestmark = pytest.mark.skipif(not fork_available(), reason="the background process needs os.fork (Linux)")
 
@@ -29,9 +32,24 @@ def _fails_in_child(context, parent: int) -> int:
     return 42
 
 
-def _sleep(context, seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
+def _echo(context, value: float) -> float:
+    return value
+
+
+def _held_in_child(context, parent: int, started_fd: int | None = None) -> str:
+    """In the child: write one byte to ``started_fd`` (when given), then wait to be killed; it never
+    finishes there. Run in-process (after the child died) it returns at once."""
+    if os.getpid() == parent:
+        return "in-process"
+    if started_fd is not None:
+        os.write(started_fd, b"!")
+    while True:
+        signal.pause()
+
+
+def _readable(fd: int, timeout_s: float = 60.0) -> bool:
+    """True once ``fd`` has data to read (False after ``timeout_s``)."""
+    return bool(select.select([fd], [], [], timeout_s)[0])
 
 
 def _pid(context) -> int:
@@ -96,18 +114,17 @@ def test_failing_job_and_killed_child_fall_back(tmp_path):
         failing = worker.submit(_fails_in_child, os.getpid())
         assert failing.result() == 42  # computed in-process after the child's failure
         assert "RuntimeError: only in the child" in failing.note
-        quick = worker.submit(_sleep, 0.0)
-        slow = worker.submit(_sleep, 1.0)
-        deadline = time.monotonic() + 30
-        while not worker._result_path(quick.number).exists() and time.monotonic() < deadline:
-            time.sleep(0.01)  # quick is done in the child (its message follows the file)
-        time.sleep(0.1)
+        quick = worker.submit(_echo, 7.0)
+        slow = worker.submit(_held_in_child, os.getpid())  # never finishes in the child
+        # the failing job's message was collected: the next one on the pipe is quick's "done", which the
+        # child sends after writing quick's result file (one small write: it arrives whole)
+        assert _readable(worker._done_r), "the child did not report the quick job"
         os.kill(worker.pid, signal.SIGKILL)
-        assert slow.result() == 1.0 and "ended (exit -9)" in slow.note
+        assert slow.result() == "in-process" and "ended (exit -9)" in slow.note
         assert worker.pid is None
         # reported by the child before it died: collected from the child, not recomputed
-        assert quick.result() == 0.0 and quick.note is None
-        late = worker.submit(_sleep, 0.0)  # no child any more: runs in-process at once
+        assert quick.result() == 7.0 and quick.note is None
+        late = worker.submit(_echo, 0.0)  # no child any more: runs in-process at once
         assert late.result() == 0.0 and "ended" in late.note
     finally:
         worker.close()
@@ -115,13 +132,20 @@ def test_failing_job_and_killed_child_fall_back(tmp_path):
 
 
 def test_close_kills_a_busy_child_at_once(tmp_path):
+    started_r, started_w = os.pipe()  # before the fork: the child inherits the write end
     worker = Worker(tmp_path, {})
-    worker.submit(_sleep, 60)
-    pid = worker.pid
-    assert pid in _children()
-    t0 = time.perf_counter()
-    worker.close()
-    assert time.perf_counter() - t0 < 5
+    try:
+        worker.submit(_held_in_child, os.getpid(), started_w)
+        pid = worker.pid
+        assert _readable(started_r) and os.read(started_r, 1) == b"!"  # the child is running the job
+        assert pid in _children()
+        t0 = time.perf_counter()
+        worker.close()  # the job would never end: close must not wait for it
+        assert time.perf_counter() - t0 < 5
+    finally:
+        worker.close()  # a no-op after the close above; kills the child if an assertion failed first
+        os.close(started_r)
+        os.close(started_w)
     assert pid not in _children() and worker.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not a zombie
@@ -156,7 +180,12 @@ def test_fp16_export_with_and_without_fork_is_byte_identical(tmp_path, monkeypat
 
 
 def test_rejected_fp16_export_leaves_no_process_and_no_background_file(tmp_path):
-    impossible = small_config("hvt_ti_1", 64, exporter="torchscript", fp32=Tolerances(0.0, 1.0, 1.0, 1.0))
+    impossible = small_config(
+        "hvt_ti_1",
+        64,
+        exporter="torchscript",
+        fp32=Tolerances(max_abs=0.0, min_cosine=1.0, min_top1=1.0, min_top5=1.0),
+    )
     with pytest.raises(ParityError, match="nothing was published"):
         run_export("hvt_ti_1", tmp_path / "out", impossible, fp16=True)
     assert not _children()
@@ -169,7 +198,7 @@ def test_interrupted_fp16_export_kills_the_background_process(tmp_path, monkeypa
         assert _children()  # the background process is there while the export runs
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("deploykit.workflows.pipeline.simplify_onnx", interrupt)
+    monkeypatch.setattr("deploykit.workflows.stages.simplify_onnx", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_export(
             "hvt_ti_1", tmp_path / "out", small_config("hvt_ti_1", 64, exporter="torchscript"), fp16=True

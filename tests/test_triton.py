@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +311,23 @@ def _tritonserver_pid(serve: Serve) -> int:
     raise AssertionError(f"no tritonserver child of {serve.proc.pid}: {children}")
 
 
+def _successful_requests(serve: Serve, model: str) -> int:
+    """Requests of ``model`` the server answered successfully (Triton's statistics extension)."""
+    url = f"http://127.0.0.1:{serve.http}/v2/models/{model}/stats"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        stats = json.loads(response.read())
+    return sum(int(v["inference_stats"]["success"]["count"]) for v in stats["model_stats"])
+
+
+def _wait_for_successes(serve: Serve, load: subprocess.Popen, count: int, timeout_s: float = 120) -> None:
+    """Poll the server until ``count`` requests succeeded; fail if the load test ends first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while (done := _successful_requests(serve, "hvt_s_4")) < count:
+        assert load.poll() is None, f"the load test ended early: {load.communicate()[0]}"
+        assert time.monotonic() < deadline, f"only {done} of {count} requests succeeded in {timeout_s} s"
+        time.sleep(0.05)  # poll interval
+
+
 def test_server_killed_mid_load_then_restarted(repo, tmp_path):
     ports = _ports()
     serve = Serve(repo, ports, tmp_path / "a.log")
@@ -318,7 +336,9 @@ def test_server_killed_mid_load_then_restarted(repo, tmp_path):
     cmd = [sys.executable, str(LOAD_TEST), "--url", url, "--model", "hvt_s_4", "--concurrency", "4", "--requests", "400",
            "--timeout", "10", "--metrics-url", "", "--json", str(tmp_path / "load.json")]  # fmt: skip
     load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(3)
+    # each client sends its next request only after the last one's response: once the server answered more
+    # requests than there are clients, some client has received a response (the load test counts it "ok")
+    _wait_for_successes(serve, load, count=4 + 1)
     os.kill(_tritonserver_pid(serve), signal.SIGKILL)
     output, _ = load.communicate(timeout=120)  # the clients do not hang
     report = json.loads((tmp_path / "load.json").read_text())

@@ -30,8 +30,9 @@ from deploykit.core.config import BatchProfile
 from deploykit.core.errors import ArtifactError, DeployKitError, EngineUnavailableError
 from deploykit.core.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 
-#: Every TensorRT name this module uses (classes, enum members, methods, properties). tests/test_engine.py
-#: checks each against the identifiers of the TensorRT 10.3 and 11.4 bindings and that the code uses no other.
+#: Every TensorRT name this module uses (classes, enum members, methods, properties).
+#: tests/test_engine_api.py checks each against the identifiers of the TensorRT 10.3 and 11.4 bindings and
+#: that the code uses no other.
 TRT_API_USED = (
     "__version__",
     "Logger",
@@ -274,6 +275,10 @@ def onnx_facts(onnx_path: Path) -> tuple[str, tuple[int, int, int], dict[str, st
     """The graph's (one) real input name, its static C, H, W, and the file's ``metadata_props``."""
     import onnx
 
+    # Not core.onnx_io.load_onnx: this reads only the graph's input and metadata, so it neither loads
+    # external weights nor runs onnx's checker. TensorRT's ONNX parser checks the graph when it builds,
+    # and `deploykit build` has already run load_onnx on the file. A file that cannot be read is an
+    # ArtifactError here too, the one error type of load_onnx.
     try:
         proto = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:
@@ -306,9 +311,38 @@ def _parser_errors(parser) -> str:
     return "; ".join(lines) or "no parser error recorded"
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What one build is asked for: the ONNX file's facts and the builder settings."""
+
+    onnx_path: Path
+    input_name: str
+    chw: tuple[int, int, int]
+    meta: dict[str, str]
+    batch: BatchProfile
+    workspace_mib: int
+    opt_level: int
+    cache_path: Path | None
+
+    def shape(self, batch: int) -> tuple[int, int, int, int]:
+        return (batch, *self.chw)
+
+
+@dataclass
+class _Built:
+    """What the builder produced, before the precision check and before anything is written."""
+
+    flags: int
+    data: bytes
+    seconds: float
+    cache_loaded: bool
+    notes: list[str]
+
+
 def build_engine(
     onnx_path: str | Path,
     out_path: str | Path,
+    *,
     batch: BatchProfile,
     workspace_mib: int = 4096,
     opt_level: int = 3,
@@ -328,97 +362,130 @@ def build_engine(
     if not onnx_path.is_file():
         raise ArtifactError(f"ONNX file not found: {onnx_path}")
     trt = require_tensorrt()
-    input_name, (c, h, w), meta = onnx_facts(onnx_path)
-    notes: list[str] = []
-
+    input_name, chw, meta = onnx_facts(onnx_path)
+    request = _Request(onnx_path, input_name, chw, meta, batch, workspace_mib, opt_level, cache_path)
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = creation_flags(trt)  # strongly typed on 10.x and 11.x alike
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise EngineError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {_parser_errors(parser)}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    config.builder_optimization_level = opt_level
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    config.clear_flag(trt.BuilderFlag.TF32)  # FP32 layers really run FP32 (TF32 is on by default)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, (batch.min, c, h, w), (batch.opt, c, h, w), (batch.max, c, h, w))
-    config.add_optimization_profile(profile)
-
-    cache_loaded = False
-    if cache_path is not None:
-        blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        if not config.set_timing_cache(cache, False):
-            notes.append(f"timing cache {cache_path.name} was made on another device/version; started empty")
-            cache = config.create_timing_cache(b"")
-            config.set_timing_cache(cache, False)
-        else:
-            cache_loaded = bool(blob)
-
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    build_seconds = round(time.perf_counter() - t0, 3)
-    if serialized is None:
-        raise EngineError(
-            f"TensorRT could not build an engine from {onnx_path.name} (see TensorRT's log above)"
-        )
-    data = bytes(memoryview(serialized))
-    if cache_path is not None:
-        cache = config.get_timing_cache()  # now holds this build's timings too
-        atomic_write_bytes(cache_path, bytes(memoryview(cache.serialize())))
-
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(data)
-    if engine is None:
-        raise EngineError("TensorRT built an engine it cannot deserialize (see TensorRT's log above)")
-    inspector = engine.create_engine_inspector()
-    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    share, fp16_layers, float_layers = fp16_layer_share(info)
+    built = _build(trt, logger, request)
+    info = _engine_information(trt, logger, built.data)
+    layers = fp16_layer_share(info)
+    share, fp16_layers, float_layers = layers
     if expect_fp16 and share < FP16_SHARE_MIN:
         raise EnginePrecisionError(
             f"the engine came out FP32: only {fp16_layers}/{float_layers} layers ({share:.0%}) produce FP16 "
             f"(need {FP16_SHARE_MIN:.0%}); is {onnx_path.name} the FP16 graph? The engine was not written"
         )
+    sidecar = _sidecar(trt, request, built, layers, total_layers=len(info["Layers"]))
+    sidecar_path = sidecar_path_for(out_path)
+    atomic_write_bytes(out_path, built.data)  # engine first: a sidecar never describes a missing engine
+    atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2) + "\n")
+    return EngineResult(
+        out_path, sidecar_path, sidecar, share, built.seconds, cache_path, built.cache_loaded, built.notes
+    )
 
+
+def _build(trt, logger, request: _Request) -> _Built:
+    """Parse the ONNX file into a strongly typed network and build the serialized engine; the timing
+    cache (if any) is loaded before and written back after the build."""
+    builder = trt.Builder(logger)
+    flags = creation_flags(trt)  # strongly typed on 10.x and 11.x alike
+    network = builder.create_network(flags)
+    # the parser owns the network's weights: it stays referenced here until the build is done
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(request.onnx_path)):
+        raise EngineError(
+            f"TensorRT's ONNX parser rejected {request.onnx_path.name}: {_parser_errors(parser)}"
+        )
+    config = _builder_config(trt, builder, request)
+    notes: list[str] = []
+    cache_loaded = _use_timing_cache(config, request.cache_path, notes)
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = round(time.perf_counter() - t0, 3)
+    if serialized is None:
+        raise EngineError(
+            f"TensorRT could not build an engine from {request.onnx_path.name} (see TensorRT's log above)"
+        )
+    data = bytes(memoryview(serialized))
+    if request.cache_path is not None:
+        cache = config.get_timing_cache()  # now holds this build's timings too
+        atomic_write_bytes(request.cache_path, bytes(memoryview(cache.serialize())))
+    return _Built(flags, data, seconds, cache_loaded, notes)
+
+
+def _builder_config(trt, builder, request: _Request):
+    """Workspace, optimization level, DETAILED profiling (the inspector needs it), no TF32, one profile."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace_mib << 20)
+    config.builder_optimization_level = request.opt_level
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    config.clear_flag(trt.BuilderFlag.TF32)  # FP32 layers really run FP32 (TF32 is on by default)
+    profile = builder.create_optimization_profile()
+    low, opt, high = request.batch.min, request.batch.opt, request.batch.max
+    profile.set_shape(request.input_name, request.shape(low), request.shape(opt), request.shape(high))
+    config.add_optimization_profile(profile)
+    return config
+
+
+def _use_timing_cache(config, cache_path: Path | None, notes: list[str]) -> bool:
+    """Give the builder the timing cache of ``cache_path`` (an empty one when the file is missing or was
+    made on another device/version, with a note); True when the file's timings were loaded."""
+    if cache_path is None:
+        return False
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if not config.set_timing_cache(cache, False):
+        notes.append(f"timing cache {cache_path.name} was made on another device/version; started empty")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+        return False
+    return bool(blob)
+
+
+def _engine_information(trt, logger, data: bytes) -> dict[str, Any]:
+    """The engine inspector's JSON of the serialized engine ``data`` (which must deserialize here)."""
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise EngineError("TensorRT built an engine it cannot deserialize (see TensorRT's log above)")
+    inspector = engine.create_engine_inspector()
+    return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+def _sidecar(
+    trt, request: _Request, built: _Built, layers: tuple[float, int, int], *, total_layers: int
+) -> dict[str, Any]:
+    """The engine's sidecar JSON: how it was built, from what, on which GPU, and its precision."""
     import deploykit
 
-    sidecar = {
+    share, fp16_layers, float_layers = layers
+    cache_path, meta = request.cache_path, request.meta
+    return {
         "deploykit": deploykit.__version__,
         "tensorrt": trt.__version__,
-        "strongly_typed": "creation flag STRONGLY_TYPED" if flags else "always (TensorRT 11)",
+        "strongly_typed": "creation flag STRONGLY_TYPED" if built.flags else "always (TensorRT 11)",
         "tf32": False,
         "gpu": gpu_info()[0],
         "precision": "fp16" if share >= FP16_SHARE_MIN else "fp32",
         "fp16_layer_share": round(share, 4),
-        "layers": {"fp16": fp16_layers, "floating": float_layers, "total": len(info["Layers"])},
+        "layers": {"fp16": fp16_layers, "floating": float_layers, "total": total_layers},
         "profile": {
-            "input": input_name,
-            "min": [batch.min, c, h, w],
-            "opt": [batch.opt, c, h, w],
-            "max": [batch.max, c, h, w],
+            "input": request.input_name,
+            "min": list(request.shape(request.batch.min)),
+            "opt": list(request.shape(request.batch.opt)),
+            "max": list(request.shape(request.batch.max)),
         },
-        "workspace_mib": workspace_mib,
-        "builder_optimization_level": opt_level,
-        "timing_cache": {"file": cache_path.name, "loaded": cache_loaded} if cache_path else None,
-        "source_onnx": {"file": onnx_path.name, "sha256": sha256_file(onnx_path)},
+        "workspace_mib": request.workspace_mib,
+        "builder_optimization_level": request.opt_level,
+        "timing_cache": {"file": cache_path.name, "loaded": built.cache_loaded} if cache_path else None,
+        "source_onnx": {"file": request.onnx_path.name, "sha256": sha256_file(request.onnx_path)},
         # the preset's data_config recorded at export: `deploykit predict` runs the engine on its own
         "preprocessing": json.loads(meta["deploykit.preprocessing"])
         if "deploykit.preprocessing" in meta
         else None,
-        "engine": {"bytes": len(data), "sha256": sha256_bytes(data)},
-        "build_seconds": build_seconds,
-        "notes": notes,
+        "engine": {"bytes": len(built.data), "sha256": sha256_bytes(built.data)},
+        "build_seconds": built.seconds,
+        "notes": built.notes,
     }
-    sidecar_path = sidecar_path_for(out_path)
-    atomic_write_bytes(out_path, data)  # engine first: a sidecar never describes a missing engine
-    atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2) + "\n")
-    return EngineResult(
-        out_path, sidecar_path, sidecar, share, build_seconds, cache_path, cache_loaded, notes
-    )
 
 
 def sidecar_path_for(engine_path: str | Path) -> Path:

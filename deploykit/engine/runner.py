@@ -21,7 +21,7 @@ import numpy as np
 from deploykit.core.errors import ArtifactError, EngineUnavailableError, InputError
 from deploykit.engine.builder import EngineError, require_tensorrt, sidecar_path_for
 
-#: Every TensorRT name this module uses; tests/test_engine.py checks each against the TensorRT 10.3 and
+#: Every TensorRT name this module uses; tests/test_engine_api.py checks each against the TensorRT 10.3 and
 #: 11.4 bindings.
 TRT_API_USED = (
     "__version__",

@@ -33,6 +33,7 @@ def _dims(batch: int, chw: tuple[int, int, int]) -> str:
 
 def trtexec_args(
     onnx_name: str,
+    *,
     batch: BatchProfile,
     input_name: str,
     input_shape_chw: tuple[int, int, int],
@@ -57,33 +58,12 @@ def trtexec_args(
     ]
 
 
-def write_build_script(
-    onnx_path: str | Path,
-    batch: BatchProfile,
-    input_name: str,
-    input_shape_chw: tuple[int, int, int],
-    workspace_mib: int,
-    opt_level: int,
-    timing_cache_name: str,
-    engine_name: str,
-    reason: str,
-) -> Path:
-    """Write ``build_engine.sh`` beside ``onnx_path`` (atomically, executable) and return its path."""
-    onnx_path = Path(onnx_path)
-    args = trtexec_args(
-        onnx_path.name,
-        batch,
-        input_name,
-        input_shape_chw,
-        workspace_mib,
-        opt_level,
-        timing_cache_name,
-        engine_name,
-    )
+def _header(onnx_name: str, engine_name: str, reason: str) -> list[str]:
+    """The shebang and the comment that says what the script builds and why it exists (one line of reason)."""
     why = " ".join(str(reason).split()) or "unknown"
-    lines = [
+    return [
         "#!/usr/bin/env bash",
-        f"# Build {engine_name} from {onnx_path.name} with trtexec (TensorRT 10.3 or newer).",
+        f"# Build {engine_name} from {onnx_name} with trtexec (TensorRT 10.3 or newer).",
         "#",
         "# Why this script exists: a TensorRT engine is specific to the GPU, driver and TensorRT version",
         "# that built it, so engines must be built on the target device. deploykit could not build one on",
@@ -93,34 +73,75 @@ def write_build_script(
         "# always builds that way; trtexec 10.x is given --stronglyTyped. Never --fp16/--best/--int8. TF32 is",
         "# switched off (--noTF32, where this trtexec has it). The timing cache makes rebuilds faster.",
         "# trtexec: $TRTEXEC, else PATH, else JetPack's /usr/src/tensorrt/bin/trtexec.",
-        "set -euo pipefail",
-        'cd "$(dirname "$0")"',
-        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
-        'if [ ! -x "$TRTEXEC" ]; then',
-        '    echo "build_engine.sh: trtexec not found (put it on PATH or set TRTEXEC=/path/to/trtexec)" >&2',
-        "    exit 127",
-        "fi",
-        "# trtexec has no --version: its banner says [TensorRT v100300] (10.x+: major*10000+minor*100+patch,",
-        "# 8.x: major*1000+minor*100+patch)",
-        'help=$("$TRTEXEC" --help 2>&1 || true)',
-        "if [[ $help =~ TensorRT\\ v([0-9]+) ]]; then version=${BASH_REMATCH[1]}; else",
-        '    echo "build_engine.sh: cannot read the TensorRT version from $TRTEXEC --help" >&2',
-        "    exit 2",
-        "fi",
-        'if [ "$version" -ge 100000 ]; then major=$((version / 10000)); minor=$((version / 100 % 100))',
-        "else major=$((version / 1000)); minor=$((version / 100 % 10)); fi",
-        'if [ "$major" -lt 10 ] || { [ "$major" -eq 10 ] && [ "$minor" -lt 3 ]; }; then',
-        '    echo "build_engine.sh: $TRTEXEC is TensorRT $major.$minor; deploykit engines need 10.3 or newer" >&2',
-        "    exit 2",
-        "fi",
-        "flags=()",
-        'if [ "$major" -eq 10 ]; then flags+=(--stronglyTyped); fi',
-        'case "$help" in *--noTF32*) flags+=(--noTF32) ;; esac',
-        'echo "build_engine.sh: TensorRT $major.$minor ($TRTEXEC), version flags: ${flags[*]:-none}" >&2',
+    ]
+
+
+#: finds trtexec, reads its TensorRT version from the ``--help`` banner, refuses < 10.3 and sets ``flags``
+#: to the version-dependent arguments (the same for every model)
+_FIND_TRTEXEC = (
+    "set -euo pipefail",
+    'cd "$(dirname "$0")"',
+    'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+    'if [ ! -x "$TRTEXEC" ]; then',
+    '    echo "build_engine.sh: trtexec not found (put it on PATH or set TRTEXEC=/path/to/trtexec)" >&2',
+    "    exit 127",
+    "fi",
+    "# trtexec has no --version: its banner says [TensorRT v100300] (10.x+: major*10000+minor*100+patch,",
+    "# 8.x: major*1000+minor*100+patch)",
+    'help=$("$TRTEXEC" --help 2>&1 || true)',
+    "if [[ $help =~ TensorRT\\ v([0-9]+) ]]; then version=${BASH_REMATCH[1]}; else",
+    '    echo "build_engine.sh: cannot read the TensorRT version from $TRTEXEC --help" >&2',
+    "    exit 2",
+    "fi",
+    'if [ "$version" -ge 100000 ]; then major=$((version / 10000)); minor=$((version / 100 % 100))',
+    "else major=$((version / 1000)); minor=$((version / 100 % 10)); fi",
+    'if [ "$major" -lt 10 ] || { [ "$major" -eq 10 ] && [ "$minor" -lt 3 ]; }; then',
+    '    echo "build_engine.sh: $TRTEXEC is TensorRT $major.$minor; deploykit engines need 10.3 or newer" >&2',
+    "    exit 2",
+    "fi",
+    "flags=()",
+    'if [ "$major" -eq 10 ]; then flags+=(--stronglyTyped); fi',
+    'case "$help" in *--noTF32*) flags+=(--noTF32) ;; esac',
+    'echo "build_engine.sh: TensorRT $major.$minor ($TRTEXEC), version flags: ${flags[*]:-none}" >&2',
+)
+
+
+def _exec_lines(args: list[str]) -> list[str]:
+    """``exec trtexec`` with the model's arguments, the version flags and the script's own arguments."""
+    return [
         'exec "$TRTEXEC" \\',
         *(f"    {shlex.quote(a)} \\" for a in args),
         '    ${flags[@]+"${flags[@]}"} "$@"',
     ]
+
+
+def write_build_script(
+    onnx_path: str | Path,
+    *,
+    batch: BatchProfile,
+    input_name: str,
+    input_shape_chw: tuple[int, int, int],
+    workspace_mib: int,
+    opt_level: int,
+    timing_cache_name: str,
+    engine_name: str,
+    reason: str,
+) -> Path:
+    """Write ``build_engine.sh`` beside ``onnx_path`` (atomically, executable) and return its path.
+
+    ``reason`` (why this machine did not build the engine) goes into the script's comment on one line."""
+    onnx_path = Path(onnx_path)
+    args = trtexec_args(
+        onnx_path.name,
+        batch=batch,
+        input_name=input_name,
+        input_shape_chw=input_shape_chw,
+        workspace_mib=workspace_mib,
+        opt_level=opt_level,
+        timing_cache_name=timing_cache_name,
+        engine_name=engine_name,
+    )
+    lines = [*_header(onnx_path.name, engine_name, reason), *_FIND_TRTEXEC, *_exec_lines(args)]
     path = onnx_path.parent / SCRIPT_NAME
     atomic_write_text(path, "\n".join(lines) + "\n", executable=True)
     return path

@@ -140,92 +140,124 @@ def _engine_max_batch(engine: Path) -> int | None:
     return int(profile["max"][0]) if profile.get("max") else None
 
 
-def model_configs(
-    export: _Export,
-    name: str,
-    backend: str,
-    max_batch: int,
-    instances: int,
-    kind: str,
-    queue_delay_us: int,
-    precision: str,
-    top_k: int,
-    ort_tensorrt: bool,
-) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class _Options:
+    """The checked choices that shape the four configs (see :func:`write_repository`)."""
+
+    name: str
+    backend: str
+    max_batch: int
+    instances: int
+    kind: str
+    queue_delay_us: int
+    precision: str
+    top_k: int
+    ort_tensorrt: bool
+
+
+#: how the main model names what serves it
+_SERVED_BY = {
+    "tensorrt": {"platform": "tensorrt_plan", "default_model_filename": "model.plan"},
+    "onnxruntime": {"platform": "onnxruntime_onnx", "default_model_filename": "model.onnx"},
+    "python": {"backend": "python"},
+}
+
+
+def model_configs(export: _Export, options: _Options) -> dict[str, dict[str, Any]]:
     """The four ``ModelConfig`` messages (as plain data for :func:`to_pbtxt`), keyed by model name."""
-    io_type = _io_type(export, precision)
+    io_type = _io_type(export, options.precision)
+    main = _main_config(export, options, io_type)
+    pre = _preprocess_config(export, options, io_type)
+    post = _postprocess_config(export, options, io_type)
+    ensemble = _ensemble_config(export, options, pre, post)
+    return {main["name"]: main, pre["name"]: pre, post["name"]: post, ensemble["name"]: ensemble}
+
+
+def _main_config(export: _Export, options: _Options, io_type: str) -> dict[str, Any]:
+    """The model that serves the artifact, with dynamic batching at the export's batch profile."""
+    max_batch, instances = options.max_batch, options.instances
     preferred = sorted(
         {b for b in (export.batch["opt"], export.batch["max"], max_batch) if 1 < b <= max_batch}
     )
-    batching = {"preferred_batch_size": preferred or None, "max_queue_delay_microseconds": queue_delay_us}
-    group = [{"kind": Enum(f"KIND_{kind.upper()}"), "count": instances}]
-    main: dict[str, Any] = {"name": name}
-    if backend == "tensorrt":
-        main |= {"platform": "tensorrt_plan", "default_model_filename": "model.plan"}
-    elif backend == "onnxruntime":
-        main |= {"platform": "onnxruntime_onnx", "default_model_filename": "model.onnx"}
-    else:
-        main["backend"] = "python"
+    main: dict[str, Any] = {"name": options.name, **_SERVED_BY[options.backend]}
     main |= {
         "max_batch_size": max_batch,
         "input": [_tensor(export.input_name, io_type, export.input_dims)],
         "output": [_tensor(export.output_name, io_type, export.output_dims)],
-        "dynamic_batching": batching,
-        "instance_group": group,
+        "dynamic_batching": {
+            "preferred_batch_size": preferred or None,
+            "max_queue_delay_microseconds": options.queue_delay_us,
+        },
+        "instance_group": [{"kind": Enum(f"KIND_{options.kind.upper()}"), "count": instances}],
     }
-    if backend == "python":  # ONNX Runtime threads per instance: the cores shared between instances
+    if options.backend == "python":  # ONNX Runtime threads per instance: the cores shared between instances
         main["parameters"] = _params(
             onnx_file="model.onnx", intra_op_threads=max(1, (os.cpu_count() or 1) // instances)
         )
-    if backend == "onnxruntime" and ort_tensorrt:
+    if options.backend == "onnxruntime" and options.ort_tensorrt:
         accelerator = {
             "name": "tensorrt",
-            "parameters": [{"key": "precision_mode", "value": precision.upper()}],
+            "parameters": [{"key": "precision_mode", "value": options.precision.upper()}],
         }
         main["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [accelerator]}}
-    cpu = [{"kind": Enum("KIND_CPU"), "count": instances}]
-    pre = {
-        "name": f"{name}_preprocess",
+    return main
+
+
+def _preprocess_config(export: _Export, options: _Options, io_type: str) -> dict[str, Any]:
+    """Python backend: encoded image bytes -> the preset's preprocessing, one instance per main instance."""
+    return {
+        "name": f"{options.name}_preprocess",
         "backend": "python",
-        "max_batch_size": max_batch,
+        "max_batch_size": options.max_batch,
         "input": [_tensor(IMAGE_INPUT, "TYPE_STRING", [1])],
         "output": [_tensor(export.input_name, io_type, export.input_dims)],
-        "instance_group": cpu,
+        "instance_group": [{"kind": Enum("KIND_CPU"), "count": options.instances}],
         "parameters": _params(preprocessing=json.dumps(export.preprocessing, sort_keys=True)),
     }
-    post = {
-        "name": f"{name}_postprocess",
+
+
+def _postprocess_config(export: _Export, options: _Options, io_type: str) -> dict[str, Any]:
+    """Python backend: logits -> top-k classes, probabilities and labels."""
+    return {
+        "name": f"{options.name}_postprocess",
         "backend": "python",
-        "max_batch_size": max_batch,
+        "max_batch_size": options.max_batch,
         "input": [_tensor(export.output_name, io_type, export.output_dims)],
-        "output": [_tensor(out, dtype, [top_k]) for out, dtype in TOPK_OUTPUTS],
+        "output": [_tensor(out, dtype, [options.top_k]) for out, dtype in TOPK_OUTPUTS],
         "instance_group": [{"kind": Enum("KIND_CPU"), "count": 1}],
-        "parameters": _params(top_k=top_k),
+        "parameters": _params(top_k=options.top_k),
     }
 
-    def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
-        return {
-            "model_name": model,
-            "model_version": -1,
-            "input_map": [{"key": k, "value": v} for k, v in inputs.items()],
-            "output_map": [{"key": k, "value": v} for k, v in outputs.items()],
-        }
 
-    ensemble = {
+def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+    """One ensemble step: ``model``'s tensors (keys) mapped to the ensemble's (values)."""
+    return {
+        "model_name": model,
+        "model_version": -1,
+        "input_map": [{"key": k, "value": v} for k, v in inputs.items()],
+        "output_map": [{"key": k, "value": v} for k, v in outputs.items()],
+    }
+
+
+def _ensemble_config(
+    export: _Export, options: _Options, pre: dict[str, Any], post: dict[str, Any]
+) -> dict[str, Any]:
+    """``NAME_classify``: preprocess -> the main model -> postprocess (image bytes in, top-k out)."""
+    name, inp, out = options.name, export.input_name, export.output_name
+    return {
         "name": f"{name}_classify",
         "platform": "ensemble",
-        "max_batch_size": max_batch,
+        "max_batch_size": options.max_batch,
         "input": [_tensor(IMAGE_INPUT, "TYPE_STRING", [1])],
         "output": post["output"],
         "ensemble_scheduling": {
             "step": [
-                step(pre["name"], {IMAGE_INPUT: IMAGE_INPUT}, {export.input_name: "pixels"}),
-                step(name, {export.input_name: "pixels"}, {export.output_name: "logits"}),
-                step(post["name"], {export.output_name: "logits"}, {o: o for o, _ in TOPK_OUTPUTS}),
+                _step(pre["name"], {IMAGE_INPUT: IMAGE_INPUT}, {inp: "pixels"}),
+                _step(name, {inp: "pixels"}, {out: "logits"}),
+                _step(post["name"], {out: "logits"}, {o: o for o, _ in TOPK_OUTPUTS}),
             ]
         },
     }
-    return {name: main, pre["name"]: pre, post["name"]: post, ensemble["name"]: ensemble}
 
 
 def _existing_versions(model_dir: Path) -> set[int]:
@@ -241,6 +273,7 @@ def _template(name: str) -> bytes:
 def write_repository(
     export_dir: str | Path,
     repo: str | Path,
+    *,
     name: str | None = None,
     backend: str = "python",
     max_batch: int | None = None,
@@ -257,6 +290,30 @@ def write_repository(
     """Write (or add a version to) the four models of ``export_dir`` in ``repo``; see the module doc."""
     export = read_export(export_dir)
     name = name or export.preset
+    _check_choices(name, backend=backend, kind=kind, precision=precision, ort_tensorrt=ort_tensorrt)
+    source, target_name = _artifact(export, backend, precision)
+    options = _Options(
+        name=name,
+        backend=backend,
+        max_batch=_max_batch(export, backend, source, max_batch),
+        instances=instances,
+        kind=kind,
+        queue_delay_us=queue_delay_us,
+        precision=precision,
+        top_k=top_k,
+        ort_tensorrt=ort_tensorrt,
+    )
+    _check_counts(options, num_classes=export.output_dims[-1])
+    label_lines = class_labels(export.output_dims[-1], labels)
+    configs = model_configs(export, options)
+    repo = _open_repository(repo)
+    version, replaced = _choose_version(repo, list(configs), version, force)
+    _publish(repo, version, _version_files(options, source, target_name, label_lines), configs)
+    return RepositoryResult(repo, name, version, backend, list(configs), replaced=replaced)
+
+
+def _check_choices(name: str, *, backend: str, kind: str, precision: str, ort_tensorrt: bool) -> None:
+    """The model name and the options that must be one of a fixed set (ConfigError, exit 2, otherwise)."""
     if not _NAME.match(name):
         raise ConfigError(f"model name {name!r} may only hold letters, digits, '_', '.' and '-'")
     for what, value, allowed in (
@@ -268,7 +325,11 @@ def write_repository(
             raise ConfigError(f"--{what} must be one of {', '.join(allowed)}, got {value!r}")
     if ort_tensorrt and (backend != "onnxruntime" or kind != "gpu"):
         raise ConfigError("the TensorRT execution accelerator needs --backend onnxruntime --kind gpu")
-    source, target_name = _artifact(export, backend, precision)
+
+
+def _max_batch(export: _Export, backend: str, source: Path, max_batch: int | None) -> int:
+    """``max_batch``, or the artifact's batch profile maximum when None (an engine's own profile, else the
+    export's); a value outside 1..that maximum is a ConfigError."""
     limit = _engine_max_batch(source) if backend == "tensorrt" else None
     limit = limit or export.batch["max"]
     max_batch = limit if max_batch is None else max_batch
@@ -276,24 +337,31 @@ def write_repository(
         raise ConfigError(
             f"--max-batch must be in 1..{limit} (the artifact's batch profile), got {max_batch}"
         )
-    if instances < 1:
-        raise ConfigError(f"--instances must be at least 1, got {instances}")
-    if queue_delay_us < 0:
-        raise ConfigError(f"--queue-delay-us must be >= 0, got {queue_delay_us}")
-    num_classes = export.output_dims[-1]
-    if not 1 <= top_k <= num_classes:
-        raise ConfigError(f"--top-k must be in 1..{num_classes}, got {top_k}")
-    label_lines = class_labels(num_classes, labels)
-    configs = model_configs(
-        export, name, backend, max_batch, instances, kind, queue_delay_us, precision, top_k, ort_tensorrt
-    )
+    return max_batch
 
+
+def _check_counts(options: _Options, *, num_classes: int) -> None:
+    if options.instances < 1:
+        raise ConfigError(f"--instances must be at least 1, got {options.instances}")
+    if options.queue_delay_us < 0:
+        raise ConfigError(f"--queue-delay-us must be >= 0, got {options.queue_delay_us}")
+    if not 1 <= options.top_k <= num_classes:
+        raise ConfigError(f"--top-k must be in 1..{num_classes}, got {options.top_k}")
+
+
+def _open_repository(repo: str | Path) -> Path:
     repo = Path(repo)
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ArtifactError(f"cannot create repository {repo}: {exc.strerror or exc}") from None
-    existing = {m: _existing_versions(repo / m) for m in configs}
+    return repo
+
+
+def _choose_version(repo: Path, models: list[str], version: int | None, force: bool) -> tuple[int, bool]:
+    """``(version, replaced)``: the next free version number of the models when ``version`` is None; an
+    existing version only with ``force``."""
+    existing = {m: _existing_versions(repo / m) for m in models}
     taken = set().union(*existing.values())
     if version is None:
         version = max(taken, default=0) + 1
@@ -305,10 +373,17 @@ def write_repository(
             f"version {version} of {', '.join(clash)} already exists in {repo}; pass --force to replace it "
             f"(or --version N)"
         )
+    return version, bool(clash)
 
-    files: dict[str, dict[str, bytes | Path]] = {
+
+def _version_files(
+    options: _Options, source: Path, target_name: str, label_lines: list[str]
+) -> dict[str, dict[str, bytes | Path]]:
+    """Each model's version directory: file name -> bytes to write, or a Path to copy."""
+    name = options.name
+    return {
         name: {target_name: source}
-        | ({"model.py": _template("onnx_model.py")} if backend == "python" else {}),
+        | ({"model.py": _template("onnx_model.py")} if options.backend == "python" else {}),
         f"{name}_preprocess": {"model.py": _template("preprocess_model.py")},
         f"{name}_postprocess": {
             "model.py": _template("postprocess_model.py"),
@@ -316,32 +391,49 @@ def write_repository(
         },
         f"{name}_classify": {},  # an ensemble has an empty version directory
     }
+
+
+def _publish(
+    repo: Path, version: int, files: dict[str, dict[str, bytes | Path]], configs: dict[str, dict[str, Any]]
+) -> None:
+    """Stage every model's version directory, then rename each into place and write its config.pbtxt."""
     staged: dict[str, Path] = {}
     try:
         for model, contents in files.items():
-            model_dir = repo / model
-            model_dir.mkdir(exist_ok=True)
-            stage = Path(tempfile.mkdtemp(dir=model_dir, prefix=".deploykit-staging-"))
-            stage.chmod(ordinary_mode(executable=True))
-            staged[model] = stage
-            for filename, data in contents.items():
-                if isinstance(data, Path):
-                    shutil.copyfile(data, stage / filename)
-                else:
-                    atomic_write_text(stage / filename, data.decode())
+            staged[model] = _staging_dir(repo / model)
+            _write_files(staged[model], contents)
         for model, stage in staged.items():  # every file is in place: publish versions, then configs
-            final = repo / model / str(version)
-            if final.exists():
-                trash = Path(tempfile.mkdtemp(dir=repo / model, prefix=".deploykit-replaced-"))
-                final.rename(trash / "old")
-                stage.rename(final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                stage.rename(final)
+            _rename_into_place(stage, repo / model / str(version))
             atomic_write_text(repo / model / "config.pbtxt", to_pbtxt(configs[model]) + "\n")
     except OSError as exc:
         raise ArtifactError(f"cannot write the repository {repo}: {exc.strerror or exc}") from None
     finally:  # a failure leaves no staging directory behind (published ones were renamed away)
         for stage in staged.values():
             shutil.rmtree(stage, ignore_errors=True)
-    return RepositoryResult(repo, name, version, backend, list(configs), replaced=bool(clash))
+
+
+def _staging_dir(model_dir: Path) -> Path:
+    """A new hidden directory in ``model_dir`` (created if needed) with an ordinary directory's mode."""
+    model_dir.mkdir(exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=model_dir, prefix=".deploykit-staging-"))
+    stage.chmod(ordinary_mode(executable=True))
+    return stage
+
+
+def _write_files(directory: Path, contents: dict[str, bytes | Path]) -> None:
+    for filename, data in contents.items():
+        if isinstance(data, Path):
+            shutil.copyfile(data, directory / filename)
+        else:
+            atomic_write_text(directory / filename, data.decode())
+
+
+def _rename_into_place(stage: Path, final: Path) -> None:
+    """``stage`` becomes ``final``; an existing ``final`` is moved aside first and deleted after."""
+    if final.exists():
+        trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=".deploykit-replaced-"))
+        final.rename(trash / "old")
+        stage.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        stage.rename(final)

@@ -239,6 +239,10 @@ def _check_onnx_io(config, onnx_path: Path, where: Path) -> None:
     from deploykit.core.onnx_io import io_signature
     from deploykit.serving.repository import TRITON_TYPES
 
+    # Not core.onnx_io.load_onnx: only the graph's I/O signature is compared with the config, so external
+    # weights are not loaded and onnx's checker is not run. Triton's ONNX Runtime backend decides whether
+    # it can run the graph; the checker could refuse a model it serves (serve checks any repository, not
+    # only deploykit's). An unreadable file is an ArtifactError, as with load_onnx.
     try:
         proto = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:

@@ -29,6 +29,7 @@ import contextlib
 import io
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -300,9 +301,38 @@ def convert(proto: onnx.ModelProto, block_nodes: set[str], fp16_io: bool = False
     return out
 
 
-def _module_check(
-    fp32, converted, out, logits, passes, images, reference, tol, blocked, report, ops, fp16_io
-):
+@dataclass
+class _Conversion:
+    """One FP16 conversion in progress: the named FP32 graph, the images and reference logits it is
+    checked on, what is kept FP32 so far (``blocked``) and the report being written."""
+
+    fp32: onnx.ModelProto
+    images: np.ndarray
+    reference: np.ndarray
+    passes: Callable[[np.ndarray], bool]
+    fp16_io: bool
+    max_batch: int
+    report: Fp16Report
+    ops: dict[str, str]
+    blocked: set[str] = field(default_factory=set)
+
+    def convert(self) -> onnx.ModelProto:
+        return convert(self.fp32, self.blocked, self.fp16_io)
+
+    def logits(self, model: onnx.ModelProto) -> np.ndarray:
+        from deploykit.runtime.base import run_batched
+        from deploykit.runtime.ort_runner import OrtRunner
+
+        return run_batched(OrtRunner(model.SerializeToString()), self.images, self.max_batch)
+
+    def keep(self, nodes, reason: str) -> None:
+        """Record ``nodes`` (sorted) as kept FP32 for ``reason`` (ops that are always FP32 are listed once)."""
+        self.report.kept_fp32.extend(
+            {"node": n, "op": self.ops[n], "reason": reason} for n in nodes if self.ops[n] not in FP32_OPS
+        )
+
+
+def _module_check(run: _Conversion, converted: onnx.ModelProto, out: np.ndarray, tol: Tolerances):
     """Keep FP32 the nodes of the first module that drifts in FP16 from the FP32 graph, again and again,
     until the logits pass, no module drifts past the module tolerances, or :data:`MODULE_ROUNDS` is
     reached. Returns the last converted graph and its logits."""
@@ -310,25 +340,58 @@ def _module_check(
     from deploykit.validation.locate import locate_between_graphs, worst_images
 
     for _ in range(MODULE_ROUNDS):
-        picked = images[worst_images(reference, out)]
-        first = locate_between_graphs(fp32, converted, picked, tol, "fp16").first
-        report.modules_checked += 1
-        nodes = module_nodes(fp32, first.module) - blocked if first is not None else set()
+        picked = run.images[worst_images(run.reference, out)]
+        first = locate_between_graphs(run.fp32, converted, picked, tol, "fp16").first
+        run.report.modules_checked += 1
+        nodes = module_nodes(run.fp32, first.module) - run.blocked if first is not None else set()
         if not nodes:
             break
-        blocked |= nodes
+        run.blocked |= nodes
         reason = (
             f"module check: {first.module} drifts in FP16 (max rel {first.max_rel:.3g}, "
             f"cosine {first.cosine_min:.6f})"
         )
-        report.kept_fp32.extend(
-            {"node": n, "op": ops[n], "reason": reason} for n in sorted(nodes) if ops[n] not in FP32_OPS
-        )
-        converted = convert(fp32, blocked, fp16_io)
-        out = logits(converted)
-        if passes(out):
+        run.keep(sorted(nodes), reason)
+        converted = run.convert()
+        out = run.logits(converted)
+        if run.passes(out):
             break
     return converted, out
+
+
+def _segment_check(run: _Conversion, converted: onnx.ModelProto, out: np.ndarray):
+    """Each segment alone in FP16 (the rest FP32), worst first: keep whole segments FP32 until the logits
+    pass. Returns the last converted graph and its logits."""
+    groups = segments(run.fp32)
+    errors = []
+    for i, group in enumerate(groups):
+        others = {n for g in groups for n in g} - set(group)
+        out = run.logits(convert(run.fp32, others | run.blocked, run.fp16_io))
+        errors.append((float(np.abs(out - run.reference).max()), i))
+    run.report.segments_checked = len(groups)
+    for err, i in sorted(errors, reverse=True):
+        run.blocked |= set(groups[i])
+        run.keep(groups[i], f"segment check: segment {i} alone in FP16 gives max abs logit error {err:.3g}")
+        converted = run.convert()
+        out = run.logits(converted)
+        if run.passes(out):
+            break
+    return converted, out
+
+
+def _prepare(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, Fp16Report, dict[str, str]]:
+    """A named, unshared copy of ``proto``, a report listing the ops that are always FP32, and the op of
+    every node."""
+    fp32 = onnx.ModelProto()
+    fp32.CopyFrom(proto)
+    _name_nodes(fp32)
+    _unshare_initializers(fp32)
+    report = Fp16Report(total_nodes=len(fp32.graph.node))
+    ops = {n.name: n.op_type for n in fp32.graph.node}
+    for name, op in ops.items():
+        if op in FP32_OPS:
+            report.kept_fp32.append({"node": name, "op": op, "reason": FP32_OPS[op]})
+    return fp32, report, ops
 
 
 def segments(proto: onnx.ModelProto) -> list[list[str]]:
@@ -345,14 +408,16 @@ def make_fp16(
     proto: onnx.ModelProto,
     images: np.ndarray,
     reference: np.ndarray,
-    passes,  # Callable[[np.ndarray], bool]: do these logits meet the FP16 tolerances?
+    passes: Callable[[np.ndarray], bool],
+    *,
     fp16_io: bool = False,
     max_batch: int = 16,
     tol: Tolerances | None = None,
     range_images: np.ndarray | None = None,
     range_screen: float | None = None,
 ) -> tuple[onnx.ModelProto, Fp16Report]:
-    """Convert ``proto`` (FP32, nodes named) to mixed precision, keeping FP32 what the checks require.
+    """Convert ``proto`` (FP32, nodes named) to mixed precision, keeping FP32 what the checks require;
+    ``passes(logits)`` says whether logits meet the FP16 tolerances.
 
     With ``tol`` (the FP16 tolerances) a graph that misses them is first fixed module by module: the first
     module whose FP16 output drifts from the FP32 graph (``module_max_rel`` / ``module_min_cosine``, see
@@ -363,21 +428,10 @@ def make_fp16(
     keep FP32 (the margin covers the few ONNX intermediates PyTorch's ops do not show, such as a matmul
     before its bias or GELU's decomposition, which stay within a small factor of what they show).
     ``report.logits`` holds the final graph's logits on ``images``."""
-    from deploykit.runtime.base import run_batched
-    from deploykit.runtime.ort_runner import OrtRunner
-
     t = time.perf_counter()
-    fp32 = onnx.ModelProto()
-    fp32.CopyFrom(proto)
-    _name_nodes(fp32)
-    _unshare_initializers(fp32)
-    report = Fp16Report(total_nodes=len(fp32.graph.node))
+    fp32, report, ops = _prepare(proto)
+    run = _Conversion(fp32, images, reference, passes, fp16_io, max_batch, report, ops)
     t = report.lap("prepare", t)
-    ops = {n.name: n.op_type for n in fp32.graph.node}
-    for name, op in ops.items():
-        if op in FP32_OPS:
-            report.kept_fp32.append({"node": name, "op": op, "reason": FP32_OPS[op]})
-    blocked: set[str] = set()
     range_images = images if range_images is None else range_images
     report.range_images = len(range_images)
     report.range_screen = range_screen
@@ -385,45 +439,17 @@ def make_fp16(
         peaks, report.range_tensors = activation_ranges(fp32, range_images)
         t = report.lap("activation ranges", t)
         for kept in range_blocks(fp32, peaks):
-            blocked.add(kept["node"])
+            run.blocked.add(kept["node"])
             report.kept_fp32.append(kept)
-    converted = convert(fp32, blocked, fp16_io)
+    converted = run.convert()
     t = report.lap("convert", t)
-
-    def logits(model: onnx.ModelProto) -> np.ndarray:
-        return run_batched(OrtRunner(model.SerializeToString()), images, max_batch)
-
-    out = logits(converted)
+    out = run.logits(converted)
     t = report.lap("onnxruntime fp16", t)
     if not passes(out) and tol is not None:
-        converted, out = _module_check(
-            fp32, converted, out, logits, passes, images, reference, tol, blocked, report, ops, fp16_io
-        )
+        converted, out = _module_check(run, converted, out, tol)
         t = report.lap("module check", t)
     if not passes(out):
-        groups = segments(fp32)
-        errors = []
-        for i, group in enumerate(groups):
-            others = {n for g in groups for n in g} - set(group)
-            out = logits(convert(fp32, others | blocked, fp16_io))
-            errors.append((float(np.abs(out - reference).max()), i))
-        report.segments_checked = len(groups)
-        for err, i in sorted(errors, reverse=True):
-            blocked |= set(groups[i])
-            for name in groups[i]:
-                if ops[name] not in FP32_OPS:
-                    report.kept_fp32.append(
-                        {
-                            "node": name,
-                            "op": ops[name],
-                            "reason": f"segment check: segment {i} alone in FP16 gives max abs "
-                            f"logit error {err:.3g}",
-                        }
-                    )
-            converted = convert(fp32, blocked, fp16_io)
-            out = logits(converted)
-            if passes(out):
-                break
+        converted, out = _segment_check(run, converted, out)
         t = report.lap("segment check", t)
     report.fp16_nodes = report.total_nodes - len({k["node"] for k in report.kept_fp32})
     report.logits = out

@@ -20,12 +20,8 @@ inside the functions, so importing this module is cheap.
 
 from __future__ import annotations
 
-import datetime
 import gc
-import io
 import json
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,10 +33,23 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from deploykit.core.errors import ArtifactError, ConfigError, UnknownModelError, first_line
+from deploykit.workflows.bench_measure import (
+    INPUT_SEED,
+    count_flops,
+    latency_stats,
+    machine_info,
+    matmul_ceiling,
+)
+from deploykit.workflows.bench_report import (
+    BenchReport,
+    CaseResult,
+    format_table,
+    plot,
+    require_matplotlib,
+)
 
 if TYPE_CHECKING:
     import numpy as np
-    from rich.table import Table
     from torch import nn
 
     from deploykit.runtime.base import Runner
@@ -48,95 +57,6 @@ if TYPE_CHECKING:
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
 #: ONNX files of an export directory and the precision of each
 ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
-FLOPS_COUNTED = (
-    "matmul, linear, convolution and attention FLOPs (2 per multiply-add) of one image through the eager "
-    "model, counted by torch.utils.flop_counter; normalisation, softmax, activations, pooling and other "
-    "elementwise ops are not counted"
-)
-INPUT_SEED = 0
-
-
-# ------------------------------------------------------------------------------------------------ report
-@dataclass(frozen=True)
-class CaseResult:
-    """One runtime x precision x batch: latency statistics over the timed rounds (``samples_ms`` is kept
-    for plots but not written to JSON)."""
-
-    runtime: str
-    precision: str
-    batch: int
-    runner: str
-    samples_ms: tuple[float, ...]
-    min_ms: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    images_per_s: float
-    gflops: float
-    ratio_to_torch: float | None = None
-    pct_of_matmul_ceiling: float | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.runtime} {self.precision}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "runtime": self.runtime,
-            "precision": self.precision,
-            "batch": self.batch,
-            "min_ms": self.min_ms,
-            "p50_ms": self.p50_ms,
-            "p90_ms": self.p90_ms,
-            "p99_ms": self.p99_ms,
-            "mean_ms": self.mean_ms,
-            "images_per_s": self.images_per_s,
-            "gflops": self.gflops,
-            "ratio_to_torch": self.ratio_to_torch,
-            "pct_of_matmul_ceiling": self.pct_of_matmul_ceiling,
-            "runner": self.runner,
-        }
-
-
-@dataclass
-class BenchReport:
-    """What :func:`run_bench` measured; :meth:`to_dict` is the ``--json`` document."""
-
-    target: str
-    preset: str
-    artifact_dir: str | None  # None: a preset exported into a temporary directory
-    input_shape: tuple[int, ...]  # (C, H, W)
-    gflop_per_image: float
-    results: list[CaseResult]
-    skipped: list[dict[str, Any]]
-    machine: dict[str, Any]
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def result(self, runtime: str, precision: str, batch: int) -> CaseResult | None:
-        return next(
-            (r for r in self.results if (r.runtime, r.precision, r.batch) == (runtime, precision, batch)),
-            None,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "results": [r.to_dict() for r in self.results],
-            "skipped": list(self.skipped),
-            "model": {
-                "preset": self.preset,
-                "target": self.target,
-                "artifact_dir": self.artifact_dir,
-                "input_shape": list(self.input_shape),
-                "gflop_per_image": self.gflop_per_image,
-                "flops_counted": FLOPS_COUNTED,
-            },
-            "settings": dict(self.settings),
-            "machine": dict(self.machine),
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -229,7 +149,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
 
 def _eager_model(manifest: dict[str, Any], directory: Path, with_weights: bool) -> nn.Module:
     """The preset the export came from, rebuilt as ``manifest.json`` records it (size, seed, weights)."""
-    from deploykit.workflows.pipeline import build_model
+    from deploykit.workflows.state import build_model
 
     config = manifest.get("export_config") or {}
     weights = manifest.get("weights") or None
@@ -243,74 +163,6 @@ def _eager_model(manifest: dict[str, Any], directory: Path, with_weights: bool) 
             )
     model, _ = build_model(manifest["preset"], config.get("image_size"), path, config.get("seed", 0), fmt)
     return model
-
-
-# ------------------------------------------------------------------------------------------ measurement
-def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
-    """FLOPs of one ``(1, *input_size)`` forward of ``model``, as :data:`FLOPS_COUNTED` says."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, *input_size)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return int(counter.get_total_flops())
-
-
-def matmul_ceiling(
-    threads: int, precision: str = "fp32", size: int = 1024, seconds: float = 0.5
-) -> float | None:
-    """The dense-MatMul rate (GFLOP/s) ONNX Runtime reaches here: one ``size``^3 MatMul, ``threads`` intra-op
-    threads, the same providers the artifacts run with, best of as many runs as fit in ``seconds`` (at
-    least 3). ``None`` when this ONNX Runtime has no MatMul for ``precision``. On CUDA the timing includes
-    the host/device copies, as every ONNX Runtime timing of :func:`run_bench` does."""
-    import numpy as np
-    from onnx import TensorProto, helper
-
-    from deploykit.runtime.ort_runner import OrtRunner
-
-    dtype, elem = {"fp32": (np.float32, TensorProto.FLOAT), "fp16": (np.float16, TensorProto.FLOAT16)}[
-        precision
-    ]
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])],
-        "matmul_ceiling",
-        [helper.make_tensor_value_info(n, elem, [size, size]) for n in ("a", "b")],
-        [helper.make_tensor_value_info("c", elem, [size, size])],
-    )
-    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    try:
-        session = OrtRunner(probe.SerializeToString(), threads=threads, name="matmul").session
-    except ArtifactError:
-        return None
-    rng = np.random.default_rng(INPUT_SEED)
-    feeds = {n: rng.standard_normal((size, size)).astype(dtype) for n in ("a", "b")}
-    best, runs, start = float("inf"), 0, time.perf_counter()
-    while runs < 3 or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        session.run(None, feeds)
-        best = min(best, time.perf_counter() - t)
-        runs += 1
-    return 2 * size**3 / best / 1e9
-
-
-def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
-    """min / p50 / p90 / p99 / mean of ``samples_ms`` (numpy's linear percentiles), in ms."""
-    import numpy as np
-
-    a = np.asarray(samples_ms, dtype=np.float64)
-    p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
-    return {"min_ms": float(a.min()), "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": float(a.mean())}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 @dataclass
@@ -339,63 +191,70 @@ def _runners(
 
         out.append(("torch", "fp32", TorchRunner(model), None))
     if "onnxruntime" in runtimes:
-        from deploykit.runtime.ort_runner import OrtRunner
-
-        for precision, name in ONNX_FILES.items():
-            path = directory / name
-            if not path.is_file():
-                if precision == "fp32":
-                    raise ArtifactError(f"{directory}: no {name} (the export's FP32 artifact)")
-                skipped.append(
-                    {
-                        "runtime": "onnxruntime",
-                        "precision": precision,
-                        "reason": f"no {name} (export with --fp16)",
-                    }
-                )
-                continue
-            say(f"loading {name} (ONNX Runtime, {threads} threads)")
-            out.append(("onnxruntime", precision, OrtRunner(path, threads=threads), None))
+        out += _onnx_runners(directory, threads, say, skipped)
     if "tensorrt" in runtimes:
-        from deploykit.core.artifacts import ENGINE_SUFFIXES
-        from deploykit.engine.builder import tensorrt_available
-
-        ok, reason = tensorrt_available()
-        engines = sorted(p for p in directory.iterdir() if p.suffix in ENGINE_SUFFIXES and p.is_file())
-        if not ok:
-            skipped.append({"runtime": "tensorrt", "precision": None, "reason": reason})
-        elif not engines:
-            skipped.append(
-                {
-                    "runtime": "tensorrt",
-                    "precision": None,
-                    "reason": f"no engine in {directory} (deploykit build {directory / 'model.fp16.onnx'})",
-                }
-            )
-        else:
-            from deploykit.engine.runner import TensorRTRunner
-
-            seen: dict[str, str] = {}
-            for path in engines:
-                say(f"loading {path.name} (TensorRT)")
-                runner = TensorRTRunner(path)
-                if runner.precision in seen:
-                    skipped.append(
-                        {
-                            "runtime": "tensorrt",
-                            "precision": runner.precision,
-                            "reason": f"{path.name}: {seen[runner.precision]} is already the "
-                            f"{runner.precision} engine",
-                        }
-                    )
-                    continue
-                seen[runner.precision] = path.name
-                out.append(("tensorrt", runner.precision, runner, runner.batch_range))
+        out += _engine_runners(directory, say, skipped)
     return out
+
+
+def _onnx_runners(directory: Path, threads: int, say, skipped: list[dict[str, Any]]) -> list[tuple]:
+    from deploykit.runtime.ort_runner import OrtRunner
+
+    out = []
+    for precision, name in ONNX_FILES.items():
+        path = directory / name
+        if not path.is_file():
+            if precision == "fp32":
+                raise ArtifactError(f"{directory}: no {name} (the export's FP32 artifact)")
+            reason = f"no {name} (export with --fp16)"
+            skipped.append({"runtime": "onnxruntime", "precision": precision, "reason": reason})
+            continue
+        say(f"loading {name} (ONNX Runtime, {threads} threads)")
+        out.append(("onnxruntime", precision, OrtRunner(path, threads=threads), None))
+    return out
+
+
+def _engine_runners(directory: Path, say, skipped: list[dict[str, Any]]) -> list[tuple]:
+    """One TensorRT runner per precision among the engines of ``directory`` (where TensorRT runs)."""
+    from deploykit.core.artifacts import ENGINE_SUFFIXES
+    from deploykit.engine.builder import tensorrt_available
+
+    ok, reason = tensorrt_available()
+    engines = sorted(p for p in directory.iterdir() if p.suffix in ENGINE_SUFFIXES and p.is_file())
+    if not ok or not engines:
+        if ok:
+            reason = f"no engine in {directory} (deploykit build {directory / 'model.fp16.onnx'})"
+        skipped.append({"runtime": "tensorrt", "precision": None, "reason": reason})
+        return []
+    from deploykit.engine.runner import TensorRTRunner
+
+    out, seen = [], {}
+    for path in engines:
+        say(f"loading {path.name} (TensorRT)")
+        runner = TensorRTRunner(path)
+        if runner.precision in seen:
+            reason = f"{path.name}: {seen[runner.precision]} is already the {runner.precision} engine"
+            skipped.append({"runtime": "tensorrt", "precision": runner.precision, "reason": reason})
+            continue
+        seen[runner.precision] = path.name
+        out.append(("tensorrt", runner.precision, runner, runner.batch_range))
+    return out
+
+
+def _check_counts(*, iters: int, warmup: int, settle_ms: float, threads: int | None) -> None:
+    if iters < 1:
+        raise ConfigError(f"--iters must be at least 1, got {iters}")
+    if warmup < 0:
+        raise ConfigError(f"--warmup must be 0 or more, got {warmup}")
+    if settle_ms < 0:
+        raise ConfigError(f"settle_ms must be 0 or more, got {settle_ms}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
 
 
 def run_bench(
     target: str | Path,
+    *,
     batches: str | Sequence[int] = (1, 8),
     runtimes: str | Sequence[str] = RUNTIMES,
     threads: int | None = None,
@@ -413,14 +272,7 @@ def run_bench(
     over a preset of the same name."""
     batches = parse_batches(batches)
     runtimes = parse_runtimes(runtimes)
-    if iters < 1:
-        raise ConfigError(f"--iters must be at least 1, got {iters}")
-    if warmup < 0:
-        raise ConfigError(f"--warmup must be 0 or more, got {warmup}")
-    if settle_ms < 0:
-        raise ConfigError(f"settle_ms must be 0 or more, got {settle_ms}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    _check_counts(iters=iters, warmup=warmup, settle_ms=settle_ms, threads=threads)
 
     from rich.console import Console
 
@@ -449,15 +301,7 @@ def run_bench(
                 raise ArtifactError(
                     f"nothing to benchmark in {directory} ({reasons or 'no runtime asked for'})"
                 )
-            say(f"MatMul ceiling probe (ONNX Runtime, {threads} threads)")
-            precisions = sorted({"fp32", *(c.precision for c in cases if c.runtime != "torch")})
-            machine = machine_info(threads, precisions)
-            _time_cases(cases, warmup, iters, settle_ms / 1e3, console, progress)
-            for precision in precisions:  # probe again: the best of both, in case the first was disturbed
-                key = f"matmul_gflops_{precision}"
-                again = matmul_ceiling(threads, precision)
-                if again is not None:
-                    machine[key] = max(machine[key] or 0.0, again)
+            machine = _time_with_ceilings(cases, threads, warmup, iters, settle_ms, console, say)
         finally:
             torch.set_num_threads(previous_threads)
 
@@ -471,17 +315,36 @@ def run_bench(
         results=results,
         skipped=skipped,
         machine=machine,
-        settings={
-            "batches": list(batches),
-            "runtimes": list(runtimes),
-            "threads": threads,
-            "warmup_rounds": warmup,
-            "timed_rounds": iters,
-            "order": "every round runs each case once, in a seeded random order (interleaved)",
-            "settle_ms": settle_ms,
-            "input": f"fixed standard-normal batch (seed {INPUT_SEED}) in each runner's input dtype",
-        },
+        settings=_settings(batches, runtimes, threads, warmup, iters, settle_ms),
     )
+
+
+def _time_with_ceilings(cases, threads: int, warmup: int, iters: int, settle_ms: float, console, say):
+    """Time ``cases`` between two MatMul ceiling probes; the machine record keeps the better probe of each
+    precision (in case the first was disturbed)."""
+    say(f"MatMul ceiling probe (ONNX Runtime, {threads} threads)")
+    precisions = sorted({"fp32", *(c.precision for c in cases if c.runtime != "torch")})
+    machine = machine_info(threads, precisions)
+    _time_cases(cases, warmup, iters, settle_ms / 1e3, console, not console.quiet)
+    for precision in precisions:
+        key = f"matmul_gflops_{precision}"
+        again = matmul_ceiling(threads, precision)
+        if again is not None:
+            machine[key] = max(machine[key] or 0.0, again)
+    return machine
+
+
+def _settings(batches, runtimes, threads, warmup, iters, settle_ms) -> dict[str, Any]:
+    return {
+        "batches": list(batches),
+        "runtimes": list(runtimes),
+        "threads": threads,
+        "warmup_rounds": warmup,
+        "timed_rounds": iters,
+        "order": "every round runs each case once, in a seeded random order (interleaved)",
+        "settle_ms": settle_ms,
+        "input": f"fixed standard-normal batch (seed {INPUT_SEED}) in each runner's input dtype",
+    }
 
 
 def _cases(runners, batches, input_size, skipped) -> list[_Case]:
@@ -589,128 +452,6 @@ def _results(cases: list[_Case], gflop_per_image: float, machine: dict[str, Any]
     return sorted(results, key=lambda r: (r.batch, order[r.runtime], r.precision != "fp32"))
 
 
-def machine_info(threads: int, precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
-    """The machine and software the numbers belong to, with the MatMul ceiling for each precision."""
-    import numpy
-    import onnxruntime
-    import torch
-
-    import deploykit
-    from deploykit.engine.builder import tensorrt_available
-    from deploykit.runtime.ort_runner import default_providers
-
-    info: dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "onnxruntime_providers": default_providers(),
-    }
-    for precision in sorted({"fp32", *precisions}):
-        info[f"matmul_gflops_{precision}"] = matmul_ceiling(threads, precision)
-    info["matmul_probe"] = (
-        "fastest run of one 1024x1024x1024 ONNX Runtime MatMul (2*n^3 FLOPs) in 0.5 s probes before and "
-        "after the timing, same threads and providers"
-    )
-    info.update(
-        {
-            "tensorrt": tensorrt_available()[1],
-            "deploykit": deploykit.__version__,
-            "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "numpy": numpy.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-    )
-    return info
-
-
-# ----------------------------------------------------------------------------------------------- output
-def format_table(report: BenchReport) -> Table:
-    """The results as a rich table, one row per case, grouped by batch size."""
-    from rich.table import Table
-
-    m = report.machine
-    table = Table(
-        title=f"deploykit bench: {report.preset} {'x'.join(map(str, report.input_shape))}, "
-        f"{m['threads']} threads, median of {report.settings.get('timed_rounds')} interleaved rounds",
-        caption=f"{m['cpu']}; ONNX Runtime MatMul ceiling {_num(m.get('matmul_gflops_fp32'))} GFLOP/s fp32"
-        + (f", {_num(m['matmul_gflops_fp16'])} fp16" if m.get("matmul_gflops_fp16") else "")
-        + f"; model {report.gflop_per_image:.3f} GFLOP/image",
-    )
-    columns = ["runtime", "precision", "batch", "min ms", "p50 ms", "p90 ms", "p99 ms", "mean ms"]
-    columns += ["images/s", "x torch", "GFLOP/s", "% ceiling"]
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("runtime", "precision") else "right")
-    previous = None
-    for r in report.results:
-        if previous is not None and r.batch != previous:
-            table.add_section()
-        previous = r.batch
-        table.add_row(
-            r.runtime,
-            r.precision,
-            str(r.batch),
-            *(f"{v:.2f}" for v in (r.min_ms, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms)),
-            f"{r.images_per_s:.1f}",
-            "" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.2f}",
-            f"{r.gflops:.1f}",
-            "" if r.pct_of_matmul_ceiling is None else f"{r.pct_of_matmul_ceiling:.0f}%",
-        )
-    return table
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
-
-
-def require_matplotlib() -> None:
-    """Raise :class:`ConfigError` unless matplotlib (the ``[plot]`` extra) imports; call before benchmarking."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ConfigError("--plot needs matplotlib (pip install 'deploykit[plot]')") from None
-
-
-def plot(report: BenchReport, path: str | Path) -> Path:
-    """A PNG of the latency distributions: one panel per batch size, one box per runtime x precision
-    (whiskers at min and max, every sample drawn). Written atomically."""
-    require_matplotlib()
-    import numpy as np
-    from matplotlib.figure import Figure  # the object API: no pyplot, no global backend switch
-
-    from deploykit.core.io import atomic_write_bytes
-
-    batches = sorted({r.batch for r in report.results})
-    fig = Figure(figsize=(max(4.0, 3.2 * len(batches) + 1), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(batches), squeeze=False)[0]
-    rng = np.random.default_rng(0)
-    for ax, batch in zip(axes, batches):
-        rows = [r for r in report.results if r.batch == batch]
-        samples = [r.samples_ms for r in rows]
-        ax.boxplot(samples, whis=(0, 100), widths=0.55, medianprops={"color": "black"})
-        for i, s in enumerate(samples, 1):
-            ax.plot(i + rng.uniform(-0.12, 0.12, len(s)), s, ".", alpha=0.45, markersize=4)
-        ax.set_xticks(range(1, len(rows) + 1), [r.label.replace(" ", "\n") for r in rows])
-        ax.set_title(f"batch {batch}")
-        ax.set_ylabel("latency (ms)")
-        low, high = min(min(x) for x in samples), max(max(x) for x in samples)
-        if high > 10 * low:  # a few slow outliers would flatten every box on a linear axis
-            ax.set_yscale("log")
-        else:
-            ax.set_ylim(bottom=0)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(
-        f"{report.preset}: latency per runtime\n({report.machine['threads']} threads, "
-        f"{report.settings.get('timed_rounds')} interleaved rounds)",
-        fontsize="medium",
-    )
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
 def bench_command(
     target: str,
     *,
@@ -730,7 +471,15 @@ def bench_command(
 
     if plot_out:
         require_matplotlib()
-    report = run_bench(target, batch, runtime, threads, warmup, iters, progress=not quiet)
+    report = run_bench(
+        target,
+        batches=batch,
+        runtimes=runtime,
+        threads=threads,
+        warmup=warmup,
+        iters=iters,
+        progress=not quiet,
+    )
     Console(width=max(Console().width, 130)).print(format_table(report))
     for s in report.skipped:
         precision = f" {s['precision']}" if s["precision"] else ""

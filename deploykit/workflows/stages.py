@@ -173,11 +173,11 @@ def stage_fp16(state: ExportState) -> None:
         images,
         state.fp16_reference,
         passes,
-        state.fp16_io,
-        BULK_BATCH,
-        tol,
-        state.images[_range_picks(state)],
-        peak,
+        fp16_io=state.fp16_io,
+        max_batch=BULK_BATCH,
+        tol=tol,
+        range_images=state.images[_range_picks(state)],
+        range_screen=peak,
     )
     label = f"fp16 (onnxruntime, {len(images)} images)"
     state.check("fp16", label, report.logits, proto, state.fp16_reference, "fp16")
