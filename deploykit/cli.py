@@ -336,9 +336,9 @@ def triton_cmd(
 ) -> None:
     """Write a Triton model repository for EXPORT_DIR: NAME, NAME_preprocess, NAME_postprocess and the
     ensemble NAME_classify (image bytes in, top-k classes out)."""
-    from deploykit.serving.repository import write_repository
+    from deploykit.serving.commands import triton_command
 
-    result = write_repository(
+    triton_command(
         export_dir,
         repo,
         name=name,
@@ -354,11 +354,6 @@ def triton_cmd(
         labels=labels,
         ort_tensorrt=ort_tensorrt,
     )
-    verb = "replaced" if result.replaced else "wrote"
-    click.echo(
-        f"{verb} version {result.version} of {', '.join(result.models)} ({result.backend} backend) in {result.repo}"
-    )
-    click.echo(f"serve it: deploykit serve {result.repo}")
 
 
 @cli.command("serve")
@@ -390,39 +385,17 @@ def serve_cmd(
     Exit 0 stopped cleanly; 1 the server failed (a model did not load, it died: the reason and the log
     path in one line); 2 a bad repository; 3 no Triton server here.
     """
-    import signal
-    import threading
+    from deploykit.serving.commands import serve_command
 
-    from deploykit.serving.server import ServerError, TritonServer, check_repository
-
-    server = TritonServer(repo, http_port, grpc_port, metrics_port, host, log_path)
-    models = check_repository(repo, python_only=server.install.source == "nvidia-pytriton")
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server.start()
-        took = server.wait_ready(startup_timeout)
-        click.echo(
-            f"serving {len(models)} models from {server.repo} ({server.install.source} tritonserver, "
-            f"ready in {took:.1f} s): {', '.join(models)}"
-        )
-        click.echo(f"  HTTP    http://{server.http_url}")
-        click.echo(f"  gRPC    {server.grpc_url}")
-        click.echo(f"  metrics {server.metrics_url}")
-        click.echo(f"  log     {server.log_path}")
-        sys.stdout.flush()
-        while not stop.is_set() and server.proc.poll() is None:
-            stop.wait(0.5)
-        if server.proc.poll() is not None:  # it ended before we asked it to
-            rc = server.proc.returncode
-            raise ServerError(f"tritonserver exited unexpectedly (rc={rc}): {server.reason()}")
-        rc = server.stop()
-        forced = " (exit timeout: connections were still open)" if rc == 1 else ""
-        click.echo(f"stopped tritonserver (rc={rc}){forced}")
-    finally:
-        server.stop(signal.SIGKILL if not stop.is_set() else signal.SIGTERM)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    serve_command(
+        repo,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        host=host,
+        log_path=log_path,
+        startup_timeout=startup_timeout,
+    )
 
 
 @cli.command("bench")

@@ -293,6 +293,7 @@ class TritonServer:
     def __init__(
         self,
         repo: str | Path,
+        *,
         http_port: int = 8000,
         grpc_port: int = 8001,
         metrics_port: int = 8002,
