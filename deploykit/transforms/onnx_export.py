@@ -61,7 +61,7 @@ def export_onnx(
                     dynamic_shapes=({0: batch},),
                     opset_version=opset,
                     external_data=False,
-                    optimize=False,  # onnxsim does the clean-up, faster (measured in the README)
+                    optimize=False,  # the simplify stage (onnxsim, fallback onnxslim) does the clean-up
                     verify=False,
                     report=False,
                 )

@@ -1,17 +1,17 @@
 """Work of the FP16 stage done ahead, in a forked child process, on the core the FP32 stages leave idle.
 
-The ONNX export (dynamo tracing, ~9 s for CvT-13) keeps one core of two busy. The FP16 check needs work
-that does not depend on the graph: its >= 64 validation images and their PyTorch FP32 reference (48 more
-images than the FP32 stages use, ~3 s on two cores) and the range check's PyTorch screen (max |x| over
+The ONNX export (dynamo tracing, most of an export's time) keeps one core of two busy. The FP16 check
+needs work that does not depend on the graph: its >= 64 validation images and their PyTorch FP32
+reference (48 more images than the FP32 stages use) and the range check's PyTorch screen (max |x| over
 every op output). :class:`Worker` forks one child that inherits the built models and the FP32 stages'
 images (copy-on-write, nothing is pickled), runs the submitted jobs one after the other with **one**
 thread, and leaves each result in a file of the staging directory; :meth:`Job.result` collects it when
 the FP16 stage needs it.
 
-Only work that overlaps single-threaded phases pays off here: measured on this project's 2-core machines,
-two single-threaded ONNX Runtime runs side by side take 2.8-3.0 s each against 1.8 s alone, so a range
-check run in the child while the main process validated the FP32 graph (two ONNX Runtime threads) ended
-up slower than running it in the main process.
+Only work that overlaps single-threaded phases pays off here: two single-threaded ONNX Runtime runs side
+by side are much slower than one alone on two cores, so a range check run in the child while the main
+process validated the FP32 graph (two ONNX Runtime threads) ended up slower than running it in the main
+process (the measurement is in docs/measured.md).
 
 The jobs run PyTorch and numpy only — no ONNX Runtime session is ever created in the child — so forking
 a process that already used ONNX Runtime (``deploykit bench PRESET`` exports in-process) stays safe.

@@ -6,10 +6,9 @@ TensorRT and a GPU are present; otherwise the reason is recorded, nothing is fak
 size. Every round runs each case once, in a fresh (seeded) random order, so drift of the machine (clock,
 thermals, other processes) spreads over all cases alike instead of landing on one of them. Runtimes that
 share one process disturb each other, though: ONNX Runtime's intra-op workers keep spinning for tens of
-milliseconds after a run (measured on the 2-core development machine: eager hvt_ti_1 at batch 1 took 10 ms
-back to back but 24 ms straight after an ONNX Runtime run). So each case first settles: it runs untimed
-until ``settle_ms`` (50 ms) have passed, then its one timed run follows; each timed sample is thus taken in
-the state a back-to-back loop of that runtime alone would be in.
+milliseconds after a run and slow down whatever runs next (measured in docs/measured.md). So each case
+first settles: it runs untimed until ``settle_ms`` (50 ms) have passed, then its one timed run follows;
+each timed sample is thus taken in the state a back-to-back loop of that runtime alone would be in.
 
 Per case: min/p50/p90/p99/mean latency in ms, images/s at the p50, the p50 relative to eager at the same
 batch, and the achieved GFLOP/s: the model's FLOPs (counted once on the eager model, see
