@@ -11,7 +11,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from deploykit.core.errors import ConfigError
+from deploykit.core.errors import ArtifactError
 from deploykit.transforms.lint import EINSUM_MESSAGE, dtype_name, format_report, lint_model, load_table
 
 F32, F64, I64 = TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.INT64
@@ -313,8 +313,9 @@ def test_unnamed_node_gets_a_readable_name_and_report_serializes():
     ]
 
 
-def test_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError):
+def test_missing_file_is_an_artifact_error(tmp_path):
+    # the one error type of every ONNX file read (deploykit.core.onnx_io)
+    with pytest.raises(ArtifactError, match="ONNX file not found"):
         lint_model(tmp_path / "nope.onnx")
 
 

@@ -1,12 +1,13 @@
 """Typed errors. Library code raises these; only the CLI turns them into messages and exit codes."""
 
 
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, or its type name when the message is empty."""
+def first_line(exc: BaseException | str) -> str:
+    """The first non-empty line of an exception's message (or of a text), stripped; an exception with an
+    empty message gives its type name, an empty text ``""``."""
     for line in str(exc).splitlines():
         if line.strip():
             return line.strip()
-    return type(exc).__name__
+    return "" if isinstance(exc, str) else type(exc).__name__
 
 
 class DeployKitError(Exception):

@@ -15,6 +15,7 @@ PRECISION_KEY = "deploykit.precision"
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """The model in ``path``, with its weights, checked by onnx's checker (:class:`ArtifactError` if not)."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"ONNX file not found: {path}")
@@ -24,6 +25,19 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     except Exception as exc:
         raise ArtifactError(f"{path} is not a valid ONNX model: {first_line(exc)}") from None
     return proto
+
+
+def read_onnx_graph(path: str | Path) -> onnx.ModelProto:
+    """The graph in ``path`` without external weights and without onnx's checker, for reading its I/O and
+    metadata only (the runtime or TensorRT's parser checks the graph when it loads it); one error type,
+    :class:`ArtifactError`, as :func:`load_onnx`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ArtifactError(f"{path} is not a readable ONNX file: {first_line(exc)}") from None
 
 
 def serialize(proto: onnx.ModelProto) -> bytes:

@@ -24,11 +24,15 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploykit.core.config import BatchProfile
-from deploykit.core.errors import ArtifactError, DeployKitError, EngineUnavailableError
+from deploykit.core.errors import ArtifactError, DeployKitError, EngineUnavailableError, first_line
 from deploykit.core.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
+from deploykit.core.onnx_io import read_onnx_graph
+
+if TYPE_CHECKING:
+    import onnx
 
 #: Every TensorRT name this module uses (classes, enum members, methods, properties).
 #: tests/test_engine_api.py checks each against the identifiers of the TensorRT 10.3 and 11.4 bindings and
@@ -105,11 +109,6 @@ class EngineResult:
 
 
 # ------------------------------------------------------------------------------------------ availability
-def _one_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
 def tensorrt_version(version: str) -> tuple[int, int]:
     """``"10.3.0.26"`` -> ``(10, 3)``; ``(0, 0)`` when the string is not a version."""
     parts = str(version).split(".")
@@ -174,7 +173,7 @@ def tensorrt_available() -> tuple[bool, str]:
     try:
         import tensorrt as trt
     except Exception as exc:  # ImportError, or OSError when the TensorRT libraries are missing
-        detail = _one_line(str(exc)) or type(exc).__name__
+        detail = first_line(exc)
         return False, f"TensorRT is not importable ({type(exc).__name__}: {detail})"
     version = str(getattr(trt, "__version__", "unknown"))
     if tensorrt_version(version) < MIN_TENSORRT:
@@ -183,7 +182,7 @@ def tensorrt_available() -> tuple[bool, str]:
     try:
         gpu, reason = gpu_info()
     except Exception as exc:  # a broken CUDA install must not crash an export that can skip the stage
-        gpu, reason = None, f"the CUDA runtime failed ({type(exc).__name__}: {_one_line(str(exc))})"
+        gpu, reason = None, f"the CUDA runtime failed ({type(exc).__name__}: {first_line(exc)})"
     if gpu is None:
         return False, f"TensorRT {version} is installed but {reason}"
     return True, f"TensorRT {version} on {gpu['name']}"
@@ -271,18 +270,13 @@ def fp16_layer_share(info: dict[str, Any]) -> tuple[float, int, int]:
 
 
 # ----------------------------------------------------------------------------------------------- build
-def onnx_facts(onnx_path: Path) -> tuple[str, tuple[int, int, int], dict[str, str]]:
-    """The graph's (one) real input name, its static C, H, W, and the file's ``metadata_props``."""
-    import onnx
-
-    # Not core.onnx_io.load_onnx: this reads only the graph's input and metadata, so it neither loads
-    # external weights nor runs onnx's checker. TensorRT's ONNX parser checks the graph when it builds,
-    # and `deploykit build` has already run load_onnx on the file. A file that cannot be read is an
-    # ArtifactError here too, the one error type of load_onnx.
-    try:
-        proto = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:
-        raise ArtifactError(f"cannot read ONNX file {onnx_path}: {_one_line(str(exc))}") from None
+def onnx_facts(
+    onnx_path: Path, proto: onnx.ModelProto | None = None
+) -> tuple[str, tuple[int, int, int], dict]:
+    """The graph's (one) real input name, its static C, H, W, and the file's ``metadata_props``; ``proto``:
+    the file's graph when the caller has already read it. TensorRT's ONNX parser checks the graph when it
+    builds, so only its input and metadata are read here (:func:`~deploykit.core.onnx_io.read_onnx_graph`)."""
+    proto = read_onnx_graph(onnx_path) if proto is None else proto
     initializers = {t.name for t in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in initializers]
     if len(inputs) != 1:
@@ -297,9 +291,9 @@ def onnx_facts(onnx_path: Path) -> tuple[str, tuple[int, int, int], dict[str, st
     return inputs[0].name, (chw[0], chw[1], chw[2]), meta
 
 
-def onnx_input(onnx_path: Path) -> tuple[str, tuple[int, int, int]]:
+def onnx_input(onnx_path: Path, proto: onnx.ModelProto | None = None) -> tuple[str, tuple[int, int, int]]:
     """The graph's (one) real input name and its static C, H, W."""
-    return onnx_facts(onnx_path)[:2]
+    return onnx_facts(onnx_path, proto)[:2]
 
 
 def _parser_errors(parser) -> str:
@@ -307,7 +301,7 @@ def _parser_errors(parser) -> str:
     for i in range(parser.num_errors):
         error = parser.get_error(i)
         node = error.node_name() or "<graph>"
-        lines.append(f"node {node}: {_one_line(error.desc())}")
+        lines.append(f"node {node}: {first_line(error.desc())}")
     return "; ".join(lines) or "no parser error recorded"
 
 

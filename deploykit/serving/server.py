@@ -36,7 +36,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploykit.core.errors import ArtifactError, ConfigError, DeployKitError, first_line
+from deploykit.core.errors import ArtifactError, ConfigError, DeployKitError
 
 #: log lines after which tritonserver never becomes ready and never exits on its own
 HANG_PATTERNS = (
@@ -233,20 +233,15 @@ def _check_version(config, version: Path, where: Path) -> None:
 
 
 def _check_onnx_io(config, onnx_path: Path, where: Path) -> None:
-    import onnx
     from tritonclient.grpc import model_config_pb2
 
-    from deploykit.core.onnx_io import io_signature
+    from deploykit.core.onnx_io import io_signature, read_onnx_graph
     from deploykit.serving.repository import TRITON_TYPES
 
-    # Not core.onnx_io.load_onnx: only the graph's I/O signature is compared with the config, so external
-    # weights are not loaded and onnx's checker is not run. Triton's ONNX Runtime backend decides whether
-    # it can run the graph; the checker could refuse a model it serves (serve checks any repository, not
-    # only deploykit's). An unreadable file is an ArtifactError, as with load_onnx.
-    try:
-        proto = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as exc:
-        raise ArtifactError(f"{onnx_path} is not a readable ONNX file: {first_line(exc)}") from None
+    # only the graph's I/O signature is compared with the config: Triton's ONNX Runtime backend decides
+    # whether it can run the graph (onnx's checker could refuse a model it serves; serve checks any
+    # repository, not only deploykit's)
+    proto = read_onnx_graph(onnx_path)
     signature = io_signature(proto)
     initializers = {t.name for t in proto.graph.initializer}
     graph = {

@@ -36,7 +36,7 @@ import onnx
 import onnx.inliner
 from onnx import TensorProto, numpy_helper
 
-from deploykit.core.errors import ConfigError
+from deploykit.core.onnx_io import read_onnx_graph
 
 TABLE_PATH = Path(__file__).with_name("trt_operators.json")
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -144,11 +144,8 @@ def format_report(report: LintReport) -> str:
 def _load(model: onnx.ModelProto | str | Path) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
-    path = Path(model)
-    if not path.is_file():
-        raise ConfigError(f"ONNX file not found: {path}")
     # Weights are not needed to lint; external data stays on disk (its values count as unknown).
-    return onnx.load(str(path), load_external_data=False)
+    return read_onnx_graph(model)
 
 
 def _default_opset(proto: onnx.ModelProto) -> int | None:

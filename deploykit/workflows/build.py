@@ -107,7 +107,7 @@ def build_command(
         config = dataclasses.replace(config, batch=BatchProfile.parse(batch))
     out = ensure_writable_dir(Path(out_dir) if out_dir else source.parent)
     cache = Path(timing_cache) if timing_cache else out / "timing.cache"
-    name, chw = onnx_input(source)
+    name, chw = onnx_input(source, proto)
     outcome = build_or_script(
         source,
         engine_path=out / f"{source.name.removesuffix('.onnx')}.engine",
