@@ -6,18 +6,25 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from deploykit.core.errors import ArtifactError
 
 
-def sha256_file(path: str | Path) -> str:
+def sha256_files(paths: Iterable[str | Path]) -> str:
+    """sha256 of the files' bytes one after the other (a sharded checkpoint's fingerprint), read in 1 MiB
+    chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    return sha256_files([path])
 
 
 def sha256_bytes(data: bytes) -> str:
