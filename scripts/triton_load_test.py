@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from deploykit.core.errors import first_line
+
 METRICS = (
     "nv_inference_request_success",
     "nv_inference_request_failure",
@@ -99,30 +101,27 @@ def make_inputs(input_cfg: dict, count: int, batch: int, images: Path | None, se
     return [rng.standard_normal((batch, *dims)).astype(np.float32) for _ in range(count)]
 
 
-def run(args: argparse.Namespace) -> dict:
-    module = client_module(args.protocol)
-    input_cfg, outputs = model_io(module, args.url, args.model, args.protocol)
-    datatype = (
-        "BYTES" if input_cfg["data_type"] == "TYPE_STRING" else input_cfg["data_type"].removeprefix("TYPE_")
+def _client(module, args: argparse.Namespace):
+    if args.protocol == "grpc":
+        return module.InferenceServerClient(args.url)
+    return module.InferenceServerClient(
+        args.url, connection_timeout=args.timeout, network_timeout=args.timeout
     )
-    total = args.concurrency * args.requests
-    inputs = make_inputs(input_cfg, total, args.batch, args.images, args.seed)
-    http_url = args.http_url or (args.url if args.protocol == "http" else None)
-    before = scrape(args.metrics_url, args.model) if args.metrics_url else None
 
+
+def _load(module, args, io: tuple[dict, list[dict]], inputs: list[np.ndarray]) -> tuple:
+    """``args.concurrency`` clients, each sending ``args.requests`` requests one after the other, started
+    together; returns (latencies in ms per client, error lines, the outputs by request index, wall time)."""
+    (input_cfg, outputs), datatype = io, _datatype(io[0])
     latencies: list[list[float]] = [[] for _ in range(args.concurrency)]
     errors: list[str] = []
     results: dict[int, np.ndarray] = {}
     lock = threading.Lock()
     start = threading.Barrier(args.concurrency + 1)
+    kwargs = {"client_timeout": args.timeout} if args.protocol == "grpc" else {}
 
     def worker(w: int) -> None:
-        if args.protocol == "grpc":
-            client = module.InferenceServerClient(args.url)
-        else:
-            client = module.InferenceServerClient(
-                args.url, connection_timeout=args.timeout, network_timeout=args.timeout
-            )
+        client = _client(module, args)
         start.wait()
         for r in range(args.requests):
             i = w * args.requests + r
@@ -131,14 +130,12 @@ def run(args: argparse.Namespace) -> dict:
             wanted = [module.InferRequestedOutput(o["name"]) for o in outputs]
             t0 = time.perf_counter()
             try:
-                kwargs = {"client_timeout": args.timeout} if args.protocol == "grpc" else {}
-                response = client.infer(args.model, [tensor], outputs=wanted, **kwargs)
-                value = response.as_numpy(outputs[0]["name"])
+                value = client.infer(args.model, [tensor], outputs=wanted, **kwargs).as_numpy(
+                    outputs[0]["name"]
+                )
             except Exception as exc:  # every failure is counted and a few are shown, the load goes on
                 with lock:
-                    errors.append(
-                        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                    )
+                    errors.append(f"{type(exc).__name__}: {first_line(exc)}")
                 continue
             latencies[w].append((time.perf_counter() - t0) * 1e3)
             if args.verify_onnx:
@@ -152,8 +149,53 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    return latencies, errors, results, time.perf_counter() - t0
 
+
+def _datatype(input_cfg: dict) -> str:
+    return (
+        "BYTES" if input_cfg["data_type"] == "TYPE_STRING" else input_cfg["data_type"].removeprefix("TYPE_")
+    )
+
+
+def _server_stats(args, before: dict[str, float], ok: int, http_url: str | None) -> dict:
+    """What the server counted for this load (its metrics before and after)."""
+    try:  # the counters of the last requests can land just after their responses: wait for them
+        deadline = time.monotonic() + 3.0
+        after = scrape(args.metrics_url, args.model)
+        while after["nv_inference_request_success"] - before["nv_inference_request_success"] < ok:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+            after = scrape(args.metrics_url, args.model)
+    except OSError as exc:
+        return {"error": f"cannot read {args.metrics_url}: {exc}"}
+    delta = {k: after[k] - before[k] for k in METRICS}
+    execs = delta["nv_inference_exec_count"]
+    stats = {
+        "requests_ok": int(delta["nv_inference_request_success"]),
+        "requests_failed": int(delta["nv_inference_request_failure"]),
+        "inference_count": int(delta["nv_inference_count"]),
+        "execution_count": int(execs),
+        "avg_batch": round(delta["nv_inference_count"] / execs, 2) if execs else None,
+        "queue_ms_per_request": round(delta["nv_inference_queue_duration_us"] / 1e3 / max(1, ok), 3),
+        "compute_ms_per_execution": round(
+            delta["nv_inference_compute_infer_duration_us"] / 1e3 / max(1, execs), 3
+        ),
+    }
+    if http_url:
+        stats["batch_sizes_since_start"] = batch_stats(http_url, args.model)
+    return stats
+
+
+def run(args: argparse.Namespace) -> dict:
+    module = client_module(args.protocol)
+    io = model_io(module, args.url, args.model, args.protocol)
+    total = args.concurrency * args.requests
+    inputs = make_inputs(io[0], total, args.batch, args.images, args.seed)
+    http_url = args.http_url or (args.url if args.protocol == "http" else None)
+    before = scrape(args.metrics_url, args.model) if args.metrics_url else None
+    latencies, errors, results, wall = _load(module, args, io, inputs)
     lat = np.array([x for per in latencies for x in per])
     ok = int(lat.size)
     report: dict = {
@@ -175,32 +217,7 @@ def run(args: argparse.Namespace) -> dict:
         report |= {f"p{q}_ms": round(float(np.percentile(lat, q)), 2) for q in (50, 90, 99)}
         report |= {"mean_ms": round(float(lat.mean()), 2), "max_ms": round(float(lat.max()), 2)}
     if before is not None:
-        try:  # the counters of the last requests can land just after their responses: wait for them
-            deadline = time.monotonic() + 3.0
-            after = scrape(args.metrics_url, args.model)
-            while after["nv_inference_request_success"] - before["nv_inference_request_success"] < ok:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-                after = scrape(args.metrics_url, args.model)
-        except OSError as exc:
-            report["server"] = {"error": f"cannot read {args.metrics_url}: {exc}"}
-        else:
-            delta = {k: after[k] - before[k] for k in METRICS}
-            execs = delta["nv_inference_exec_count"]
-            report["server"] = {
-                "requests_ok": int(delta["nv_inference_request_success"]),
-                "requests_failed": int(delta["nv_inference_request_failure"]),
-                "inference_count": int(delta["nv_inference_count"]),
-                "execution_count": int(execs),
-                "avg_batch": round(delta["nv_inference_count"] / execs, 2) if execs else None,
-                "queue_ms_per_request": round(delta["nv_inference_queue_duration_us"] / 1e3 / max(1, ok), 3),
-                "compute_ms_per_execution": round(
-                    delta["nv_inference_compute_infer_duration_us"] / 1e3 / max(1, execs), 3
-                ),
-            }
-            if http_url:
-                report["server"]["batch_sizes_since_start"] = batch_stats(http_url, args.model)
+        report["server"] = _server_stats(args, before, ok, http_url)
     if args.verify_onnx and results:
         from deploykit.runtime.ort_runner import OrtRunner
 
