@@ -218,7 +218,15 @@ def test_fp16_module_check_keeps_only_the_drifting_module_fp32():
     def passes(logits):
         return bool(np.abs(logits - reference).max() < 1e-2)
 
-    tol = Tolerances(0.5, 0.999, 0.99, None, 0.01, 0.05, 0.999)
+    tol = Tolerances(
+        max_abs=0.5,
+        min_cosine=0.999,
+        min_top1=0.99,
+        min_top5=None,
+        top1_margin=0.01,
+        module_max_rel=0.05,
+        module_min_cosine=0.999,
+    )
     converted, report = make_fp16(proto, images, reference, passes, tol=tol)
     reasons = {k["reason"] for k in report.kept_fp32}
     assert any(r.startswith("module check: cancel.up drifts in FP16") for r in reasons), reasons

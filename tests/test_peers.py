@@ -79,7 +79,7 @@ def test_timm_convit_exports_and_validates(timm, tmp_path):
         assert (
             _max_abs(load_pretrained(create_model("convit_tiny", image_size=64), path)[0](x), peer(x)) <= ATOL
         )
-    report = validate_artifact(result.onnx_path, "convit_tiny", path, config=config)
+    report = validate_artifact(result.onnx_path, "convit_tiny", weights=path, config=config)
     assert report.passed and report.facts["weights"]["format"] == "timm-convit"
 
 
@@ -142,5 +142,5 @@ def test_hf_cvt_exports_and_validates(transformers, tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert _max_abs(load_pretrained("cvt_13", directory)[0](x), peer(pixel_values=x).logits) <= ATOL
-    report = validate_artifact(result.onnx_path, "cvt_13", directory, config=config)
+    report = validate_artifact(result.onnx_path, "cvt_13", weights=directory, config=config)
     assert report.passed and report.facts["weights"]["sha256"] == weights["sha256"]

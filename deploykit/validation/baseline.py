@@ -4,13 +4,14 @@ an artifact that got worse while still inside its tolerances (``--update-baselin
 Error metrics (``max_abs``, ``mean_abs``, ``max_rel``) regress when they exceed ``factor`` times their
 baseline value; agreement metrics (``cosine_min``, ``cosine_mean``, ``top1``, ``top5``) when their
 disagreement (``1 - value``) does. Baseline values below a floor count as the floor, so a change from
-1e-7 to 3e-7 (noise between CPUs) is not a regression.
+1e-7 to 3e-7 (noise between CPUs) is not a regression. Every compared metric is a
+:class:`~deploykit.validation.metrics.Check` record of kind ``baseline`` (its ``threshold`` is the limit),
+passed or not; a NaN/Inf value is never within its baseline.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,28 +19,24 @@ from typing import Any
 import deploykit
 from deploykit.core.errors import ArtifactError, ConfigError
 from deploykit.core.io import atomic_write_text
+from deploykit.validation.metrics import Check
 
 ERROR_METRICS = ("max_abs", "mean_abs", "max_rel")
 AGREEMENT_METRICS = ("cosine_min", "cosine_mean", "top1", "top5")
 FLOOR = 1e-6
 
 
-@dataclass(frozen=True)
-class Regression:
-    output: str
-    metric: str
-    value: float
-    baseline: float
-    limit: float
-
-    def describe(self) -> str:
-        return (
-            f"{self.output}: {self.metric} = {self.value:.6g} regressed from baseline {self.baseline:.6g} "
-            f"(limit {self.limit:.6g})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "message": self.describe()}
+def regression_dict(check: Check) -> dict[str, Any]:
+    """A failed baseline record as ``validate --json`` lists it under ``baseline_regressions``."""
+    record = check.to_dict()
+    keys = {
+        "output": "output",
+        "metric": "metric",
+        "value": "value",
+        "baseline": "baseline",
+        "limit": "threshold",
+    }
+    return {**{key: record[field] for key, field in keys.items()}, "message": record["message"]}
 
 
 def baseline_record(report) -> dict[str, Any]:
@@ -76,13 +73,14 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def compare_baseline(report, baseline: dict[str, Any], factor: float) -> list[Regression]:
+def compare_baseline(report, baseline: dict[str, Any], factor: float) -> list[Check]:
+    """One ``baseline`` record per metric the baseline stores for an output of ``report``, passed or not."""
     for key in ("preset", "precision"):
         if baseline.get(key) != getattr(report, key):
             raise ConfigError(
                 f"the baseline is for {key} {baseline.get(key)!r}, this artifact is {getattr(report, key)!r}"
             )
-    regressions = []
+    checks = []
     for name, stored in baseline["metrics"].items():
         current = report.parity.outputs.get(name)
         if current is None:
@@ -93,10 +91,19 @@ def compare_baseline(report, baseline: dict[str, Any], factor: float) -> list[Re
                 continue
             if metric in ERROR_METRICS:
                 limit = factor * max(base, FLOOR)
-                worse = value > limit
+                within = value <= limit
             else:  # agreement: compare the disagreement 1 - value
                 limit = 1.0 - factor * max(1.0 - base, FLOOR)
-                worse = value < limit
-            if worse:
-                regressions.append(Regression(name, metric, value, base, limit))
-    return regressions
+                within = value >= limit
+            checks.append(
+                Check(
+                    output=name,
+                    metric=metric,
+                    value=value,
+                    threshold=limit,
+                    passed=bool(within),
+                    kind="baseline",
+                    baseline=base,
+                )
+            )
+    return checks

@@ -12,6 +12,9 @@ Definitions (``N`` samples, outputs flattened per sample):
   models have many); ``near_ties`` counts the forgiven samples. ``top5``: fraction whose SET of top-k classes
   (``k = min(5, classes)``) is identical.
 * ``nonfinite``: NaN/Inf count in either array — any is a failure whatever the tolerances.
+
+:func:`check` turns each metric the tolerances gate into a :class:`Check` record (passed or not);
+a :class:`ParityResult` holds them and derives its verdict, failures and worst failure from them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from deploykit.core.errors import ComparisonError
 REL_FLOOR = 1e-3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OutputMetrics:
     name: str
     samples: int
@@ -51,35 +54,77 @@ class OutputMetrics:
         return out
 
 
-@dataclass(frozen=True)
-class Failure:
+#: what a :class:`Check` checked: a parity metric, a metric against a stored baseline, or ``--locate``
+CHECK_KINDS = ("parity", "baseline", "locate")
+#: metrics that must stay at or below their threshold (the others: at or above it)
+UPPER_BOUNDS = ("nonfinite", "max_abs", "mean_abs", "max_rel")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Check:
+    """One gated check and its verdict: every report of a gate (exit code, text, JSON, JUnit) is rendered
+    from these records.
+
+    ``kind`` ``parity``: ``metric`` of ``output`` against the tolerance ``threshold`` (``nonfinite``: a count of
+    NaN/Inf values, none allowed). ``baseline``: ``metric`` against ``threshold``, the limit derived from the
+    stored ``baseline`` value. ``locate``: whether a module of the model diverges (``detail`` says which).
+    """
+
     output: str
     metric: str
-    value: float
+    value: float | None
     threshold: float | None
+    passed: bool
+    kind: str = "parity"
+    baseline: float | None = None
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in CHECK_KINDS:
+            raise ValueError(f"check kind must be one of {', '.join(CHECK_KINDS)}, got {self.kind!r}")
 
     def excess(self) -> float:
         """How far past its threshold (relative), for picking the worst failure; non-finite is infinite."""
-        if self.metric == "nonfinite" or self.threshold is None:
+        if self.metric == "nonfinite" or self.threshold is None or self.value is None:
             return math.inf
-        if self.metric == "max_abs":
+        if self.metric in UPPER_BOUNDS:
             return self.value / max(self.threshold, 1e-30)
         return (self.threshold - self.value) / max(self.threshold, 1e-30) + 1.0
 
     def describe(self) -> str:
+        if self.kind == "locate":
+            return self.detail
+        if self.kind == "baseline":
+            verdict = "within" if self.passed else "regressed from"
+            return (
+                f"{self.output}: {self.metric} = {self.value:.6g} {verdict} baseline {self.baseline:.6g} "
+                f"(limit {self.threshold:.6g})"
+            )
         if self.metric == "nonfinite":
-            return f"{self.output}: {int(self.value)} NaN/Inf values"
-        op = "<=" if self.metric == "max_abs" else ">="
+            return f"{self.output}: nonfinite = {int(self.value)} NaN/Inf values (needs 0)"
+        op = "<=" if self.metric in UPPER_BOUNDS else ">="
         return f"{self.output}: {self.metric} = {self.value:.6g} (needs {op} {self.threshold:.6g})"
 
     def to_dict(self) -> dict:
+        """The record as plain JSON values (a non-finite value becomes ``None``)."""
+
+        def plain(v):
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
         return {
+            "kind": self.kind,
             "output": self.output,
             "metric": self.metric,
-            "value": self.value,
-            "threshold": self.threshold,
+            "value": plain(self.value),
+            "threshold": plain(self.threshold),
+            "baseline": plain(self.baseline),
+            "passed": self.passed,
             "message": self.describe(),
         }
+
+
+#: the name earlier callers import: a failure is a :class:`Check` that did not pass
+Failure = Check
 
 
 def sample_cosine(r: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -102,7 +147,18 @@ def compute_metrics(
     r, c = ref.reshape(n, -1), cand.reshape(n, -1)
     if nonfinite:
         nan = float("nan")
-        return OutputMetrics(name, n, nan, nan, nan, nan, nan, None, None, nonfinite)
+        return OutputMetrics(
+            name=name,
+            samples=n,
+            max_abs=nan,
+            max_rel=nan,
+            mean_abs=nan,
+            cosine_min=nan,
+            cosine_mean=nan,
+            top1=None,
+            top5=None,
+            nonfinite=nonfinite,
+        )
     diff = np.abs(c - r)
     rel = diff / np.maximum(np.abs(r), REL_FLOOR)
     cos = sample_cosine(r, c)
@@ -121,53 +177,77 @@ def compute_metrics(
         ck = np.sort(np.argsort(-c, axis=1, kind="stable")[:, :k], axis=1)
         top5 = float((rk == ck).all(axis=1).mean())
     return OutputMetrics(
-        name,
-        n,
-        float(diff.max()),
-        float(rel.max()),
-        float(diff.mean()),
-        float(cos.min()),
-        float(cos.mean()),
-        top1,
-        top5,
-        0,
-        decisive,
-        ties,
+        name=name,
+        samples=n,
+        max_abs=float(diff.max()),
+        max_rel=float(rel.max()),
+        mean_abs=float(diff.mean()),
+        cosine_min=float(cos.min()),
+        cosine_mean=float(cos.mean()),
+        top1=top1,
+        top5=top5,
+        nonfinite=0,
+        top1_decisive=decisive,
+        near_ties=ties,
     )
 
 
-def check(metrics: OutputMetrics, tol: Tolerances) -> list[Failure]:
+def check(metrics: OutputMetrics, tol: Tolerances) -> list[Check]:
+    """One record, passed or not, per metric of ``metrics`` that ``tol`` gates: ``nonfinite``, ``max_abs``,
+    ``cosine_min``, ``top1_decisive`` when ``tol.top1_margin`` > 0 (else strict ``top1``) for class scores,
+    and ``top5`` when ``tol.min_top5`` is set. An output with NaN/Inf gets only the failed ``nonfinite``
+    record: its other metrics are undefined."""
     m = metrics
     if m.nonfinite:
-        return [Failure(m.name, "nonfinite", float(m.nonfinite), None)]
-    fails = []
-    if m.max_abs > tol.max_abs:
-        fails.append(Failure(m.name, "max_abs", m.max_abs, tol.max_abs))
-    if m.cosine_min < tol.min_cosine:
-        fails.append(Failure(m.name, "cosine_min", m.cosine_min, tol.min_cosine))
+        return [
+            Check(output=m.name, metric="nonfinite", value=float(m.nonfinite), threshold=None, passed=False)
+        ]
+
+    def at_least(metric: str, value: float, threshold: float) -> Check:
+        return Check(
+            output=m.name, metric=metric, value=value, threshold=threshold, passed=value >= threshold
+        )
+
+    checks = [
+        Check(output=m.name, metric="nonfinite", value=0.0, threshold=None, passed=True),
+        Check(
+            output=m.name,
+            metric="max_abs",
+            value=m.max_abs,
+            threshold=tol.max_abs,
+            passed=m.max_abs <= tol.max_abs,
+        ),
+        at_least("cosine_min", m.cosine_min, tol.min_cosine),
+    ]
     if tol.top1_margin > 0 and m.top1_decisive is not None:
-        if m.top1_decisive < tol.min_top1:
-            fails.append(Failure(m.name, "top1_decisive", m.top1_decisive, tol.min_top1))
-    elif m.top1 is not None and m.top1 < tol.min_top1:
-        fails.append(Failure(m.name, "top1", m.top1, tol.min_top1))
-    if m.top5 is not None and tol.min_top5 is not None and m.top5 < tol.min_top5:
-        fails.append(Failure(m.name, "top5", m.top5, tol.min_top5))
-    return fails
+        checks.append(at_least("top1_decisive", m.top1_decisive, tol.min_top1))
+    elif m.top1 is not None:
+        checks.append(at_least("top1", m.top1, tol.min_top1))
+    if m.top5 is not None and tol.min_top5 is not None:
+        checks.append(at_least("top5", m.top5, tol.min_top5))
+    return checks
 
 
 @dataclass
 class ParityResult:
+    """Parity of one stage: the metrics of every output and the :class:`Check` records they were gated by;
+    the verdict, the failures and the worst failure are all derived from the records."""
+
     stage: str
     tolerances: Tolerances
     outputs: dict[str, OutputMetrics] = field(default_factory=dict)
-    failures: list[Failure] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
-    def worst(self) -> Failure | None:
-        return max(self.failures, key=Failure.excess, default=None)
+    def worst(self) -> Check | None:
+        return max(self.failures, key=Check.excess, default=None)
 
     def worst_metric(self, metric: str) -> float:
         """The worst value of ``metric`` over outputs (max for errors, min for agreements)."""
@@ -177,12 +257,13 @@ class ParityResult:
         return max(values) if metric in ("max_abs", "max_rel", "mean_abs", "nonfinite") else min(values)
 
     def to_dict(self) -> dict:
+        failure_keys = ("output", "metric", "value", "threshold", "message")
         return {
             "stage": self.stage,
             "passed": self.passed,
             "tolerances": {k: getattr(self.tolerances, k) for k in self.tolerances.__dataclass_fields__},
             "outputs": {k: v.to_dict() for k, v in self.outputs.items()},
-            "failures": [f.to_dict() for f in self.failures],
+            "failures": [{k: f.to_dict()[k] for k in failure_keys} for f in self.failures],
         }
 
 
@@ -199,7 +280,7 @@ def compare_outputs(
     for name, ref in references.items():
         metrics = compute_metrics(ref, candidates[name], name, tolerances.top1_margin)
         result.outputs[name] = metrics
-        result.failures.extend(check(metrics, tolerances))
+        result.checks.extend(check(metrics, tolerances))
     return result
 
 

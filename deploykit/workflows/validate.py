@@ -1,7 +1,12 @@
 """``deploykit validate``: the CI gate. Re-runs the PyTorch model and the artifact on the same inputs and
 checks parity against the family's tolerances for the artifact's precision.
 
-Exit codes (set by the CLI): 0 parity holds, 1 parity fails, 2 bad usage or bad input.
+The gate's verdict is a list of :class:`~deploykit.validation.metrics.Check` records: one per gated parity
+metric of every output, one per metric compared with a ``--baseline``, and one for the ``--locate``
+finding when it ran. The exit code, the text summary, ``--json`` and ``--junit`` are all rendered from those
+records, so they cannot disagree.
+
+Exit codes: 0 every record passed, 1 one failed (parity, or a metric regressed), 2 bad usage or bad input.
 """
 
 from __future__ import annotations
@@ -12,24 +17,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
 from deploykit.core.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES
-from deploykit.core.config import ExportConfig, default_config
-from deploykit.core.errors import ArtifactError
+from deploykit.core.config import ExportConfig, default_config, resolve_config
+from deploykit.core.errors import ArtifactError, ConfigError
 from deploykit.core.io import atomic_write_text, sha256_file
 from deploykit.models import get_preset
 from deploykit.runtime.base import run_batched
 from deploykit.runtime.torch_runner import TorchRunner
-from deploykit.validation.baseline import Regression
+from deploykit.validation.baseline import compare_baseline, read_baseline, regression_dict, write_baseline
 from deploykit.validation.inputs import validation_batch
 from deploykit.validation.locate import LocateReport
-from deploykit.validation.metrics import ParityResult, compare_outputs
+from deploykit.validation.metrics import Check, ParityResult, compare_outputs
 from deploykit.workflows.locate import locate_failure
 
 
-@dataclass
+def locate_check(locate: LocateReport) -> Check:
+    """The ``--locate`` finding as a record: it fails when a module of the model diverges."""
+    return Check(
+        kind="locate",
+        output="modules",
+        metric="first_divergence",
+        value=None,
+        threshold=None,
+        passed=locate.first is None,
+        detail=locate.describe(),
+    )
+
+
+@dataclass(kw_only=True)
 class ValidationReport:
+    """What ``deploykit validate`` found; :attr:`checks` are its records, and the verdict, the text, the JSON
+    and the JUnit report are rendered from them alone."""
+
     artifact: str
     preset: str
     precision: str
@@ -37,11 +59,28 @@ class ValidationReport:
     parity: ParityResult
     facts: dict[str, Any]
     locate: LocateReport | None = None
-    regressions: list[Regression] | None = None  # None: no baseline compared
+    baseline: list[Check] | None = None  # None: no baseline compared
+
+    @property
+    def checks(self) -> list[Check]:
+        """Every record of the gate: parity, then the --locate finding, then the baseline comparison."""
+        found = [locate_check(self.locate)] if self.locate is not None else []
+        return [*self.parity.checks, *found, *(self.baseline or [])]
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
 
     @property
     def passed(self) -> bool:
-        return self.parity.passed and not self.regressions
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def _worst(self) -> Check | None:
+        return max((c for c in self.failures if c.kind == "parity"), key=Check.excess, default=None)
 
     def summary(self) -> str:
         p = self.parity
@@ -52,19 +91,23 @@ class ValidationReport:
             f"top-5 {p.worst_metric('top5'):.1%} over {self.facts['images']} images"
         )
         lines = [head]
-        worst = p.worst()
+        checks, worst = self.checks, self._worst()
         if worst is not None:
             lines.append(f"worst: {worst.describe()}")
-        if self.locate is not None:
-            lines.append(self.locate.describe())
-        if self.regressions is not None:
-            lines += [f"baseline: {r.describe()}" for r in self.regressions] or [
-                "baseline: no metric regressed"
-            ]
+        lines += [
+            f"also failed: {c.describe()}"
+            for c in checks
+            if c.kind == "parity" and not c.passed and c is not worst
+        ]
+        lines += [c.describe() for c in checks if c.kind == "locate"]
+        if self.baseline is not None:
+            regressed = [c for c in checks if c.kind == "baseline" and not c.passed]
+            lines += [f"baseline: {c.describe()}" for c in regressed] or ["baseline: no metric regressed"]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        worst = self.parity.worst()
+        worst = self._worst()
+        checks = self.checks
         return {
             "artifact": self.artifact,
             "preset": self.preset,
@@ -77,8 +120,9 @@ class ValidationReport:
             "parity": self.parity.to_dict(),
             "locate": self.locate.to_dict() if self.locate else None,
             "baseline_regressions": None
-            if self.regressions is None
-            else [r.to_dict() for r in self.regressions],
+            if self.baseline is None
+            else [regression_dict(c) for c in checks if c.kind == "baseline" and not c.passed],
+            "checks": [c.to_dict() for c in checks],
         }
 
 
@@ -107,6 +151,7 @@ def _engine_source(path: Path):
 def validate_artifact(
     artifact: str | Path,
     preset: str,
+    *,
     weights: str | Path | None = None,
     inputs_dir: str | Path | None = None,
     config: ExportConfig | None = None,
@@ -115,7 +160,7 @@ def validate_artifact(
 ) -> ValidationReport:
     """Parity of ``artifact`` against the PyTorch preset; with ``locate``, a failure is traced to the first
     diverging module (no extra work when parity holds)."""
-    from deploykit.workflows.pipeline import build_model
+    from deploykit.workflows.state import build_model
 
     path = Path(artifact)
     if not path.is_file():
@@ -151,13 +196,26 @@ def validate_artifact(
         "inputs": str(inputs_dir) if inputs_dir else "built-in",
         "weights": weights_info.to_dict() if weights_info else None,
     }
-    report = ValidationReport(str(path), spec.name, precision, runtime, parity, facts)
+    report = ValidationReport(
+        artifact=str(path), preset=spec.name, precision=precision, runtime=runtime, parity=parity, facts=facts
+    )
     if locate and not parity.passed:
-        report.locate = _locate(model, path, graph, precision, batch.images, reference, candidate, config)
+        report.locate = _locate(
+            model,
+            path,
+            graph=graph,
+            precision=precision,
+            images=batch.images,
+            reference=reference,
+            candidate=candidate,
+            config=config,
+        )
     return report
 
 
-def _locate(model, path: Path, graph, precision, images, reference, candidate, config) -> LocateReport:
+def _locate(
+    model, path: Path, *, graph, precision: str, images, reference, candidate, config: ExportConfig
+) -> LocateReport:
     stage = "fp16" if precision == "fp16" else "onnx"
     if path.suffix in ENGINE_SUFFIXES:
         graph, stage = _engine_source(path), "onnx (the engine's source)"
@@ -179,52 +237,73 @@ def write_json(report: ValidationReport, path: str | Path) -> None:
     atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
+def _junit_case(report: ValidationReport, check: Check) -> tuple[str, str]:
+    """(classname, name) of a record's test case: ``<preset>.<precision>.<output>`` / ``<metric>`` for parity,
+    ``....baseline`` / ``<output>.<metric>`` for the baseline, ``....locate`` / ``first_divergence``."""
+    prefix = f"{report.preset}.{report.precision}"
+    if check.kind == "parity":
+        return f"{prefix}.{check.output}", check.metric
+    if check.kind == "baseline":
+        return f"{prefix}.baseline", f"{check.output}.{check.metric}"
+    return f"{prefix}.{check.kind}", check.metric
+
+
 def write_junit(report: ValidationReport, path: str | Path) -> None:
-    """One JUnit test case per checked metric of every output, so CI dashboards show which one failed."""
-    p = report.parity
-    tol = p.tolerances
-    checks = [
-        ("nonfinite", None),
-        ("max_abs", tol.max_abs),
-        ("cosine_min", tol.min_cosine),
-        ("top1", tol.min_top1),
-    ]
-    if tol.min_top5 is not None:
-        checks.append(("top5", tol.min_top5))
+    """One JUnit test case per record of the gate, failing when the record failed, so CI dashboards show
+    which check failed (and the failure count is the number of failed records)."""
     suite = ET.Element("testsuite", name=f"deploykit.validate.{report.preset}")
-    failures = 0
-    for output, metrics in p.outputs.items():
-        for metric, threshold in checks:
-            case = ET.SubElement(
-                suite, "testcase", classname=f"{report.preset}.{report.precision}.{output}", name=metric
-            )
-            value = getattr(metrics, metric)
-            ET.SubElement(case, "system-out").text = f"value={value} threshold={threshold}"
-            failed = [
-                f
-                for f in p.failures
-                if f.output == output and (f.metric == metric or f.metric == "nonfinite")
-            ]
-            if failed and (metric == "nonfinite" or failed[0].metric == metric):
-                failures += 1
-                ET.SubElement(case, "failure", message=failed[0].describe())
-    if report.locate is not None:
-        case = ET.SubElement(
-            suite, "testcase", classname=f"{report.preset}.{report.precision}.locate", name="first_divergence"
-        )
-        ET.SubElement(case, "system-out").text = report.locate.describe()
-        if report.locate.first is not None:
-            failures += 1
-            ET.SubElement(case, "failure", message=report.locate.describe())
-    for regression in report.regressions or []:
-        case = ET.SubElement(
-            suite,
-            "testcase",
-            classname=f"{report.preset}.{report.precision}.baseline",
-            name=f"{regression.output}.{regression.metric}",
-        )
-        failures += 1
-        ET.SubElement(case, "failure", message=regression.describe())
-    suite.set("tests", str(len(suite)))
-    suite.set("failures", str(failures))
+    checks = report.checks
+    for check in checks:
+        classname, name = _junit_case(report, check)
+        case = ET.SubElement(suite, "testcase", classname=classname, name=name)
+        ET.SubElement(case, "system-out").text = check.describe()
+        if not check.passed:
+            ET.SubElement(case, "failure", message=check.describe())
+    suite.set("tests", str(len(checks)))
+    suite.set("failures", str(sum(not c.passed for c in checks)))
     atomic_write_text(path, ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")
+
+
+def validate_command(
+    artifact: str | Path,
+    *,
+    model: str,
+    weights: str | Path | None = None,
+    weights_format: str | None = None,
+    inputs_dir: str | Path | None = None,
+    config_path: str | Path | None = None,
+    json_out: str | Path | None = None,
+    junit_out: str | Path | None = None,
+    locate: bool = False,
+    baseline_path: str | Path | None = None,
+    update_baseline: bool = False,
+) -> int:
+    """``deploykit validate``: validate, write the requested reports, print the summary; the exit code."""
+    if update_baseline and not baseline_path:
+        raise ConfigError("--update-baseline needs --baseline FILE")
+    preset = get_preset(model)
+    config = resolve_config(preset.family, config_path)
+    baseline = read_baseline(baseline_path) if baseline_path and not update_baseline else None
+    report = validate_artifact(
+        artifact,
+        preset.name,
+        weights=weights,
+        inputs_dir=inputs_dir,
+        config=config,
+        weights_format=weights_format,
+        locate=locate,
+    )
+    if baseline is not None:
+        report.baseline = compare_baseline(report, baseline, config.baseline_factor)
+    if json_out:
+        write_json(report, json_out)
+    if junit_out:
+        write_junit(report, junit_out)
+    click.echo(report.summary())
+    if update_baseline:
+        if report.passed:
+            write_baseline(report, baseline_path)
+            click.echo(f"baseline written: {baseline_path}")
+        else:
+            click.echo(f"baseline not written: parity failed ({baseline_path} unchanged)")
+    return report.exit_code
