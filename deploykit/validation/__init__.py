@@ -5,6 +5,7 @@ May import: core, models, runtime."""
 
 from deploykit.validation.inputs import ValidationBatch, validation_batch
 from deploykit.validation.metrics import (
+    Check,
     Failure,
     OutputMetrics,
     ParityResult,
@@ -15,6 +16,7 @@ from deploykit.validation.metrics import (
 )
 
 __all__ = [
+    "Check",
     "Failure",
     "OutputMetrics",
     "ParityResult",
