@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,7 @@ from deploykit.core.errors import ConfigError
 from deploykit.models import create_model
 from deploykit.models.base import InputShapeError
 from deploykit.models.ceit import LCA, CeiT, LeFF
+from deploykit.models.ceit_checks import CHECKED_ARGUMENTS, check_ceit_arguments
 from deploykit.models.layers import DropPath
 from deploykit.models.registry import count_parameters, get_preset, list_models, preset_parameter_count
 
@@ -251,7 +254,9 @@ def test_bad_inputs() -> None:
 # ------------------------------------------------------------------------------------ LeFF
 def make_leff(out_act: bool = False, kernel: int = 3, separable: bool = False) -> LeFF:
     torch.manual_seed(0)
-    leff = LeFF(8, 2, kernel, (kernel - 1) // 2, separable, out_act)
+    leff = LeFF(
+        8, expand_ratio=2, kernel_size=kernel, padding=(kernel - 1) // 2, separable=separable, out_act=out_act
+    )
     randomize_bn(leff)
     return leff.eval()
 
@@ -296,7 +301,20 @@ def test_leff_separable_adds_pointwise_conv() -> None:
 # ------------------------------------------------------------------------------------ LCA
 def make_lca(ln_order: str, include_last: bool) -> LCA:
     torch.manual_seed(0)
-    return LCA(8, 2, 2, True, 0.0, 0.0, 0.0, ln_order, 0.0, None, include_last, 1e-6).eval()
+    return LCA(
+        8,
+        num_heads=2,
+        mlp_ratio=2,
+        qkv_bias=True,
+        attn_drop=0.0,
+        proj_drop=0.0,
+        mlp_drop=0.0,
+        ln_order=ln_order,
+        drop_path=0.0,
+        layer_scale=None,
+        include_last=include_last,
+        norm_eps=1e-6,
+    ).eval()
 
 
 def test_lca_official_equals_full_attention_last_token() -> None:
@@ -406,3 +424,22 @@ BAD = [
 def test_bad_arguments(kwargs: dict, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         tiny(**kwargs)
+
+
+@pytest.mark.parametrize("layout", ["cv", "official"])
+@pytest.mark.parametrize("size", [32, 47, 64, 101])
+def test_stem_output_side_matches_its_output(layout: str, size: int) -> None:
+    """The token grid (and so ``pos_embed``) is sized from ``output_side``: it must be the map the stem makes.
+    The official stem pads both the conv and the pool; the cv one pads neither."""
+    model = tiny() if layout == "cv" else create_model("ceit_tiny", image_size=64)
+    with torch.no_grad():
+        out = model.i2t.eval()(torch.randn(1, 3, size, size))
+    assert out.shape[-2:] == (model.i2t.output_side(size),) * 2
+    assert model.grid_size == model.i2t.output_side(model.image_size) // model.patch_size
+
+
+def test_argument_check_takes_exactly_the_constructor_names() -> None:
+    """Every checked name is a CeiT parameter; a misspelt one is an error, not a silently skipped check."""
+    assert CHECKED_ARGUMENTS.issubset(inspect.signature(CeiT).parameters)
+    with pytest.raises(TypeError, match="image_sise"):
+        check_ceit_arguments(image_sise=224)

@@ -230,11 +230,28 @@ def _reference_attention(attn: ConvAttention, x: torch.Tensor, H: int, W: int, c
     return F.linear(out.permute(0, 2, 1, 3).reshape(B, -1, C), attn.proj.weight, attn.proj.bias)
 
 
+def _attention_kwargs(*, heads: int, method: str, with_cls_token: bool) -> dict:
+    """ConvAttention keywords of the official layout: k/v conv 3x3 stride 2, q stride 1, padding 1."""
+    return dict(
+        num_heads=heads,
+        qkv_bias=True,
+        attn_drop=0.0,
+        proj_drop=0.0,
+        method=method,
+        kernel=3,
+        stride_kv=2,
+        stride_q=1,
+        padding_kv=1,
+        padding_q=1,
+        with_cls_token=with_cls_token,
+    )
+
+
 @pytest.mark.parametrize("cls", [False, True])
 def test_attention_matches_reference_with_full_width_scale(cls):
     torch.manual_seed(0)
     C, heads, H, W = 24, 3, 6, 5
-    attn = ConvAttention(C, heads, True, 0.0, 0.0, "dw_bn", 3, 2, 1, 1, 1, cls).eval()
+    attn = ConvAttention(C, **_attention_kwargs(heads=heads, method="dw_bn", with_cls_token=cls)).eval()
     for proj in (attn.conv_proj_q, attn.conv_proj_k, attn.conv_proj_v):  # non-trivial BN statistics
         proj.bn.running_mean.normal_()
         proj.bn.running_var.uniform_(0.5, 2.0)
@@ -250,7 +267,7 @@ def test_attention_matches_reference_with_full_width_scale(cls):
 
 
 def test_avg_projection_uses_ceil_mode():
-    attn = ConvAttention(8, 2, True, 0.0, 0.0, "avg", 3, 2, 1, 1, 1, False)
+    attn = ConvAttention(8, **_attention_kwargs(heads=2, method="avg", with_cls_token=False))
     fmap = torch.randn(1, 8, 8, 8)
     assert attn.conv_proj_k(fmap).shape == (1, 25, 8)  # ceil((8+2-3)/2)+1 = 5 per side (floor would give 4)
     assert attn.conv_proj_q(fmap).shape == (1, 64, 8)  # q is not pooled

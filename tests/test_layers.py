@@ -1,12 +1,31 @@
-"""Shared blocks: ln_order wiring, stochastic-depth schedule and its update, patch embedding equivalence."""
+"""Shared blocks: ln_order wiring, stochastic-depth schedule and its update, patch embedding equivalence; the
+keyword-only arguments of every block constructor."""
+
+import inspect
 
 import pytest
 import torch
 from torch import nn
 
 from deploykit.core.errors import ConfigError
-from deploykit.models import DeepViT
-from deploykit.models.layers import Attention, Block, DropPath, Encoder, Mlp, PatchEmbed, drop_path_rates
+from deploykit.models import DeepViT, Preset, VisionModel
+from deploykit.models.ceit import LCA, Image2Tokens, LeFF
+from deploykit.models.convit import GPSA
+from deploykit.models.cvt import ConvAttention, ConvEmbed, ConvProjection, ConvTransformerBlock, CvTStage
+from deploykit.models.deepvit import CNNStem
+from deploykit.models.layers import (
+    Attention,
+    Block,
+    ClassifierHead,
+    DropPath,
+    Encoder,
+    Mlp,
+    PatchEmbed,
+    drop_path_rates,
+    make_drop_path,
+)
+from deploykit.models.pretrained import SourceFormat
+from deploykit.models.weights import WeightsInfo
 
 
 def _block(ln_order, dim=16):
@@ -30,7 +49,7 @@ def test_block_matches_written_formula(ln_order):
 
 def test_dual_residual_encoder_matches_formula():
     blocks = [_block("residual") for _ in range(2)]
-    enc = Encoder(blocks, 16, "residual").eval()
+    enc = Encoder(blocks, 16, ln_order="residual").eval()
     nn.init.normal_(enc.final_norm.weight)
     x0 = torch.randn(2, 5, 16)
     with torch.no_grad():
@@ -95,8 +114,8 @@ def test_drop_path_behaviour():
 
 
 def test_linear_and_conv_patchify_are_the_same_map():
-    lin = PatchEmbed(4, 3, 8, "linear", norm=False)
-    conv = PatchEmbed(4, 3, 8, "convolutional", norm=False)
+    lin = PatchEmbed(patch_size=4, in_channels=3, dim=8, technique="linear", norm=False)
+    conv = PatchEmbed(patch_size=4, in_channels=3, dim=8, technique="convolutional", norm=False)
     with torch.no_grad():
         conv.proj.weight.copy_(lin.proj.weight.reshape(8, 3, 4, 4))
         conv.proj.bias.copy_(lin.proj.bias)
@@ -119,6 +138,47 @@ def test_bad_arguments_name_the_parameter():
     with pytest.raises(ConfigError, match="ln_order"):
         _block("sandwich")
     with pytest.raises(ConfigError, match="patchify_technique"):
-        PatchEmbed(4, 3, 8, "pixelshuffle")
+        PatchEmbed(patch_size=4, in_channels=3, dim=8, technique="pixelshuffle")
     with pytest.raises(ConfigError, match="encoder_num_heads"):
         Attention(10, 3)
+
+
+def positional_parameters(fn) -> list[str]:
+    """Names ``fn`` accepts by position (``self``/``cls`` excluded)."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds]
+
+
+@pytest.mark.parametrize(
+    "fn, positional",
+    [
+        (Attention, ["dim", "num_heads"]),
+        (Block, ["dim", "attn", "mlp"]),
+        (Encoder, ["blocks", "dim"]),
+        (Encoder.build, []),
+        (Mlp, ["dim", "hidden_dim"]),
+        (ClassifierHead, ["dim", "num_classes"]),
+        (PatchEmbed, []),
+        (DropPath, ["drop_prob"]),
+        (make_drop_path, ["rate"]),
+        (VisionModel, []),
+        (Preset, ["name"]),
+        (WeightsInfo, []),
+        (SourceFormat, []),
+        (ConvEmbed, []),
+        (ConvProjection, ["dim", "method"]),
+        (ConvAttention, ["dim"]),
+        (ConvTransformerBlock, ["dim", "attn", "mlp"]),
+        (CvTStage, ["cfg", "i"]),
+        (Image2Tokens, []),
+        (LeFF, ["dim"]),
+        (LCA, ["dim"]),
+        (GPSA, ["dim", "num_heads"]),
+        (CNNStem, []),
+    ],
+    ids=lambda v: getattr(v, "__qualname__", None),
+)
+def test_sizes_and_rates_are_keyword_only(fn, positional):
+    """Only the leading, unmistakable arguments go by position, so a call like ``ConvAttention(dim, kernel,
+    stride_kv, stride_q, padding_kv, padding_q)`` with two numbers swapped cannot be written."""
+    assert positional_parameters(fn) == positional

@@ -1,26 +1,126 @@
-"""Each export rewrite: original vs rewritten on random input (max abs diff <= 1e-5), and on whole models."""
+"""Each export rewrite: original vs rewritten on random input (max abs diff <= 1e-5), on whole models, and
+whether its kind is true of the exported graphs: a ``required`` rewrite's original fails to export or is
+reported by the TensorRT-parser lint; an ``optimization`` rewrite's original exports and lints clean, and the
+rewritten graph is smaller and lacks the ops the rewrite claims to remove."""
 
 import pytest
 import torch
+from torch import nn
 
+from deploykit.core.errors import ConfigError, ExportError
 from deploykit.models import create_model
-from deploykit.transforms.rewrites import REWRITES, apply_rewrites, randomize_batchnorm_
+from deploykit.transforms.lint import lint_model
+from deploykit.transforms.onnx_export import export_onnx
+from deploykit.transforms.rewrites import (
+    REWRITES,
+    Rewrite,
+    RewriteKind,
+    apply_rewrites,
+    randomize_batchnorm_,
+)
 
 RULES = {r.name: r for r in REWRITES.values()}
+REQUIRED = sorted(n for n, r in RULES.items() if r.kind is RewriteKind.REQUIRED)
+OPTIMIZATIONS = sorted(n for n, r in RULES.items() if r.kind is RewriteKind.OPTIMIZATION)
+OPSET = 18
+
+#: required rewrite -> the lint rule its original form breaks
+BREAKS = {"token-maxpool-as-2d-pool": "pool-rank"}
+#: optimization rewrite -> ONNX ops its original export has and its rewritten export no longer has
+REMOVES = {
+    "ceit-i2t-folded-batchnorm": {"BatchNormalization"},
+    "ceit-leff-folded-batchnorm": {"BatchNormalization"},
+    "cvt-depthwise-projection-folded-batchnorm": {"BatchNormalization"},
+    "reattention-folded-batchnorm": {"BatchNormalization", "Mul"},
+    "cnn-stem-folded-batchnorm": {"BatchNormalization"},
+    "unfold-patchify-as-strided-conv": {"Pad", "Range", "Gather"},
+    "gpsa-constant-positional-attention": {"Sigmoid", "ReduceSum", "Div"},
+}
 
 
-@pytest.mark.parametrize("name", sorted(RULES))
-def test_rewrite_is_numerically_equivalent(name):
-    rule = RULES[name]
+def _example(rule: Rewrite) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     module, x = rule.example()
     module.eval()
     with torch.no_grad():
         new = rule.convert(module)
-        assert new is not None, f"{name} did not rewrite its own example"
-        assert type(new) is not type(module)
+    assert new is not None, f"{rule.name} did not rewrite its own example"
+    return module, new.eval(), x
+
+
+@pytest.fixture(scope="module")
+def exported():
+    """``name -> (original export or its ExportError, rewritten export)``; each example is exported once."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            module, new, x = _example(RULES[name])
+            shape = tuple(x.shape[1:])
+            try:
+                original = export_onnx(module, shape, OPSET)
+            except ExportError as exc:
+                original = exc
+            cache[name] = (original, export_onnx(new, shape, OPSET))
+        return cache[name]
+
+    return get
+
+
+def _ops(proto) -> set[str]:
+    return {node.op_type for node in proto.graph.node}
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_rewrite_is_numerically_equivalent(name):
+    module, new, x = _example(RULES[name])
+    assert type(new) is not type(module)
+    with torch.no_grad():
         diff = (module(x) - new(x)).abs().max().item()
     assert diff <= 1e-5, f"{name}: max abs diff {diff}"
-    assert rule.fixes and len(rule.fixes) > 40  # names the backend limitation it fixes
+
+
+def test_every_rewrite_is_classified_and_its_text_says_which():
+    assert set(REQUIRED) | set(OPTIMIZATIONS) == set(RULES)
+    assert set(BREAKS) == set(REQUIRED) and set(REMOVES) == set(OPTIMIZATIONS)
+    for rule in RULES.values():
+        lead = "Required for " if rule.kind is RewriteKind.REQUIRED else "Optimization: "
+        assert rule.fixes.startswith(lead), rule.name
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_required_rewrite_removes_what_the_backend_rejects(name, exported):
+    original, rewritten = exported(name)
+    if not isinstance(original, ExportError):
+        violations = lint_model(original).rules()
+        assert violations, f"{name} is marked required, yet its original exports and lints clean"
+        assert BREAKS.get(name) in violations, (
+            f"{name}: expected {BREAKS.get(name)!r}, the lint says {violations}"
+        )
+    assert lint_model(rewritten).ok, lint_model(rewritten).violations
+
+
+@pytest.mark.parametrize("name", OPTIMIZATIONS)
+def test_optimization_rewrite_original_deploys_and_rewrite_is_smaller(name, exported):
+    original, rewritten = exported(name)
+    assert not isinstance(original, ExportError), f"{name} is marked optimization, yet: {original}"
+    assert lint_model(original).ok, f"{name} is marked optimization, yet: {lint_model(original).violations}"
+    assert lint_model(rewritten).ok
+    assert len(rewritten.graph.node) < len(original.graph.node)
+    assert REMOVES[name] <= _ops(original)
+    assert not REMOVES[name] & _ops(rewritten)
+
+
+def test_a_rewrite_needs_a_kind():
+    rule = RULES["token-maxpool-as-2d-pool"]
+    with pytest.raises(ConfigError, match="kind"):
+        Rewrite(
+            name="x",
+            kind="required",
+            fixes="",
+            source=nn.Identity,
+            convert=rule.convert,
+            example=rule.example,
+        )
 
 
 @pytest.mark.parametrize(
@@ -37,6 +137,15 @@ def test_whole_model_rewrites(preset, size, expected):
     model = randomize_batchnorm_(create_model(preset, image_size=size))
     rewritten, records = apply_rewrites(model)
     assert {r.name: r.modules for r in records} == expected
+    # the manifest's record carries the kind and the reason of the rewrite it names
+    for record in records:
+        rule = RULES[record.name]
+        assert record.to_dict() == {
+            "name": rule.name,
+            "kind": rule.kind.value,
+            "modules": expected[rule.name],
+            "fixes": rule.fixes,
+        }
     x = torch.randn(3, 3, size, size)
     with torch.no_grad():
         assert (model(x) - rewritten(x)).abs().max().item() <= 1e-5

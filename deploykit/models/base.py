@@ -3,7 +3,7 @@ contract (size and normalization) and the stochastic-depth schedule update."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,9 +29,6 @@ class DataConfig:
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
 
-    def with_input_size(self, input_size: tuple[int, int, int]) -> DataConfig:
-        return replace(self, input_size=tuple(input_size))
-
 
 class VisionModel(nn.Module):
     """Base class of the five families.
@@ -45,7 +42,7 @@ class VisionModel(nn.Module):
     num_features: int
     fixed_resolution: bool = True
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
+    def __init__(self, *, in_channels: int, image_size: int, num_classes: int) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.image_size = image_size

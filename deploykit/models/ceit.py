@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from deploykit.core.errors import ConfigError
 from deploykit.models.base import InputShapeError, VisionModel
+from deploykit.models.ceit_checks import LCA_LN_ORDERS, check_ceit_arguments
 from deploykit.models.layers import (
     Attention,
     ClassifierHead,
@@ -26,21 +27,12 @@ from deploykit.models.layers import (
     PatchEmbed,
     make_layer_scale,
 )
-from deploykit.models.layers.checks import (
-    choice,
-    divisible,
-    non_negative_int,
-    optional_positive_float,
-    positive_int,
-    probability,
-)
+from deploykit.models.layers.checks import choice
 from deploykit.models.registry import Preset, register_alias, register_preset
 from deploykit.models.weights import rename_keys
 
-LCA_LN_ORDERS = ("pre", "post")
 
-
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+def _conv_out(size: int, *, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
@@ -49,6 +41,7 @@ class Image2Tokens(nn.Module):
 
     def __init__(
         self,
+        *,
         in_channels: int,
         out_channels: int,
         kernel_size: int,
@@ -65,6 +58,12 @@ class Image2Tokens(nn.Module):
         )
         self.bn = nn.BatchNorm2d(out_channels)
         self.pool = nn.MaxPool2d(pool_kernel_size, stride=pool_stride, padding=pool_padding)
+
+    def output_side(self, size: int) -> int:
+        """Side of the feature map for a ``size x size`` input (conv, then max-pool)."""
+        conv, pool = self.conv, self.pool
+        side = _conv_out(size, kernel=conv.kernel_size[0], stride=conv.stride[0], padding=conv.padding[0])
+        return _conv_out(side, kernel=pool.kernel_size, stride=pool.stride, padding=pool.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.bn(self.conv(x)))  # (B, C', H', W')
@@ -83,6 +82,7 @@ class LeFF(nn.Module):
     def __init__(
         self,
         dim: int,
+        *,
         expand_ratio: int,
         kernel_size: int,
         padding: int,
@@ -127,6 +127,7 @@ class LCA(nn.Module):
     def __init__(
         self,
         dim: int,
+        *,
         num_heads: int,
         mlp_ratio: int,
         qkv_bias: bool,
@@ -144,7 +145,12 @@ class LCA(nn.Module):
         self.include_last = include_last
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(
-            dim, num_heads, qkv_bias, attn_drop, proj_drop, heads_name="lca_encoder_num_heads"
+            dim,
+            num_heads,
+            qkv_bias=qkv_bias,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+            heads_name="lca_encoder_num_heads",
         )
         self.ls1 = make_layer_scale(dim, layer_scale)
         # a fixed rate, outside the encoder's schedule (block_index=None)
@@ -235,148 +241,118 @@ class CeiT(VisionModel):
         lca_include_last: bool = False,
         final_norm: bool = False,
     ) -> None:
-        for name, value in (
-            ("image_size", image_size),
-            ("d_model", d_model),
-            ("patch_size", patch_size),
-            ("encoder_num_heads", encoder_num_heads),
-            ("num_encoder_blocks", num_encoder_blocks),
-            ("i2t_out_channels", i2t_out_channels),
-            ("i2t_conv_kernel_size", i2t_conv_kernel_size),
-            ("i2t_conv_stride", i2t_conv_stride),
-            ("i2t_max_pool_kernel_size", i2t_max_pool_kernel_size),
-            ("i2t_max_pool_stride", i2t_max_pool_stride),
-            ("leff_expand_ratio", leff_expand_ratio),
-            ("leff_depthwise_kernel", leff_depthwise_kernel),
-            ("leff_depthwise_stride", leff_depthwise_stride),
-            ("lca_encoder_expansion_ratio", lca_encoder_expansion_ratio),
-            ("lca_encoder_num_heads", lca_encoder_num_heads),
-            ("in_channels", in_channels),
-        ):
-            positive_int(name, value)
-        for name, value in (
-            ("num_classes", num_classes),
-            ("leff_depthwise_padding", leff_depthwise_padding),
-            ("i2t_conv_padding", i2t_conv_padding),
-            ("i2t_max_pool_padding", i2t_max_pool_padding),
-        ):
-            non_negative_int(name, value)
-        if classifier_mlp_d is not None:
-            positive_int("classifier_mlp_d", classifier_mlp_d)
-        for name, value in (
-            ("dropout", dropout),
-            ("encoder_dropout", encoder_dropout),
-            ("encoder_attention_dropout", encoder_attention_dropout),
-            ("encoder_projection_dropout", encoder_projection_dropout),
-            ("lca_encoder_dropout", lca_encoder_dropout),
-            ("lca_encoder_attention_dropout", lca_encoder_attention_dropout),
-            ("lca_encoder_projection_dropout", lca_encoder_projection_dropout),
-            ("lca_encoder_stodepth_prob", lca_encoder_stodepth_prob),
-        ):
-            probability(name, value)
-        optional_positive_float("layer_scale", layer_scale)
-        optional_positive_float("lca_encoder_layer_scale", lca_encoder_layer_scale)
-        optional_positive_float("norm_eps", norm_eps)
-        divisible("d_model", d_model, "encoder_num_heads", encoder_num_heads)
-        divisible("d_model", d_model, "lca_encoder_num_heads", lca_encoder_num_heads)
-        choice("lca_encoder_ln_order", lca_encoder_ln_order, LCA_LN_ORDERS)
-        if leff_depthwise_stride != 1 or leff_depthwise_kernel != 2 * leff_depthwise_padding + 1:
-            raise ConfigError(
-                "LeFF's depthwise conv must keep the token grid size: need leff_depthwise_stride=1 and "
-                "leff_depthwise_kernel = 2 * leff_depthwise_padding + 1, got leff_depthwise_kernel="
-                f"{leff_depthwise_kernel}, leff_depthwise_stride={leff_depthwise_stride}, "
-                f"leff_depthwise_padding={leff_depthwise_padding}"
-            )
-        if 2 * i2t_max_pool_padding > i2t_max_pool_kernel_size:
-            raise ConfigError(
-                f"i2t_max_pool_padding={i2t_max_pool_padding} must be at most half of "
-                f"i2t_max_pool_kernel_size={i2t_max_pool_kernel_size}"
-            )
-        if not lca_include_last and num_encoder_blocks < 2:
-            raise ConfigError(
-                "num_encoder_blocks must be at least 2 when the LCA keys/values exclude the last class token "
-                f"(lca_include_last=False), got {num_encoder_blocks}"
-            )
-        super().__init__(in_channels, image_size, num_classes)
+        check_ceit_arguments(
+            image_size=image_size,
+            d_model=d_model,
+            patch_size=patch_size,
+            encoder_num_heads=encoder_num_heads,
+            num_encoder_blocks=num_encoder_blocks,
+            i2t_out_channels=i2t_out_channels,
+            i2t_conv_kernel_size=i2t_conv_kernel_size,
+            i2t_conv_stride=i2t_conv_stride,
+            i2t_max_pool_kernel_size=i2t_max_pool_kernel_size,
+            i2t_max_pool_stride=i2t_max_pool_stride,
+            leff_expand_ratio=leff_expand_ratio,
+            leff_depthwise_kernel=leff_depthwise_kernel,
+            leff_depthwise_stride=leff_depthwise_stride,
+            lca_encoder_expansion_ratio=lca_encoder_expansion_ratio,
+            lca_encoder_num_heads=lca_encoder_num_heads,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            leff_depthwise_padding=leff_depthwise_padding,
+            i2t_conv_padding=i2t_conv_padding,
+            i2t_max_pool_padding=i2t_max_pool_padding,
+            classifier_mlp_d=classifier_mlp_d,
+            dropout=dropout,
+            encoder_dropout=encoder_dropout,
+            encoder_attention_dropout=encoder_attention_dropout,
+            encoder_projection_dropout=encoder_projection_dropout,
+            lca_encoder_dropout=lca_encoder_dropout,
+            lca_encoder_attention_dropout=lca_encoder_attention_dropout,
+            lca_encoder_projection_dropout=lca_encoder_projection_dropout,
+            lca_encoder_stodepth_prob=lca_encoder_stodepth_prob,
+            layer_scale=layer_scale,
+            lca_encoder_layer_scale=lca_encoder_layer_scale,
+            norm_eps=norm_eps,
+            lca_encoder_ln_order=lca_encoder_ln_order,
+            lca_include_last=lca_include_last,
+        )
+        super().__init__(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
         self.num_features = d_model
         self.patch_size = patch_size
-        self.grid_size = self._grid(
-            image_size,
-            i2t_conv_kernel_size,
-            i2t_conv_stride,
-            i2t_conv_padding,
-            i2t_max_pool_kernel_size,
-            i2t_max_pool_stride,
-            i2t_max_pool_padding,
+        self.i2t = Image2Tokens(
+            in_channels=in_channels,
+            out_channels=i2t_out_channels,
+            kernel_size=i2t_conv_kernel_size,
+            stride=i2t_conv_stride,
+            padding=i2t_conv_padding,
+            bias=i2t_conv_bias,
+            pool_kernel_size=i2t_max_pool_kernel_size,
+            pool_stride=i2t_max_pool_stride,
+            pool_padding=i2t_max_pool_padding,
         )
+        #: token-grid side for the nominal input: stem conv, max-pool, then floor division by the patch
+        self.grid_size = self.i2t.output_side(image_size) // patch_size
         if self.grid_size < 1:
             raise ConfigError(
                 f"image_size={image_size} is too small: the I2T stem and patch_size={patch_size} leave no token"
             )
-
-        self.i2t = Image2Tokens(
-            in_channels,
-            i2t_out_channels,
-            i2t_conv_kernel_size,
-            i2t_conv_stride,
-            i2t_conv_padding,
-            i2t_conv_bias,
-            i2t_max_pool_kernel_size,
-            i2t_max_pool_stride,
-            i2t_max_pool_padding,
-        )
         self.patch_embed = PatchEmbed(
-            patch_size, i2t_out_channels, d_model, patchify_technique, norm=embed_norm
+            patch_size=patch_size,
+            in_channels=i2t_out_channels,
+            dim=d_model,
+            technique=patchify_technique,
+            norm=embed_norm,
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size**2 + 1, d_model))
         self.pos_drop = nn.Dropout(dropout)
 
-        L = num_encoder_blocks
         self.encoder = Encoder.build(
-            d_model,
-            L,
-            lambda i: Attention(
-                d_model, encoder_num_heads, qkv_bias, encoder_attention_dropout, encoder_projection_dropout
-            ),
-            lambda i: LeFF(
+            dim=d_model,
+            depth=num_encoder_blocks,
+            attn=lambda i: Attention(
                 d_model,
-                leff_expand_ratio,
-                leff_depthwise_kernel,
-                leff_depthwise_padding,
-                leff_depthwise_separable,
-                leff_out_act,
-                encoder_dropout,
+                encoder_num_heads,
+                qkv_bias=qkv_bias,
+                attn_drop=encoder_attention_dropout,
+                proj_drop=encoder_projection_dropout,
             ),
-            ln_order,
-            layer_scale,
-            stochastic_depth,
-            stochastic_depth_mp,
-            norm_eps,
+            mlp=lambda i: LeFF(
+                d_model,
+                expand_ratio=leff_expand_ratio,
+                kernel_size=leff_depthwise_kernel,
+                padding=leff_depthwise_padding,
+                separable=leff_depthwise_separable,
+                out_act=leff_out_act,
+                drop=encoder_dropout,
+            ),
+            ln_order=ln_order,
+            layer_scale=layer_scale,
+            stochastic_depth=stochastic_depth,
+            stochastic_depth_mp=stochastic_depth_mp,
+            norm_eps=norm_eps,
         )
+        L = num_encoder_blocks
         self.pos_layer_embed = nn.Parameter(torch.zeros(1, L, d_model)) if lca_layer_embed else None
         self.lca = LCA(
             d_model,
-            lca_encoder_num_heads,
-            lca_encoder_expansion_ratio,
-            lca_encoder_qkv_bias,
-            lca_encoder_attention_dropout,
-            lca_encoder_projection_dropout,
-            lca_encoder_dropout,
-            lca_encoder_ln_order,
-            lca_encoder_stodepth_prob,
-            lca_encoder_layer_scale,
-            lca_include_last,
-            norm_eps,
+            num_heads=lca_encoder_num_heads,
+            mlp_ratio=lca_encoder_expansion_ratio,
+            qkv_bias=lca_encoder_qkv_bias,
+            attn_drop=lca_encoder_attention_dropout,
+            proj_drop=lca_encoder_projection_dropout,
+            mlp_drop=lca_encoder_dropout,
+            ln_order=lca_encoder_ln_order,
+            drop_path=lca_encoder_stodepth_prob,
+            layer_scale=lca_encoder_layer_scale,
+            include_last=lca_include_last,
+            norm_eps=norm_eps,
         )
         self.norm = nn.LayerNorm(d_model, eps=norm_eps) if final_norm else nn.Identity()
-        self.head = ClassifierHead(d_model, num_classes, classifier_mlp_d, dropout)
+        self.head = ClassifierHead(d_model, num_classes, hidden_dim=classifier_mlp_d, dropout=dropout)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-
-    def _grid(self, size: int, k: int, s: int, p: int, pool_k: int, pool_s: int, pool_p: int) -> int:
-        """Token-grid side for a ``size x size`` input: stem conv, max-pool, then floor division by the patch."""
-        return _conv_out(_conv_out(size, k, s, p), pool_k, pool_s, pool_p) // self.patch_size
 
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)

@@ -11,6 +11,7 @@ uses ``%``, ``ln_order='residual'`` works, and ``updateStochasticDepthRate`` wor
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -64,6 +65,7 @@ class GPSA(nn.Module):
         self,
         dim: int,
         num_heads: int,
+        *,
         grid_size: int,
         qkv_bias: bool = False,
         attn_drop: float = 0.0,
@@ -130,6 +132,26 @@ class GPSA(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+def _check_gpsa_arguments(
+    *,
+    num_gated_blocks: object,
+    num_encoder_blocks: int,
+    locality_strength: object,
+    locality_distance_method: object,
+    d_pos: object,
+) -> None:
+    """ConViT's own arguments (the shared ViT ones are checked by ``vit_arguments``)."""
+    non_negative_int("num_gated_blocks", num_gated_blocks)
+    if num_gated_blocks > num_encoder_blocks:
+        raise ConfigError(
+            f"num_gated_blocks={num_gated_blocks} exceeds num_encoder_blocks={num_encoder_blocks}"
+        )
+    optional_positive_float("locality_strength", locality_strength)
+    choice("locality_distance_method", locality_distance_method, LOCALITY_DISTANCE_METHODS)
+    if isinstance(d_pos, bool) or not isinstance(d_pos, int) or d_pos < 3:
+        raise ConfigError(f"d_pos must be an integer >= 3 (channels dx, dy, dx^2+dy^2), got {d_pos!r}")
+
+
 class ConViT(VisionModel):
     """ViT whose first ``num_gated_blocks`` blocks use GPSA; the class token joins before the first
     plain-attention block. With ``num_gated_blocks == num_encoder_blocks`` no block would ever read a class
@@ -190,59 +212,64 @@ class ConViT(VisionModel):
             encoder_projection_dropout=encoder_projection_dropout,
             layer_scale=layer_scale,
         )
-        non_negative_int("num_gated_blocks", num_gated_blocks)
-        if num_gated_blocks > num_encoder_blocks:
-            raise ConfigError(
-                f"num_gated_blocks={num_gated_blocks} exceeds num_encoder_blocks={num_encoder_blocks}"
-            )
-        optional_positive_float("locality_strength", locality_strength)
-        choice("locality_distance_method", locality_distance_method, LOCALITY_DISTANCE_METHODS)
-        if isinstance(d_pos, bool) or not isinstance(d_pos, int) or d_pos < 3:
-            raise ConfigError(f"d_pos must be an integer >= 3 (channels dx, dy, dx^2+dy^2), got {d_pos!r}")
-        super().__init__(in_channels, image_size, num_classes)
+        _check_gpsa_arguments(
+            num_gated_blocks=num_gated_blocks,
+            num_encoder_blocks=num_encoder_blocks,
+            locality_strength=locality_strength,
+            locality_distance_method=locality_distance_method,
+            d_pos=d_pos,
+        )
+        super().__init__(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
         self.num_features = d_model
         grid = image_size // patch_size
         self.num_gated_blocks = num_gated_blocks
         self.use_cls_token = num_gated_blocks < num_encoder_blocks
 
-        self.patch_embed = PatchEmbed(patch_size, in_channels, d_model, patchify_technique, norm=embed_norm)
+        self.patch_embed = PatchEmbed(
+            patch_size=patch_size,
+            in_channels=in_channels,
+            dim=d_model,
+            technique=patchify_technique,
+            norm=embed_norm,
+        )
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, d_model)) if abs_pos_embed else None
         self.pos_drop = nn.Dropout(dropout)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model)) if self.use_cls_token else None
 
-        L = num_encoder_blocks
-
-        def attention(i: int) -> nn.Module:
-            if i < num_gated_blocks:
-                return GPSA(
-                    d_model,
-                    encoder_num_heads,
-                    grid,
-                    qkv_bias,
-                    encoder_attention_dropout,
-                    encoder_projection_dropout,
-                    locality_strength,
-                    use_conv_init,
-                    locality_distance_method,
-                    d_pos,
-                )
-            return Attention(
-                d_model, encoder_num_heads, qkv_bias, encoder_attention_dropout, encoder_projection_dropout
-            )
-
-        self.encoder = Encoder.build(
+        gpsa = partial(
+            GPSA,
             d_model,
-            L,
-            attention,
-            lambda i: Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
-            ln_order,
-            layer_scale,
-            stochastic_depth,
-            stochastic_depth_mp,
-            norm_eps,
+            encoder_num_heads,
+            grid_size=grid,
+            qkv_bias=qkv_bias,
+            attn_drop=encoder_attention_dropout,
+            proj_drop=encoder_projection_dropout,
+            locality_strength=locality_strength,
+            use_conv_init=use_conv_init,
+            locality_distance_method=locality_distance_method,
+            d_pos=d_pos,
+        )
+        mhsa = partial(
+            Attention,
+            d_model,
+            encoder_num_heads,
+            qkv_bias=qkv_bias,
+            attn_drop=encoder_attention_dropout,
+            proj_drop=encoder_projection_dropout,
+        )
+        self.encoder = Encoder.build(
+            dim=d_model,
+            depth=num_encoder_blocks,
+            attn=lambda i: gpsa() if i < num_gated_blocks else mhsa(),
+            mlp=lambda i: Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
+            ln_order=ln_order,
+            layer_scale=layer_scale,
+            stochastic_depth=stochastic_depth,
+            stochastic_depth_mp=stochastic_depth_mp,
+            norm_eps=norm_eps,
         )
         self.norm = nn.LayerNorm(d_model, eps=norm_eps) if final_norm else nn.Identity()
-        self.head = ClassifierHead(d_model, num_classes, classifier_mlp_d, dropout)
+        self.head = ClassifierHead(d_model, num_classes, hidden_dim=classifier_mlp_d, dropout=dropout)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:

@@ -6,6 +6,8 @@ so its state_dict loads without renaming: ``stage{i}.patch_embed.proj``, ``stage
 .conv_proj_q.conv``, ..., ``norm``, ``head``). Documented API: lucid ``CvT(config: CvTConfig)``, without
 that port's defects (``'avg'`` without ``ceil_mode``, the all-``'lin'`` guard).
 
+The configuration (:class:`CvTConfig`) and its checks live in :mod:`deploykit.models.cvt_config`.
+
 Export notes: attention is plain ``matmul`` (no einsum) with the CvT scale ``dim**-0.5`` (full stage width);
 token <-> map reshapes use the grid size read from the conv output as Python ints, keep batch as the
 only free dimension and the conv path in NCHW. No position embedding, so any input resolution works.
@@ -13,10 +15,8 @@ only free dimension and the conv path in NCHW. No position embedding, so any inp
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -24,142 +24,10 @@ from torch import nn
 
 from deploykit.core.errors import ConfigError
 from deploykit.models.base import VisionModel
+from deploykit.models.cvt_config import CvTConfig
 from deploykit.models.layers import Mlp, QuickGELU, make_drop_path
-from deploykit.models.layers.checks import choice, divisible, non_negative_int, positive_int, probability
 from deploykit.models.registry import Preset, register_alias, register_preset
 from deploykit.models.weights import rename_keys
-
-QKV_PROJ_METHODS = ("dw_bn", "avg", "linear")
-_METHOD_ALIASES = {"lin": "linear"}  # lucid's spelling
-
-#: per-stage fields of CvTConfig and the check applied to each stage's value
-_POSITIVE_INT = (
-    "patch_size",
-    "patch_stride",
-    "dim_embed",
-    "num_heads",
-    "depth",
-    "kernel_qkv",
-    "stride_q",
-    "stride_kv",
-)
-_NON_NEGATIVE_INT = ("patch_padding", "padding_q", "padding_kv")
-_RATES = ("attn_drop_rate", "drop_rate", "drop_path_rate")
-_FLAGS = ("qkv_bias", "cls_token", "pos_embed")
-PER_STAGE_FIELDS = (
-    *_POSITIVE_INT[:5],
-    "patch_padding",
-    "mlp_ratio",
-    *_RATES,
-    *_FLAGS,
-    "qkv_proj_method",
-    "kernel_qkv",
-    "padding_q",
-    "stride_q",
-    "padding_kv",
-    "stride_kv",
-)
-
-
-@dataclass
-class CvTConfig:
-    """Stage layout of a CvT (lucid field names, order and defaults).
-
-    Every per-stage field (:data:`PER_STAGE_FIELDS`) is a sequence of length ``num_stages``; a single
-    scalar (number, bool or string) is broadcast to every stage. Sequences are stored as tuples and
-    ``'lin'`` is normalised to ``'linear'``. ``pos_embed`` is accepted and unused, as in the official code
-    (CvT has no position embedding). ``image_size`` (extra) is the nominal input size recorded in the
-    model's data config; the network itself takes any resolution.
-    Invalid values raise :class:`~deploykit.core.errors.ConfigError` naming the field.
-    """
-
-    num_stages: int
-    patch_size: tuple[int, ...]
-    patch_stride: tuple[int, ...]
-    patch_padding: tuple[int, ...]
-    dim_embed: tuple[int, ...]
-    num_heads: tuple[int, ...]
-    depth: tuple[int, ...]
-    in_channels: int = 3
-    num_classes: int = 1000
-    act_layer: Callable[[], nn.Module] = nn.GELU
-    norm_layer: Callable[[int], nn.Module] = nn.LayerNorm
-    mlp_ratio: tuple[float, ...] = (4.0, 4.0, 4.0)
-    attn_drop_rate: tuple[float, ...] = (0.0, 0.0, 0.0)
-    drop_rate: tuple[float, ...] = (0.0, 0.0, 0.0)
-    drop_path_rate: tuple[float, ...] = (0.0, 0.0, 0.1)
-    qkv_bias: tuple[bool, ...] = (True, True, True)
-    cls_token: tuple[bool, ...] = (False, False, True)
-    pos_embed: tuple[bool, ...] = (False, False, False)
-    qkv_proj_method: tuple[str, ...] = ("dw_bn", "dw_bn", "dw_bn")
-    kernel_qkv: tuple[int, ...] = (3, 3, 3)
-    padding_q: tuple[int, ...] = (1, 1, 1)
-    stride_q: tuple[int, ...] = (1, 1, 1)
-    padding_kv: tuple[int, ...] = (1, 1, 1)
-    stride_kv: tuple[int, ...] = (2, 2, 2)
-    image_size: int = 224
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Broadcast scalars, normalise spellings and check every field (idempotent)."""
-        n = positive_int("num_stages", self.num_stages)
-        for name in PER_STAGE_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, str | bool | int | float):
-                value = (value,) * n
-            try:
-                value = tuple(value)
-            except TypeError:
-                raise ConfigError(
-                    f"{name} must be a sequence of length num_stages={n}, got {value!r}"
-                ) from None
-            if len(value) != n:
-                raise ConfigError(f"{name} must have length num_stages={n}, got {len(value)}: {value!r}")
-            setattr(self, name, value)
-        for name in _POSITIVE_INT:
-            for i, v in enumerate(getattr(self, name)):
-                positive_int(f"{name}[{i}]", v)
-        for name in _NON_NEGATIVE_INT:
-            for i, v in enumerate(getattr(self, name)):
-                non_negative_int(f"{name}[{i}]", v)
-        for name in _RATES:
-            setattr(
-                self, name, tuple(probability(f"{name}[{i}]", v) for i, v in enumerate(getattr(self, name)))
-            )
-        for name in _FLAGS:
-            for i, v in enumerate(getattr(self, name)):
-                if not isinstance(v, bool):
-                    raise ConfigError(f"{name}[{i}] must be a bool, got {v!r}")
-        self.qkv_proj_method = tuple(
-            choice(
-                f"qkv_proj_method[{i}]",
-                _METHOD_ALIASES.get(m, m) if isinstance(m, str) else m,
-                QKV_PROJ_METHODS,
-            )
-            for i, m in enumerate(self.qkv_proj_method)
-        )
-        for i, (dim, ratio) in enumerate(zip(self.dim_embed, self.mlp_ratio)):
-            divisible(f"dim_embed[{i}]", dim, f"num_heads[{i}]", self.num_heads[i])
-            is_number = (
-                isinstance(ratio, int | float) and not isinstance(ratio, bool) and math.isfinite(ratio)
-            )
-            if not is_number or int(dim * ratio) < 1:
-                raise ConfigError(
-                    f"mlp_ratio[{i}] must be a positive number (hidden width >= 1), got {ratio!r}"
-                )
-            if self.qkv_proj_method[i] == "avg" and self.padding_kv[i] > self.kernel_qkv[i] // 2:
-                raise ConfigError(
-                    f"padding_kv[{i}]={self.padding_kv[i]} exceeds half of kernel_qkv[{i}]="
-                    f"{self.kernel_qkv[i]}, which AvgPool2d ('avg' projection) does not allow"
-                )
-        positive_int("in_channels", self.in_channels)
-        non_negative_int("num_classes", self.num_classes)
-        positive_int("image_size", self.image_size)
-        for name in ("act_layer", "norm_layer"):
-            if not callable(getattr(self, name)):
-                raise ConfigError(f"{name} must be a module class or factory, got {getattr(self, name)!r}")
 
 
 class ConvEmbed(nn.Module):
@@ -167,6 +35,7 @@ class ConvEmbed(nn.Module):
 
     def __init__(
         self,
+        *,
         in_channels: int,
         dim: int,
         kernel: int,
@@ -193,14 +62,16 @@ class ConvProjection(nn.Module):
     ``'avg'``: ``AvgPool2d(k, stride, padding, ceil_mode=True)``; ``'linear'``: no spatial op (plain flatten).
     """
 
-    def __init__(self, dim: int, method: str, kernel: int, stride: int, padding: int) -> None:
+    def __init__(self, dim: int, method: str, *, kernel: int, stride: int, padding: int) -> None:
         super().__init__()
         self.method = method
         if method == "dw_bn":
-            self.conv: nn.Module = nn.Conv2d(dim, dim, kernel, stride, padding, bias=False, groups=dim)
+            self.conv: nn.Module = nn.Conv2d(
+                dim, dim, kernel, stride=stride, padding=padding, bias=False, groups=dim
+            )
             self.bn: nn.Module = nn.BatchNorm2d(dim)
         elif method == "avg":
-            self.conv = nn.AvgPool2d(kernel, stride, padding, ceil_mode=True)
+            self.conv = nn.AvgPool2d(kernel, stride=stride, padding=padding, ceil_mode=True)
             self.bn = nn.Identity()
         else:
             self.conv = nn.Identity()
@@ -223,6 +94,7 @@ class ConvAttention(nn.Module):
     def __init__(
         self,
         dim: int,
+        *,
         num_heads: int,
         qkv_bias: bool,
         attn_drop: float,
@@ -241,11 +113,11 @@ class ConvAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = dim**-0.5
         self.with_cls_token = with_cls_token
-        self.conv_proj_q = ConvProjection(
-            dim, "linear" if method == "avg" else method, kernel, stride_q, padding_q
-        )
-        self.conv_proj_k = ConvProjection(dim, method, kernel, stride_kv, padding_kv)
-        self.conv_proj_v = ConvProjection(dim, method, kernel, stride_kv, padding_kv)
+        # 'avg' pools only keys and values; the queries keep every position
+        q_method = "linear" if method == "avg" else method
+        self.conv_proj_q = ConvProjection(dim, q_method, kernel=kernel, stride=stride_q, padding=padding_q)
+        self.conv_proj_k = ConvProjection(dim, method, kernel=kernel, stride=stride_kv, padding=padding_kv)
+        self.conv_proj_v = ConvProjection(dim, method, kernel=kernel, stride=stride_kv, padding=padding_kv)
         self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj_k = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj_v = nn.Linear(dim, dim, bias=qkv_bias)
@@ -281,6 +153,7 @@ class ConvTransformerBlock(nn.Module):
         dim: int,
         attn: ConvAttention,
         mlp: Mlp,
+        *,
         norm_layer: Callable[[int], nn.Module],
         drop_path: float | None,
         block_index: int,
@@ -289,7 +162,7 @@ class ConvTransformerBlock(nn.Module):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = attn
-        self.drop_path = make_drop_path(drop_path, block_index, num_blocks)
+        self.drop_path = make_drop_path(drop_path, block_index=block_index, num_blocks=num_blocks)
         self.norm2 = norm_layer(dim)
         self.mlp = mlp
 
@@ -304,54 +177,23 @@ class CvTStage(nn.Module):
     Returns ``(map (B, D, H, W), cls (B, 1, D) or None)``.
     """
 
-    def __init__(self, cfg: CvTConfig, i: int, in_channels: int) -> None:
+    def __init__(self, cfg: CvTConfig, i: int, *, in_channels: int) -> None:
         super().__init__()
         dim, depth = cfg.dim_embed[i], cfg.depth[i]
         self.dim = dim
         self.patch_embed = ConvEmbed(
-            in_channels, dim, cfg.patch_size[i], cfg.patch_stride[i], cfg.patch_padding[i], cfg.norm_layer
+            in_channels=in_channels,
+            dim=dim,
+            kernel=cfg.patch_size[i],
+            stride=cfg.patch_stride[i],
+            padding=cfg.patch_padding[i],
+            norm_layer=cfg.norm_layer,
         )
         self.has_cls_token = cfg.cls_token[i]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if self.has_cls_token else None
         self.pos_drop = nn.Dropout(cfg.drop_rate[i])
-        # a stage with drop_path_rate 0 has no DropPath (the schedule update leaves it off, like the cv library)
-        rate = cfg.drop_path_rate[i]
-        rates = (
-            [rate * j / (depth - 1) if depth > 1 else 0.0 for j in range(depth)]
-            if rate > 0
-            else [None] * depth
-        )
-        self.blocks = nn.ModuleList(
-            ConvTransformerBlock(
-                dim,
-                ConvAttention(
-                    dim,
-                    cfg.num_heads[i],
-                    cfg.qkv_bias[i],
-                    cfg.attn_drop_rate[i],
-                    cfg.drop_rate[i],
-                    cfg.qkv_proj_method[i],
-                    cfg.kernel_qkv[i],
-                    cfg.stride_kv[i],
-                    cfg.stride_q[i],
-                    cfg.padding_kv[i],
-                    cfg.padding_q[i],
-                    self.has_cls_token,
-                ),
-                Mlp(
-                    dim,
-                    int(dim * cfg.mlp_ratio[i]),
-                    cfg.act_layer,
-                    drop=cfg.drop_rate[i],
-                    out_drop=cfg.drop_rate[i],
-                ),
-                cfg.norm_layer,
-                rates[j],
-                block_index=j,
-                num_blocks=depth,
-            )
-            for j in range(depth)
-        )
+        rates = _stage_drop_path_rates(cfg.drop_path_rate[i], depth)
+        self.blocks = nn.ModuleList(_stage_block(cfg, i, j, rates[j]) for j in range(depth))
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
 
@@ -371,6 +213,49 @@ class CvTStage(nn.Module):
         return x.transpose(1, 2).reshape(B, D, H, W), cls
 
 
+def _stage_drop_path_rates(rate: float, depth: int) -> list[float | None]:
+    """A linear ramp ``rate * j / (depth - 1)`` over the stage's blocks; a stage with rate 0 has no DropPath
+    at all (``None``: the schedule update leaves it off, like the cv library)."""
+    if rate <= 0:
+        return [None] * depth
+    return [rate * j / (depth - 1) if depth > 1 else 0.0 for j in range(depth)]
+
+
+def _stage_block(cfg: CvTConfig, i: int, j: int, drop_path: float | None) -> ConvTransformerBlock:
+    """Block ``j`` of stage ``i`` (attention built before the MLP: the order the weights are drawn in)."""
+    dim = cfg.dim_embed[i]
+    attn = ConvAttention(
+        dim,
+        num_heads=cfg.num_heads[i],
+        qkv_bias=cfg.qkv_bias[i],
+        attn_drop=cfg.attn_drop_rate[i],
+        proj_drop=cfg.drop_rate[i],
+        method=cfg.qkv_proj_method[i],
+        kernel=cfg.kernel_qkv[i],
+        stride_kv=cfg.stride_kv[i],
+        stride_q=cfg.stride_q[i],
+        padding_kv=cfg.padding_kv[i],
+        padding_q=cfg.padding_q[i],
+        with_cls_token=cfg.cls_token[i],
+    )
+    mlp = Mlp(
+        dim,
+        int(dim * cfg.mlp_ratio[i]),
+        act_layer=cfg.act_layer,
+        drop=cfg.drop_rate[i],
+        out_drop=cfg.drop_rate[i],
+    )
+    return ConvTransformerBlock(
+        dim,
+        attn,
+        mlp,
+        norm_layer=cfg.norm_layer,
+        drop_path=drop_path,
+        block_index=j,
+        num_blocks=cfg.depth[i],
+    )
+
+
 class CvT(VisionModel):
     """Convolutional vision transformer built from a :class:`CvTConfig` (official ``cls_cvt`` semantics).
 
@@ -386,14 +271,16 @@ class CvT(VisionModel):
         if not isinstance(config, CvTConfig):
             raise ConfigError(f"config must be a CvTConfig, got {type(config).__name__}")
         config.validate()
-        super().__init__(config.in_channels, config.image_size, config.num_classes)
+        super().__init__(
+            in_channels=config.in_channels, image_size=config.image_size, num_classes=config.num_classes
+        )
         self.config = config
         self.num_stages = config.num_stages
         self.num_features = config.dim_embed[-1]
         self.use_cls_head = config.cls_token[-1]
         in_ch = config.in_channels
         for i in range(config.num_stages):
-            setattr(self, f"stage{i}", CvTStage(config, i, in_ch))
+            setattr(self, f"stage{i}", CvTStage(config, i, in_channels=in_ch))
             in_ch = config.dim_embed[i]
         self.norm = config.norm_layer(self.num_features)
         self.head = (
@@ -511,7 +398,7 @@ def _build(**fields: object) -> CvT:
 
 
 def _official(
-    dims: tuple[int, int, int], heads: tuple[int, int, int], depth: tuple[int, int, int], **extra: object
+    *, dims: tuple[int, int, int], heads: tuple[int, int, int], depth: tuple[int, int, int], **extra: object
 ) -> dict:
     """microsoft/CvT ``get_cls_model`` layout: QuickGELU, LayerNorm eps 1e-5, conv embed 7/4/2 then 3/2/1."""
     return dict(
@@ -532,7 +419,7 @@ _CVT = dict(family="cvt", builder=_build, reference_params_decimals=2)
 register_preset(
     Preset(
         "cvt_13",
-        kwargs=_official((64, 192, 384), (1, 3, 6), (1, 2, 10)),
+        kwargs=_official(dims=(64, 192, 384), heads=(1, 3, 6), depth=(1, 2, 10)),
         reference="microsoft/CvT CvT-13 (HF microsoft/cvt-13)",
         reference_params_m=20.00,
         **_CVT,
@@ -541,7 +428,7 @@ register_preset(
 register_preset(
     Preset(
         "cvt_21",
-        kwargs=_official((64, 192, 384), (1, 3, 6), (1, 4, 16)),
+        kwargs=_official(dims=(64, 192, 384), heads=(1, 3, 6), depth=(1, 4, 16)),
         reference="microsoft/CvT CvT-21 (HF microsoft/cvt-21)",
         reference_params_m=31.62,
         **_CVT,
@@ -551,7 +438,11 @@ register_preset(
     Preset(
         "cvt_w24",
         kwargs=_official(
-            (192, 768, 1024), (3, 12, 16), (2, 2, 20), drop_path_rate=(0.0, 0.0, 0.3), image_size=384
+            dims=(192, 768, 1024),
+            heads=(3, 12, 16),
+            depth=(2, 2, 20),
+            drop_path_rate=(0.0, 0.0, 0.3),
+            image_size=384,
         ),
         reference="microsoft/CvT CvT-W24-384-22k (HF microsoft/cvt-w24-384-22k)",
         reference_params_m=277.20,

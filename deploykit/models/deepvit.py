@@ -20,9 +20,7 @@ from deploykit.models.layers import (
     Mlp,
     PatchEmbed,
 )
-from deploykit.models.layers.checks import (
-    vit_arguments,
-)
+from deploykit.models.layers.checks import vit_arguments
 from deploykit.models.registry import Preset, register_alias, register_preset
 from deploykit.models.weights import rename_keys
 
@@ -50,7 +48,7 @@ class ReAttention(nn.Module):
 class CNNStem(nn.Module):
     """DeepViT-S/L patch stem: ``conv7x7/2 -> BN -> ReLU -> conv3x3 -> BN -> ReLU -> Conv(p/2, stride p/2)``."""
 
-    def __init__(self, patch_size: int, in_channels: int, dim: int) -> None:
+    def __init__(self, *, patch_size: int, in_channels: int, dim: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -63,6 +61,27 @@ class CNNStem(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+def _check_deepvit_arguments(
+    *,
+    patch_stem: object,
+    patch_size: int,
+    re_attention_depth: object,
+    num_encoder_blocks: int,
+    residual_scale: float,
+) -> None:
+    """DeepViT's own arguments (the shared ViT ones are checked by ``vit_arguments``)."""
+    if patch_stem not in PATCH_STEMS:
+        raise ConfigError(f"patch_stem must be one of {PATCH_STEMS}, got {patch_stem!r}")
+    if patch_stem == "cnn" and patch_size % 4 != 0:
+        raise ConfigError(f"patch_stem='cnn' needs patch_size divisible by 4, got patch_size={patch_size}")
+    if re_attention_depth is not None and not 0 <= re_attention_depth <= num_encoder_blocks:
+        raise ConfigError(
+            f"re_attention_depth must be in [0, num_encoder_blocks={num_encoder_blocks}], got {re_attention_depth}"
+        )
+    if residual_scale <= 0:
+        raise ConfigError(f"residual_scale must be positive, got {residual_scale}")
 
 
 class DeepViT(VisionModel):
@@ -124,58 +143,62 @@ class DeepViT(VisionModel):
             encoder_projection_dropout=encoder_projection_dropout,
             layer_scale=layer_scale,
         )
-        if patch_stem not in PATCH_STEMS:
-            raise ConfigError(f"patch_stem must be one of {PATCH_STEMS}, got {patch_stem!r}")
-        if patch_stem == "cnn" and patch_size % 4 != 0:
-            raise ConfigError(
-                f"patch_stem='cnn' needs patch_size divisible by 4, got patch_size={patch_size}"
-            )
-        if re_attention_depth is not None and not 0 <= re_attention_depth <= num_encoder_blocks:
-            raise ConfigError(
-                f"re_attention_depth must be in [0, num_encoder_blocks={num_encoder_blocks}], got {re_attention_depth}"
-            )
-        if residual_scale <= 0:
-            raise ConfigError(f"residual_scale must be positive, got {residual_scale}")
-        super().__init__(in_channels, image_size, num_classes)
+        _check_deepvit_arguments(
+            patch_stem=patch_stem,
+            patch_size=patch_size,
+            re_attention_depth=re_attention_depth,
+            num_encoder_blocks=num_encoder_blocks,
+            residual_scale=residual_scale,
+        )
+        super().__init__(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
         self.num_features = d_model
         num_patches = (image_size // patch_size) ** 2
 
         if patch_stem == "cnn":
-            self.patch_embed: nn.Module = CNNStem(patch_size, in_channels, d_model)
+            self.patch_embed: nn.Module = CNNStem(patch_size=patch_size, in_channels=in_channels, dim=d_model)
         else:
             self.patch_embed = PatchEmbed(
-                patch_size, in_channels, d_model, patchify_technique, norm=embed_norm
+                patch_size=patch_size,
+                in_channels=in_channels,
+                dim=d_model,
+                technique=patchify_technique,
+                norm=embed_norm,
             )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, d_model))
         self.pos_drop = nn.Dropout(dropout)
 
         L = num_encoder_blocks
+        # re-attention in the last ``re_attention_depth`` blocks (all of them by default)
         first_re = L - (L if re_attention_depth is None else re_attention_depth)
         head_scale = (d_model // encoder_num_heads) ** -0.5 if re_attention_scale else 1.0
-        self.encoder = Encoder.build(
-            d_model,
-            L,
-            lambda i: Attention(
+
+        def attention(i: int) -> Attention:
+            return Attention(
                 d_model,
                 encoder_num_heads,
-                qkv_bias,
-                encoder_attention_dropout,
-                encoder_projection_dropout,
+                qkv_bias=qkv_bias,
+                attn_drop=encoder_attention_dropout,
+                proj_drop=encoder_projection_dropout,
                 attn_transform=ReAttention(encoder_num_heads, head_scale)
                 if re_attention and i >= first_re
                 else None,
-            ),
-            lambda i: Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
-            ln_order,
-            layer_scale,
-            stochastic_depth,
-            stochastic_depth_mp,
-            norm_eps,
-            residual_scale,
+            )
+
+        self.encoder = Encoder.build(
+            dim=d_model,
+            depth=L,
+            attn=attention,
+            mlp=lambda i: Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
+            ln_order=ln_order,
+            layer_scale=layer_scale,
+            stochastic_depth=stochastic_depth,
+            stochastic_depth_mp=stochastic_depth_mp,
+            norm_eps=norm_eps,
+            residual_scale=residual_scale,
         )
         self.norm = nn.LayerNorm(d_model, eps=norm_eps) if final_norm else nn.Identity()
-        self.head = ClassifierHead(d_model, num_classes, classifier_mlp_d, dropout)
+        self.head = ClassifierHead(d_model, num_classes, hidden_dim=classifier_mlp_d, dropout=dropout)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
@@ -215,7 +238,7 @@ def to_official_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 # ----------------------------------------------------------------------------------------- presets
-def _official(depth: int, dim: int = 384, **extra: object) -> dict:
+def _official(depth: int, *, dim: int = 384, **extra: object) -> dict:
     """zhoudaquan/dvit_repo layout: conv16 patch embed, pos_embed (1,197,d), pre-LN eps 1e-6, final norm."""
     return dict(
         num_classes=1000,
@@ -276,7 +299,7 @@ register_preset(
     Preset(
         "deepvit_s",
         kwargs=_official(
-            16, 396, re_attention_depth=5, re_attention_scale=True, residual_scale=0.5, patch_stem="cnn"
+            16, dim=396, re_attention_depth=5, re_attention_scale=True, residual_scale=0.5, patch_stem="cnn"
         ),
         reference="dvit_repo deepvit_S",
         reference_params_m=27.31,
@@ -286,7 +309,7 @@ register_preset(
 register_preset(
     Preset(
         "deepvit_l",
-        kwargs=_official(32, 420, re_attention_depth=12, residual_scale=0.5, patch_stem="cnn"),
+        kwargs=_official(32, dim=420, re_attention_depth=12, residual_scale=0.5, patch_stem="cnn"),
         reference="dvit_repo deepvit_L",
         reference_params_m=58.88,
         **_DVIT,

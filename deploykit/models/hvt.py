@@ -28,10 +28,7 @@ from deploykit.models.layers import (
     Mlp,
     PatchEmbed,
 )
-from deploykit.models.layers.checks import (
-    positive_int,
-    vit_arguments,
-)
+from deploykit.models.layers.checks import positive_int, vit_arguments
 from deploykit.models.registry import Preset, register_alias, register_preset
 from deploykit.models.weights import rename_keys
 
@@ -88,6 +85,21 @@ def _check_hvt_pool(hvt_pool: object, num_blocks: int) -> tuple[int, ...]:
     if len(set(hvt_pool)) != len(hvt_pool):
         raise ConfigError(f"hvt_pool must not repeat a block index, got {hvt_pool!r}")
     return tuple(sorted(hvt_pool))
+
+
+def _tokens_per_block(num_patches: int, hvt_pool: Sequence[int] | None, num_blocks: int) -> tuple[int, ...]:
+    """The static token count entering each block, pooling before the blocks in ``hvt_pool`` (checked)."""
+    tokens, counts = num_patches, []
+    for i in range(num_blocks):
+        if hvt_pool is not None and i in hvt_pool:
+            if tokens < POOL_KERNEL:
+                raise ConfigError(
+                    f"hvt_pool={list(hvt_pool)} pools {tokens} token(s) before block {i}; "
+                    f"pooling needs at least {POOL_KERNEL}"
+                )
+            tokens = (tokens - POOL_KERNEL) // POOL_STRIDE + 1
+        counts.append(tokens)
+    return tuple(counts)
 
 
 def hvt_pool_from_block_width(pool_block_width: int, depth: int = 12) -> list[int]:
@@ -160,26 +172,20 @@ class HPool_ViT(VisionModel):  # noqa: N801 - documented name
             layer_scale=layer_scale,
         )
         pool_at = _check_hvt_pool(hvt_pool, num_encoder_blocks)
-        super().__init__(in_channels, image_size, num_classes)
+        num_patches = (image_size // patch_size) ** 2
+        counts = _tokens_per_block(num_patches, hvt_pool, num_encoder_blocks)
+        super().__init__(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
         self.num_features = d_model
         self.hvt_pool = pool_at
-
-        # static token count entering each block
-        num_patches = (image_size // patch_size) ** 2
-        tokens, counts = num_patches, []
-        for i in range(num_encoder_blocks):
-            if i in pool_at:
-                if tokens < POOL_KERNEL:
-                    raise ConfigError(
-                        f"hvt_pool={list(hvt_pool)} pools {tokens} token(s) before block {i}; "
-                        f"pooling needs at least {POOL_KERNEL}"
-                    )
-                tokens = (tokens - POOL_KERNEL) // POOL_STRIDE + 1
-            counts.append(tokens)
-        self.num_tokens_per_block = tuple(counts)
+        self.num_tokens_per_block = counts
 
         self.patch_embed = PatchEmbed(
-            patch_size, in_channels, d_model, patchify_technique, norm=embed_norm, norm_eps=norm_eps
+            patch_size=patch_size,
+            in_channels=in_channels,
+            dim=d_model,
+            technique=patchify_technique,
+            norm=embed_norm,
+            norm_eps=norm_eps,
         )
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, d_model))
         self.pos_drop = nn.Dropout(dropout)
@@ -191,20 +197,24 @@ class HPool_ViT(VisionModel):  # noqa: N801 - documented name
             for i in range(L)
         )
         self.encoder = Encoder.build(
-            d_model,
-            L,
-            lambda i: Attention(
-                d_model, encoder_num_heads, qkv_bias, encoder_attention_dropout, encoder_projection_dropout
+            dim=d_model,
+            depth=L,
+            attn=lambda i: Attention(
+                d_model,
+                encoder_num_heads,
+                qkv_bias=qkv_bias,
+                attn_drop=encoder_attention_dropout,
+                proj_drop=encoder_projection_dropout,
             ),
-            lambda i: Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
-            ln_order,
-            layer_scale,
-            stochastic_depth,
-            stochastic_depth_mp,
-            norm_eps,
+            mlp=lambda i: Mlp(d_model, encoder_mlp_d, drop=encoder_dropout),
+            ln_order=ln_order,
+            layer_scale=layer_scale,
+            stochastic_depth=stochastic_depth,
+            stochastic_depth_mp=stochastic_depth_mp,
+            norm_eps=norm_eps,
         )
         self.norm = nn.LayerNorm(d_model, eps=norm_eps) if final_norm else nn.Identity()
-        self.head = ClassifierHead(d_model, num_classes, classifier_mlp_d, dropout)
+        self.head = ClassifierHead(d_model, num_classes, hidden_dim=classifier_mlp_d, dropout=dropout)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

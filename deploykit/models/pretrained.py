@@ -51,7 +51,7 @@ def _exact_gelu(model: nn.Module) -> str:
     return "mlp activation: exact GELU (Hugging Face CvT) instead of the preset's QuickGELU"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SourceFormat:
     """A checkpoint layout: its family, how to convert to and from deploykit names, and any model change
     needed to reproduce the checkpoint's own forward pass."""
@@ -68,34 +68,49 @@ FORMATS: dict[str, SourceFormat] = {
     f.name: f
     for f in (
         SourceFormat(
-            "hf-cvt", "Hugging Face CvT", "cvt", cvt.convert_hf_checkpoint, cvt.to_hf_checkpoint, _exact_gelu
-        ),
-        SourceFormat("official-cvt", "official CvT (microsoft/CvT)", "cvt", _identity, _identity),
-        SourceFormat(
-            "timm-convit", "timm ConViT", "convit", convit.convert_timm_checkpoint, convit.to_timm_checkpoint
-        ),
-        SourceFormat(
-            "official-ceit",
-            "official CeiT (coeusguo/ceit)",
-            "ceit",
-            ceit.convert_official_checkpoint,
-            ceit.to_official_checkpoint,
+            name="hf-cvt",
+            label="Hugging Face CvT",
+            family="cvt",
+            convert=cvt.convert_hf_checkpoint,
+            inverse=cvt.to_hf_checkpoint,
+            adjust=_exact_gelu,
         ),
         SourceFormat(
-            "official-deepvit",
-            "official DeepViT (zhoudaquan/dvit_repo)",
-            "deepvit",
-            deepvit.convert_official_checkpoint,
-            deepvit.to_official_checkpoint,
+            name="official-cvt",
+            label="official CvT (microsoft/CvT)",
+            family="cvt",
+            convert=_identity,
+            inverse=_identity,
         ),
         SourceFormat(
-            "official-hvt",
-            "official HVT (zhuang-group/HVT)",
-            "hvt",
-            hvt.convert_official_checkpoint,
-            hvt.to_official_checkpoint,
+            name="timm-convit",
+            label="timm ConViT",
+            family="convit",
+            convert=convit.convert_timm_checkpoint,
+            inverse=convit.to_timm_checkpoint,
         ),
-        SourceFormat("deploykit", "deploykit", None, _identity, _identity),
+        SourceFormat(
+            name="official-ceit",
+            label="official CeiT (coeusguo/ceit)",
+            family="ceit",
+            convert=ceit.convert_official_checkpoint,
+            inverse=ceit.to_official_checkpoint,
+        ),
+        SourceFormat(
+            name="official-deepvit",
+            label="official DeepViT (zhoudaquan/dvit_repo)",
+            family="deepvit",
+            convert=deepvit.convert_official_checkpoint,
+            inverse=deepvit.to_official_checkpoint,
+        ),
+        SourceFormat(
+            name="official-hvt",
+            label="official HVT (zhuang-group/HVT)",
+            family="hvt",
+            convert=hvt.convert_official_checkpoint,
+            inverse=hvt.to_official_checkpoint,
+        ),
+        SourceFormat(name="deploykit", label="deploykit", family=None, convert=_identity, inverse=_identity),
     )
 }
 
@@ -313,5 +328,12 @@ def load_pretrained(
     _check_fits(model, converted, fmt, source)
     model.load_state_dict(converted, strict=True)
     adjustments = (fmt.adjust(model),) if fmt.adjust is not None else ()
-    info = WeightsInfo(str(path), sha, fmt.name, len(converted), container, adjustments)
+    info = WeightsInfo(
+        path=str(path),
+        sha256=sha,
+        format=fmt.name,
+        tensors=len(converted),
+        container=container,
+        adjustments=adjustments,
+    )
     return model, info

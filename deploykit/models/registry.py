@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -25,6 +25,7 @@ class Preset:
     """A named configuration of a family's constructor, plus what the reference says about it."""
 
     name: str
+    _: KW_ONLY
     family: str
     builder: Callable[..., nn.Module]
     kwargs: Mapping[str, Any] = field(default_factory=dict)

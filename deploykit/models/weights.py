@@ -1,4 +1,4 @@
-"""Weights files: read a checkpoint (torch pickle or safetensors), unwrap common nesting, load strictly.
+"""Weights files: read a checkpoint (torch pickle or safetensors), unwrap common nesting, check it strictly.
 
 Loading is strict and checked before anything is copied: missing, unexpected and mis-shaped keys are listed
 by name in one :class:`WeightsError`.
@@ -20,7 +20,7 @@ from deploykit.core.errors import WeightsError, first_line
 _NESTING_KEYS = ("state_dict", "model", "module", "model_state", "state_dict_ema")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WeightsInfo:
     """What was loaded: ``format`` is the detected source layout (e.g. ``'timm-convit'``, ``'hf-cvt'``),
     ``container`` the file kind (``'torch'``, ``'safetensors'``, ``'hf-directory'``) and ``adjustments``
@@ -123,14 +123,3 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     if problems:
         name = getattr(model, "preset_name", None) or type(model).__name__
         raise WeightsError(f"{source} do not fit {name}: " + "; ".join(problems))
-
-
-def load_weights(model: nn.Module, path: str | Path) -> WeightsInfo:
-    """Strictly load a state_dict file into ``model`` (in place)."""
-    from deploykit.core.io import sha256_file
-
-    state = read_state_dict(path)
-    check_state_dict(model, state, f"weights {Path(path).name}")
-    model.load_state_dict(state, strict=True)
-    fmt = "safetensors" if Path(path).suffix == ".safetensors" else "torch"
-    return WeightsInfo(str(path), sha256_file(path), f"{fmt} state_dict", len(state))

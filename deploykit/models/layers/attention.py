@@ -23,6 +23,7 @@ class Attention(nn.Module):
         self,
         dim: int,
         num_heads: int,
+        *,
         qkv_bias: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,

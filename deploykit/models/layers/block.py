@@ -37,6 +37,7 @@ class Block(nn.Module):
         dim: int,
         attn: nn.Module,
         mlp: nn.Module,
+        *,
         ln_order: str = "pre",
         layer_scale: float | None = None,
         drop_path: float | None = None,
@@ -51,11 +52,11 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = attn
         self.ls1 = make_layer_scale(dim, layer_scale)
-        self.drop_path1 = make_drop_path(drop_path, block_index, num_blocks)
+        self.drop_path1 = make_drop_path(drop_path, block_index=block_index, num_blocks=num_blocks)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = mlp
         self.ls2 = make_layer_scale(dim, layer_scale)
-        self.drop_path2 = make_drop_path(drop_path, block_index, num_blocks)
+        self.drop_path2 = make_drop_path(drop_path, block_index=block_index, num_blocks=num_blocks)
 
     def _attn_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop_path1(self.ls1(self.attn(x)))
@@ -93,7 +94,7 @@ class Block(nn.Module):
 class Encoder(nn.Module):
     """A stack of blocks sharing one ``ln_order``; owns the dual-residual final LayerNorm."""
 
-    def __init__(self, blocks: list[Block], dim: int, ln_order: str, norm_eps: float = 1e-5) -> None:
+    def __init__(self, blocks: list[Block], dim: int, *, ln_order: str, norm_eps: float = 1e-5) -> None:
         super().__init__()
         self.ln_order = choice("ln_order", ln_order, LN_ORDERS)
         self.blocks = nn.ModuleList(blocks)
@@ -102,6 +103,7 @@ class Encoder(nn.Module):
     @classmethod
     def build(
         cls,
+        *,
         dim: int,
         depth: int,
         attn: Callable[[int], nn.Module],
@@ -131,7 +133,7 @@ class Encoder(nn.Module):
             )
             for i in range(depth)
         ]
-        return cls(blocks, dim, ln_order, norm_eps)
+        return cls(blocks, dim, ln_order=ln_order, norm_eps=norm_eps)
 
     def start(self, x: torch.Tensor) -> Streams:
         return (x, x) if self.ln_order == "residual" else (x,)

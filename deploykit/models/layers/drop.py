@@ -19,7 +19,9 @@ class DropPath(nn.Module):
     ``block_index=None`` keeps a fixed rate (e.g. CeiT's LCA block).
     """
 
-    def __init__(self, drop_prob: float = 0.0, block_index: int | None = None, num_blocks: int = 1) -> None:
+    def __init__(
+        self, drop_prob: float = 0.0, *, block_index: int | None = None, num_blocks: int = 1
+    ) -> None:
         super().__init__()
         self.drop_prob = float(drop_prob)
         self.block_index = block_index
@@ -52,11 +54,11 @@ def drop_path_rates(stochastic_depth: bool, max_prob: float | None, num_blocks: 
     return [max_prob * i / (num_blocks - 1) for i in range(num_blocks)]
 
 
-def make_drop_path(rate: float | None, block_index: int, num_blocks: int) -> nn.Module:
+def make_drop_path(rate: float | None, *, block_index: int, num_blocks: int) -> nn.Module:
     """A scheduled DropPath, or Identity when stochastic depth is off (``rate is None``)."""
     if rate is None:
         return nn.Identity()
-    return DropPath(rate, block_index, num_blocks)
+    return DropPath(rate, block_index=block_index, num_blocks=num_blocks)
 
 
 def update_stochastic_depth_rate(model: nn.Module, k: float = 0.05) -> None:

@@ -11,7 +11,7 @@ class ClassifierHead(nn.Module):
     else ``Linear(d, classes)``; ``num_classes=0`` leaves the features (``Identity``)."""
 
     def __init__(
-        self, dim: int, num_classes: int, hidden_dim: int | None = None, dropout: float = 0.0
+        self, dim: int, num_classes: int, *, hidden_dim: int | None = None, dropout: float = 0.0
     ) -> None:
         super().__init__()
         if hidden_dim is None:

@@ -20,6 +20,7 @@ class Mlp(nn.Module):
         self,
         dim: int,
         hidden_dim: int,
+        *,
         act_layer: type[nn.Module] = nn.GELU,
         drop: float = 0.0,
         out_drop: float = 0.0,

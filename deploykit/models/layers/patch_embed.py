@@ -16,6 +16,7 @@ PATCHIFY_TECHNIQUES = ("linear", "convolutional", "conv")
 class PatchEmbed(nn.Module):
     def __init__(
         self,
+        *,
         patch_size: int,
         in_channels: int,
         dim: int,

@@ -4,6 +4,7 @@ from deploykit.transforms.rewrites import ceit, common, convit, cvt, deepvit, hv
 from deploykit.transforms.rewrites.base import (
     REWRITES,
     Rewrite,
+    RewriteKind,
     RewriteRecord,
     apply_rewrites,
     fold_conv_bn,
@@ -14,6 +15,7 @@ from deploykit.transforms.rewrites.base import (
 __all__ = [
     "REWRITES",
     "Rewrite",
+    "RewriteKind",
     "RewriteRecord",
     "apply_rewrites",
     "fold_conv_bn",

@@ -1,9 +1,12 @@
-"""Export rewrites: explicit, local module swaps, each named after the backend limitation it fixes.
+"""Export rewrites: explicit, local module swaps, each named after what it changes in the exported graph.
 
-A :class:`Rewrite` maps one module type to its export form. :func:`apply_rewrites` works on a deep copy
-of an eval-mode model, replaces every matching module top-down (a replacement is not visited again) and
-reports how many modules each rewrite touched. Every rewrite carries a small ``example`` (original module
-plus input) so that its numeric test (original vs rewritten, max abs diff <= 1e-5) is generic.
+A :class:`Rewrite` maps one module type to its export form and says which :class:`RewriteKind` it is:
+``required`` (a backend cannot take the original form: ``fixes`` names the backend and why) or
+``optimization`` (the original exports and parses; ``fixes`` says what the rewrite saves).
+:func:`apply_rewrites` works on a deep copy of an eval-mode model, replaces every matching module top-down
+(a replacement is not visited again) and reports how many modules each rewrite touched. Every rewrite
+carries a small ``example`` (original module plus input) so that its numeric test (original vs rewritten,
+max abs diff <= 1e-5) and the test of its kind (the original and rewritten exports) are generic.
 No monkeypatching: the model's classes are untouched; only this copy's submodules are replaced.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import nn
@@ -19,10 +23,22 @@ from torch import nn
 from deploykit.core.errors import ConfigError
 
 
-@dataclass(frozen=True)
+class RewriteKind(str, Enum):
+    """Why a rewrite exists."""
+
+    #: a backend cannot take the original form (it fails to export, or the backend's parser rejects it)
+    REQUIRED = "required"
+    #: the original exports and parses; the rewrite makes the graph smaller or faster
+    OPTIMIZATION = "optimization"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Rewrite:
+    #: stable identifier, recorded in the ONNX metadata and the manifest: never rename one
     name: str
-    #: the backend limitation this rewrite removes, and why the new form is equivalent (one paragraph)
+    kind: RewriteKind
+    #: one paragraph: for ``REQUIRED`` the backend and the limitation, for ``OPTIMIZATION`` what it saves;
+    #: then why the new form is equivalent
     fixes: str
     source: type[nn.Module]
     #: eval-mode module -> its export form, or ``None`` when the module is already export-friendly
@@ -30,15 +46,22 @@ class Rewrite:
     #: builds ``(original_module, example_input)`` for the rewrite's numeric test
     example: Callable[[], tuple[nn.Module, torch.Tensor]]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, RewriteKind):
+            raise ConfigError(f"rewrite {self.name!r}: kind must be a RewriteKind, got {self.kind!r}")
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class RewriteRecord:
+    """What :func:`apply_rewrites` did with one rewrite: how many modules it replaced."""
+
     name: str
+    kind: RewriteKind
     fixes: str
     modules: int
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "modules": self.modules, "fixes": self.fixes}
+        return {"name": self.name, "kind": self.kind.value, "modules": self.modules, "fixes": self.fixes}
 
 
 REWRITES: dict[type[nn.Module], Rewrite] = {}
@@ -69,7 +92,11 @@ def apply_rewrites(model: nn.Module) -> tuple[nn.Module, list[RewriteRecord]]:
     with torch.no_grad():
         visit(model)
     by_name = {r.name: r for r in REWRITES.values()}
-    return model, [RewriteRecord(n, by_name[n].fixes, c) for n, c in sorted(counts.items())]
+    records = [
+        RewriteRecord(name=n, kind=by_name[n].kind, fixes=by_name[n].fixes, modules=c)
+        for n, c in sorted(counts.items())
+    ]
+    return model, records
 
 
 def randomize_batchnorm_(module: nn.Module, seed: int = 0) -> nn.Module:

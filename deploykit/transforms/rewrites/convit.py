@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from deploykit.models.convit import GPSA
-from deploykit.transforms.rewrites.base import Rewrite, register_rewrite
+from deploykit.transforms.rewrites.base import Rewrite, RewriteKind, register_rewrite
 
 
 class GPSAConstantPositional(nn.Module):
@@ -50,11 +50,15 @@ def _example() -> tuple[nn.Module, torch.Tensor]:
 register_rewrite(
     Rewrite(
         name="gpsa-constant-positional-attention",
+        kind=RewriteKind.OPTIMIZATION,
         fixes=(
-            "GPSA's positional attention softmax(pos_proj(R)) and its sigmoid gates do not depend on the input; "
-            "exported as-is they are recomputed every call from a 4-D relative-position table (N^2 x d_pos "
-            "MatMul + Softmax per block). Folding g*P and 1-g into constants leaves one Mul+Add per block; the "
-            "no-op row renormalisation (ReduceSum + Div) is dropped."
+            "Optimization: GPSA exports as ordinary MatMul/Softmax/Sigmoid ops that TensorRT's ONNX parser "
+            "supports, but its positional attention softmax(pos_proj(R)) and sigmoid gates do not depend on "
+            "the input and are recomputed every call from an (N, N, d_pos) table. Folding g*P and 1-g into "
+            "constants saves, per block, that MatMul and Softmax, the Sigmoid, the no-op row renormalisation "
+            "(ReduceSum + Div) and one of the two input projections (q|k|v fused; 71 -> 48 nodes on the "
+            "example). Equivalent: both mixed terms are row-stochastic, so the renormalisation is an "
+            "identity."
         ),
         source=GPSA,
         convert=GPSAConstantPositional,

@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from deploykit.models.cvt import ConvProjection
-from deploykit.transforms.rewrites.base import Rewrite, fold_conv_bn, randomize_batchnorm_, register_rewrite
+from deploykit.transforms.rewrites.base import (
+    Rewrite,
+    RewriteKind,
+    fold_conv_bn,
+    randomize_batchnorm_,
+    register_rewrite,
+)
 
 
 class ConvProjectionFolded(nn.Module):
@@ -27,13 +33,19 @@ def _convert(module: ConvProjection) -> nn.Module | None:
 register_rewrite(
     Rewrite(
         name="cvt-depthwise-projection-folded-batchnorm",
+        kind=RewriteKind.OPTIMIZATION,
         fixes=(
-            "Every CvT q/k/v projection is a depthwise Conv followed by BatchNorm2d (3 per block, 39 in CvT-13). "
-            "Eval-mode BatchNorm is a per-channel affine map, so it folds exactly into the depthwise conv's "
-            "weight and a new bias, removing the BatchNormalization nodes."
+            "Optimization: every CvT q/k/v projection is a depthwise Conv followed by BatchNorm2d, which "
+            "TensorRT's ONNX parser supports, so the original deploys. Folding removes the BatchNormalization"
+            " nodes (3 per block, 39 in CvT-13) and the Expand/CastLike nodes the exporter emits for them. "
+            "Equivalent: eval-mode BatchNorm is a per-channel affine map, so it folds exactly into the "
+            "depthwise conv's weight and a new bias."
         ),
         source=ConvProjection,
         convert=_convert,
-        example=lambda: (randomize_batchnorm_(ConvProjection(8, "dw_bn", 3, 2, 1)), torch.randn(2, 8, 7, 7)),
+        example=lambda: (
+            randomize_batchnorm_(ConvProjection(8, "dw_bn", kernel=3, stride=2, padding=1)),
+            torch.randn(2, 8, 7, 7),
+        ),
     )
 )

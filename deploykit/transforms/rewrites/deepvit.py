@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from deploykit.models.deepvit import CNNStem, ReAttention
-from deploykit.transforms.rewrites.base import Rewrite, fold_conv_bn, randomize_batchnorm_, register_rewrite
+from deploykit.transforms.rewrites.base import (
+    Rewrite,
+    RewriteKind,
+    fold_conv_bn,
+    randomize_batchnorm_,
+    register_rewrite,
+)
 
 
 class ReAttentionFolded(nn.Module):
@@ -42,10 +48,13 @@ class CNNStemFolded(nn.Module):
 register_rewrite(
     Rewrite(
         name="reattention-folded-batchnorm",
+        kind=RewriteKind.OPTIMIZATION,
         fixes=(
-            "Re-attention is a 1x1 Conv over heads followed by BatchNorm2d over heads; TensorRT would run the "
-            "BatchNormalization as a separate scale layer over the (B, H, N, N) maps. In eval mode BN is an "
-            "affine map per head, so it (and the optional head_dim**-0.5 scale) folds exactly into the conv."
+            "Optimization: re-attention is a 1x1 Conv over heads, BatchNorm2d over heads and an optional "
+            "scale Mul, all of which TensorRT's ONNX parser supports, so the original deploys. Folding leaves"
+            " one Conv (4 -> 1 nodes on the example), removing the BatchNormalization and Mul over the (B, H,"
+            " N, N) attention maps. Equivalent: in eval mode BN is an affine map per head, so it and the "
+            "head_dim**-0.5 scale fold exactly into the conv's weight and bias."
         ),
         source=ReAttention,
         convert=ReAttentionFolded,
@@ -58,12 +67,18 @@ register_rewrite(
 register_rewrite(
     Rewrite(
         name="cnn-stem-folded-batchnorm",
+        kind=RewriteKind.OPTIMIZATION,
         fixes=(
-            "The DeepViT-S/L stem has Conv->BN->ReLU twice; eval-mode BatchNorm folds exactly into the preceding "
-            "convolution's weight and bias, removing two full-resolution BatchNormalization layers."
+            "Optimization: the DeepViT-S/L stem is Conv->BatchNorm2d->ReLU twice, which TensorRT's ONNX "
+            "parser supports, so the original deploys. Folding removes two full-resolution BatchNormalization"
+            " nodes and the Expand/CastLike nodes the exporter emits for them. Equivalent: eval-mode "
+            "BatchNorm folds exactly into the preceding convolution's weight and bias."
         ),
         source=CNNStem,
         convert=CNNStemFolded,
-        example=lambda: (randomize_batchnorm_(CNNStem(16, 3, 24)), torch.randn(2, 3, 32, 32)),
+        example=lambda: (
+            randomize_batchnorm_(CNNStem(patch_size=16, in_channels=3, dim=24)),
+            torch.randn(2, 3, 32, 32),
+        ),
     )
 )

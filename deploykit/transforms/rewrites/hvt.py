@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from deploykit.models.hvt import TokenPool
-from deploykit.transforms.rewrites.base import Rewrite, register_rewrite
+from deploykit.transforms.rewrites.base import Rewrite, RewriteKind, register_rewrite
 
 
 class TokenPool2d(nn.Module):
@@ -24,10 +24,12 @@ class TokenPool2d(nn.Module):
 register_rewrite(
     Rewrite(
         name="token-maxpool-as-2d-pool",
+        kind=RewriteKind.REQUIRED,
         fixes=(
-            "TensorRT's ONNX parser documents MaxPool as 2D or 3D pooling only, so HVT's MaxPool1d over the token "
-            "axis is rejected. A (1, k) kernel with (1, s) stride over a (B, d, 1, N) map visits exactly the same "
-            "windows."
+            "Required for TensorRT: its ONNX parser documents MaxPool as 2D or 3D pooling only "
+            "(trt_operators.json; the lint's pool-rank rule), so HVT's MaxPool1d over the token axis, "
+            "exported as a MaxPool with a 1-D kernel, is rejected. Equivalent: a (1, k) kernel with (1, s) "
+            "stride over a (B, d, 1, N) map visits exactly the same windows."
         ),
         source=TokenPool,
         convert=TokenPool2d,
