@@ -24,7 +24,6 @@ the MLPs instead of the official QuickGELU) and the adjustment is recorded in :c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from deploykit.core.errors import WeightsError
+from deploykit.core.io import sha256_files
 from deploykit.models import ceit, convit, cvt, deepvit, hvt
 from deploykit.models.registry import create_model, get_preset, list_models
 from deploykit.models.weights import WeightsInfo, check_state_dict, read_state_dict
@@ -124,15 +124,6 @@ _FAMILY_CLASSES = {
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _sha256_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _hf_weight_files(directory: Path) -> list[Path]:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (directory / name).is_file():
@@ -161,10 +152,10 @@ def read_checkpoint(path: str | Path) -> tuple[StateDict, str, str]:
         state: StateDict = {}
         for file in files:
             state.update(read_state_dict(file))
-        return state, "hf-directory", _sha256_files(files)
+        return state, "hf-directory", sha256_files(files)
     state = read_state_dict(path)
     container = "safetensors" if path.suffix == ".safetensors" else "torch"
-    return state, container, _sha256_files([path])
+    return state, container, sha256_files([path])
 
 
 # -------------------------------------------------------------------------------------------- detection

@@ -186,6 +186,10 @@ def _lint(manifest: dict[str, Any]) -> str:
     return "<h2>TensorRT parser lint</h2>" + _table(["node", "op", "problem"], rows, left=3)
 
 
+def _rewrites(manifest: dict[str, Any]) -> str:
+    return ", ".join(f"{r['name']} ({r.get('kind', '?')})" for r in manifest["rewrites"]) or "none"
+
+
 def render_report(manifest: dict[str, Any]) -> str:
     """The HTML page for an export's manifest."""
     title = f"deploykit export: {manifest['preset']}"
@@ -205,7 +209,7 @@ def render_report(manifest: dict[str, Any]) -> str:
         f"<p>{escape(manifest['family'])} family; exporter {escape(manifest['exporter'])}, opset {manifest['opset']}; "
         f"nodes {manifest['nodes']['exported']} exported → {manifest['nodes']['final']} final "
         f"({escape(manifest['simplify'].get('tool', ''))}); rewrites: "
-        f"{escape(', '.join(r['name'] for r in manifest['rewrites']) or 'none')}.</p>",
+        f"{escape(_rewrites(manifest))}.</p>",
         f"<p><small>{escape(versions)}</small></p>",
         _table(["artifact", "MB", "sha256"], artifacts),
         _table(["", "name", "dtype", "shape"], io_rows, left=4),
