@@ -14,7 +14,8 @@ The package is layered; each layer imports only the ones below it (``tests/test_
 ``cli``         argument parsing only: one workflow call per command
 ==============  ==========================================================================================
 
-``deploykit.load(path)`` (an exported artifact as a classifier) is the Python entry point of ``predict``.
+``deploykit.export(model_or_preset, out_dir, ...)`` is the Python entry point of ``export`` (it also takes a
+model held in memory); ``deploykit.load(path)`` (an exported artifact as a classifier) that of ``predict``.
 """
 
 __version__ = "0.1.0"
@@ -26,4 +27,8 @@ def __getattr__(name: str):
         from deploykit.workflows.predict import load
 
         return load
+    if name == "export":
+        from deploykit.workflows.pipeline import export
+
+        return export
     raise AttributeError(f"module 'deploykit' has no attribute {name!r}")

@@ -105,6 +105,27 @@ def list_cmd(pattern: str | None) -> None:
 @click.option(
     "--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache to load and save."
 )
+@click.option(
+    "--image-size",
+    type=int,
+    help="Input resolution (default: the checkpoint's position grid, else the preset's).",
+)
+@click.option(
+    "--num-classes", type=int, help="Classifier classes, 0 for features (default: the checkpoint's head)."
+)
+@click.option(
+    "--labels", type=click.Path(dir_okay=False), help="Class names, one per line; stored in the artifact."
+)
+@click.option(
+    "--crop-pct", type=float, help="Preprocessing: centre-crop fraction (resize to SIZE / crop_pct)."
+)
+@click.option("--mean", help="Preprocessing: per-channel mean, e.g. 0.5,0.5,0.5.")
+@click.option("--std", help="Preprocessing: per-channel std, e.g. 0.5,0.5,0.5.")
+@click.option(
+    "--interpolation",
+    type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]),
+    help="Preprocessing: resize filter.",
+)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_handle_errors
 def export_cmd(
@@ -122,6 +143,13 @@ def export_cmd(
     fp16_io: bool,
     no_engine: bool,
     timing_cache: str | None,
+    image_size: int | None,
+    num_classes: int | None,
+    labels: str | None,
+    crop_pct: float | None,
+    mean: str | None,
+    std: str | None,
+    interpolation: str | None,
     quiet: bool,
 ) -> None:
     """Export MODEL (a preset or family alias) to a validated, simplified, dynamic-batch ONNX file."""
@@ -143,7 +171,29 @@ def export_cmd(
         no_engine=no_engine,
         timing_cache=timing_cache,
         quiet=quiet,
+        image_size=image_size,
+        num_classes=num_classes,
+        labels=labels,
+        preprocessing=_preprocessing_flags(
+            crop_pct=crop_pct, mean=mean, std=std, interpolation=interpolation
+        ),
     )
+
+
+def _floats(name: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
+
+
+def _preprocessing_flags(**flags: object) -> dict:
+    """The preprocessing flags given (the config's values stay for the others)."""
+    flags["mean"] = _floats("--mean", flags["mean"])
+    flags["std"] = _floats("--std", flags["std"])
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 @cli.command("inspect")

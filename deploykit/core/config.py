@@ -8,7 +8,7 @@ file and the key. ``--config FILE`` takes any such file.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,12 @@ class ExportConfig:
     exporter: str = "dynamo"
     simplify: bool = True
     image_size: int | None = None
+    #: the classifier's classes (0: a headless feature extractor); default: the checkpoint's, else the preset's
+    num_classes: int | None = None
+    #: a class-names file (one per line), relative to the config file
+    labels: str | None = None
+    #: overrides of the recorded preprocessing: crop_pct, mean, std, interpolation
+    preprocessing: dict[str, Any] = field(default_factory=dict)
     batch: BatchProfile = field(default_factory=BatchProfile)
     num_images: int = 16
     seed: int = 0
@@ -134,6 +140,15 @@ class ExportConfig:
             isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 16
         ):
             raise ConfigError(f"image_size must be an integer >= 16, got {self.image_size!r}")
+        if self.num_classes is not None and (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 0
+        ):
+            raise ConfigError(f"num_classes must be an integer >= 0, got {self.num_classes!r}")
+        if self.labels is not None and not isinstance(self.labels, str):
+            raise ConfigError(f"labels must be a file path, got {self.labels!r}")
+        object.__setattr__(self, "preprocessing", check_preprocessing(self.preprocessing))
         if isinstance(self.num_images, bool) or not isinstance(self.num_images, int) or self.num_images < 16:
             raise ConfigError(f"validation.num_images must be an integer >= 16, got {self.num_images!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -160,9 +175,56 @@ class ExportConfig:
         return asdict(self)
 
 
+#: PIL resampling filters a recorded preprocessing may name
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+def _channels(name: str, value: Any, positive: bool) -> tuple[float, ...]:
+    ok = isinstance(value, list | tuple) and len(value) in (1, 3)
+    ok = ok and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
+    if not ok or (positive and any(v <= 0 for v in value)):
+        kind = "positive " if positive else ""
+        raise ConfigError(
+            f"preprocessing.{name} must be 1 or 3 {kind}numbers (one per channel), got {value!r}"
+        )
+    return tuple(float(v) for v in value)
+
+
+def check_preprocessing(values: dict[str, Any]) -> dict[str, Any]:
+    """Validated preprocessing overrides (``crop_pct`` in (0, 1], ``mean``/``std`` per channel,
+    ``interpolation`` a PIL filter name); an unknown key is a :class:`ConfigError`."""
+    out: dict[str, Any] = {}
+    for key, value in dict(values).items():
+        if key == "crop_pct":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+                raise ConfigError(f"preprocessing.crop_pct must be a number in (0, 1], got {value!r}")
+            out[key] = float(value)
+        elif key in ("mean", "std"):
+            out[key] = _channels(key, value, positive=key == "std")
+        elif key == "interpolation":
+            if value not in INTERPOLATIONS:
+                raise ConfigError(
+                    f"preprocessing.interpolation must be one of {', '.join(INTERPOLATIONS)}, got {value!r}"
+                )
+            out[key] = value
+        else:
+            raise ConfigError(f"unknown key preprocessing.{key} (known: crop_pct, mean, std, interpolation)")
+    return out
+
+
 _SECTIONS: dict[str, dict[str, str]] = {
     "": {"family": "family"},
-    "export": {"opset": "opset", "exporter": "exporter", "simplify": "simplify", "image_size": "image_size"},
+    "export": {
+        "opset": "opset",
+        "exporter": "exporter",
+        "simplify": "simplify",
+        "image_size": "image_size",
+        "num_classes": "num_classes",
+        "labels": "labels",
+    },
+    "preprocessing": {"crop_pct": "crop_pct", "mean": "mean", "std": "std", "interpolation": "interpolation"},
     "batch": {"min": "min", "opt": "opt", "max": "max"},
     "validation": {"num_images": "num_images", "seed": "seed", "baseline_factor": "baseline_factor"},
     "engine": {"workspace_mib": "workspace_mib", "builder_optimization_level": "builder_optimization_level"},
@@ -187,6 +249,8 @@ def _parse(data: dict[str, Any], source: str) -> ExportConfig:
                 raise ConfigError(f"{source}: unknown key {key}.{sub} (known: {', '.join(_SECTIONS[key])})")
         if key == "batch":
             kwargs["batch"] = BatchProfile(**value)
+        elif key == "preprocessing":
+            kwargs["preprocessing"] = dict(value)
         elif key == "tolerances":
             for precision, tol in value.items():
                 if not isinstance(tol, dict):
@@ -218,7 +282,10 @@ def load_config(path: str | Path | Traversable) -> ExportConfig:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return _parse(data, str(path))
+    config = _parse(data, str(path))
+    if config.labels is not None and isinstance(path, Path) and not Path(config.labels).is_absolute():
+        config = replace(config, labels=str(path.parent / config.labels))
+    return config
 
 
 def default_config_path(family: str) -> Traversable:
@@ -247,21 +314,31 @@ def resolve_config(
     batch: str | None = None,
     exporter: str | None = None,
     simplify: bool | None = None,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    labels: str | None = None,
+    preprocessing: dict[str, Any] | None = None,
 ) -> ExportConfig:
     """The config a command runs with: ``config_path`` (else the family's shipped file), which must be for
-    ``family``, with the command line's overrides applied (``None``: keep the file's value)."""
-    import dataclasses
-
+    ``family``, with the command line's overrides applied (``None``: keep the file's value;
+    ``preprocessing``: the keys given replace the file's)."""
     config = load_config(config_path) if config_path else default_config(family)
     if config.family != family:
         raise ConfigError(f"config {config.source} is for family {config.family!r}, the model is {family!r}")
-    changes: dict[str, Any] = {}
-    if opset is not None:
-        changes["opset"] = opset
+    changes: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("opset", opset),
+            ("exporter", exporter),
+            ("simplify", simplify),
+            ("image_size", image_size),
+            ("num_classes", num_classes),
+            ("labels", labels),
+        )
+        if value is not None
+    }
     if batch is not None:
         changes["batch"] = BatchProfile.parse(batch)
-    if exporter is not None:
-        changes["exporter"] = exporter
-    if simplify is not None:
-        changes["simplify"] = simplify
-    return dataclasses.replace(config, **changes) if changes else config
+    if preprocessing:
+        changes["preprocessing"] = {**config.preprocessing, **preprocessing}
+    return replace(config, **changes) if changes else config

@@ -283,48 +283,142 @@ def _check_fits(model: nn.Module, state: StateDict, fmt: SourceFormat, source: s
 
 
 # ----------------------------------------------------------------------------------------------- loading
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read and converted to deploykit's layout, not yet loaded into a model; ``labels`` and
+    ``preprocessing`` come from a Hugging Face directory's ``config.json`` (``id2label``) and
+    ``preprocessor_config.json`` when present."""
+
+    path: Path
+    state: StateDict
+    format: SourceFormat
+    container: str
+    sha256: str
+    family: str | None
+    labels: tuple[str, ...] | None = None
+    preprocessing: dict | None = None
+
+    @property
+    def source(self) -> str:
+        return f"weights {self.path.name}"
+
+
+def _format(state: StateDict, weights_format: str | None) -> SourceFormat:
+    if weights_format is None:
+        return FORMATS[detect_format(state)]
+    key = weights_format.strip().lower().replace("_", "-")
+    if key not in FORMATS:
+        raise WeightsError(f"unknown weights format {weights_format!r}; choose one of {', '.join(FORMATS)}")
+    return FORMATS[key]
+
+
+def read_pretrained(
+    path: str | Path, weights_format: str | None = None, *, family: str | None = None
+) -> Checkpoint:
+    """Read ``path`` (a weights file or a Hugging Face directory), detect (or take) its layout and convert
+    it to deploykit's names; with ``family``, a checkpoint of another family is refused in one line."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"weights file not found: {path}")
+    state, container, sha = read_checkpoint(path)
+    fmt = _format(state, weights_format)
+    ckpt_family = fmt.family or _deploykit_family(state)
+    if family is not None and ckpt_family is not None and ckpt_family != family:
+        raise WeightsError(
+            f"weights {path.name}: checkpoint is {fmt.label} ({ckpt_family} family), model is a {family} model"
+        )
+    labels, preprocessing = hf_extras(path) if path.is_dir() else (None, None)
+    converted = fmt.convert(state)
+    return Checkpoint(path, converted, fmt, container, sha, ckpt_family, labels, preprocessing)
+
+
+def load_checkpoint(model: nn.Module, checkpoint: Checkpoint) -> WeightsInfo:
+    """Load a read checkpoint into ``model`` strictly (every mismatch named before anything is copied)."""
+    family = model_family(model)
+    if family is not None and checkpoint.family is not None and checkpoint.family != family:
+        raise WeightsError(
+            f"{checkpoint.source}: checkpoint is {checkpoint.format.label} ({checkpoint.family} family), "
+            f"model is {_model_name(model)} ({family} family)"
+        )
+    _check_fits(model, checkpoint.state, checkpoint.format, checkpoint.source)
+    model.load_state_dict(checkpoint.state, strict=True)
+    adjust = checkpoint.format.adjust
+    return WeightsInfo(
+        path=str(checkpoint.path),
+        sha256=checkpoint.sha256,
+        format=checkpoint.format.name,
+        tensors=len(checkpoint.state),
+        container=checkpoint.container,
+        adjustments=(adjust(model),) if adjust is not None else (),
+    )
+
+
 def load_pretrained(
     model_or_preset: nn.Module | str, path: str | Path, weights_format: str | None = None
 ) -> tuple[nn.Module, WeightsInfo]:
     """Load a reference checkpoint (or a deploykit state_dict) into a model, strictly.
 
     ``model_or_preset``: a built model (loaded in place, its train/eval mode kept) or a preset name (built
-    first, returned in eval mode). ``weights_format``
-    forces a :data:`FORMATS` layout instead of detecting it. Returns ``(model, info)``; raises
-    :class:`~deploykit.core.errors.WeightsError` naming the problem (wrong family, wrong size, the offending keys).
+    first, returned in eval mode). ``weights_format`` forces a :data:`FORMATS` layout instead of detecting
+    it. Returns ``(model, info)``; raises :class:`~deploykit.core.errors.WeightsError` naming the problem
+    (wrong family, wrong size, the offending keys).
     """
     model = create_model(model_or_preset).eval() if isinstance(model_or_preset, str) else model_or_preset
-    path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"weights file not found: {path}")
-    source = f"weights {path.name}"
-    state, container, sha = read_checkpoint(path)
-    if weights_format is not None:
-        key = weights_format.strip().lower().replace("_", "-")
-        if key not in FORMATS:
+    checkpoint = read_pretrained(path, weights_format)
+    return model, load_checkpoint(model, checkpoint)
+
+
+# ------------------------------------------------------------------------------ Hugging Face directories
+#: PIL resample codes of Hugging Face image processors
+_HF_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path} is not readable JSON: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path} is not a JSON object")
+    return data
+
+
+def hf_extras(directory: Path) -> tuple[tuple[str, ...] | None, dict | None]:
+    """Class names from ``config.json``'s ``id2label`` and the preprocessing of
+    ``preprocessor_config.json`` (``size``, ``crop_pct``, ``image_mean``, ``image_std``, ``resample``) as
+    deploykit's preprocessing keys, each ``None`` when absent."""
+    labels = None
+    config = _json(directory / "config.json") or {}
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        try:
+            by_index = {int(k): str(v) for k, v in id2label.items()}
+        except (TypeError, ValueError):
+            raise WeightsError(f"{directory / 'config.json'}: id2label keys are not class indices") from None
+        if sorted(by_index) != list(range(len(by_index))):
             raise WeightsError(
-                f"unknown weights format {weights_format!r}; choose one of {', '.join(FORMATS)}"
+                f"{directory / 'config.json'}: id2label does not name classes 0..{len(by_index) - 1}"
             )
-        fmt = FORMATS[key]
-    else:
-        fmt = FORMATS[detect_format(state)]
-    family = model_family(model)
-    ckpt_family = fmt.family or _deploykit_family(state)
-    if family is not None and ckpt_family is not None and ckpt_family != family:
-        raise WeightsError(
-            f"{source}: checkpoint is {fmt.label} ({ckpt_family} family), "
-            f"model is {_model_name(model)} ({family} family)"
-        )
-    converted = fmt.convert(state)
-    _check_fits(model, converted, fmt, source)
-    model.load_state_dict(converted, strict=True)
-    adjustments = (fmt.adjust(model),) if fmt.adjust is not None else ()
-    info = WeightsInfo(
-        path=str(path),
-        sha256=sha,
-        format=fmt.name,
-        tensors=len(converted),
-        container=container,
-        adjustments=adjustments,
-    )
-    return model, info
+        labels = tuple(by_index[i] for i in range(len(by_index)))
+    processor = _json(directory / "preprocessor_config.json")
+    return labels, (_hf_preprocessing(processor) if processor is not None else None)
+
+
+def _hf_preprocessing(processor: dict) -> dict:
+    out: dict = {}
+    size = processor.get("size")
+    if isinstance(size, dict):
+        size = size.get("shortest_edge", size.get("height"))
+    if isinstance(size, int) and not isinstance(size, bool):
+        out["image_size"] = size
+    if processor.get("crop_pct") is not None:
+        out["crop_pct"] = float(processor["crop_pct"])
+    for theirs, ours in (("image_mean", "mean"), ("image_std", "std")):
+        value = processor.get(theirs)
+        if isinstance(value, list | tuple) and value:
+            out[ours] = tuple(float(v) for v in value)
+    if processor.get("resample") in _HF_RESAMPLE:
+        out["interpolation"] = _HF_RESAMPLE[processor["resample"]]
+    return out

@@ -10,28 +10,34 @@ module (``locate.json``) and ``report.html`` go to ``<out>/rejected/`` instead
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
+from torch import nn
 
 from deploykit.core.config import ExportConfig, default_config, resolve_config
 from deploykit.core.errors import ConfigError
 from deploykit.core.io import ensure_writable_dir, staging_dir
 from deploykit.models import get_preset
+from deploykit.models.pretrained import model_family
+from deploykit.workflows.model import PreparedModel, from_memory, prepare_model
 from deploykit.workflows.publish import reject
 from deploykit.workflows.stages import STAGES
 from deploykit.workflows.state import REPORT_NAME, ExportResult, ExportState, Progress, _silent
 
-__all__ = ["STAGES", "ExportResult", "export_command", "run_export"]
+__all__ = ["STAGES", "ExportResult", "export", "export_command", "run_export"]
 
 
 def run_export(
-    preset: str,
+    model: str | nn.Module,
     out_dir: str | Path | None = None,
     config: ExportConfig | None = None,
     *,
     weights: str | Path | None = None,
+    labels: str | Path | Sequence[str] | None = None,
     inputs_dir: str | Path | None = None,
     progress: Progress = _silent,
     fp16: bool = False,
@@ -40,27 +46,60 @@ def run_export(
     timing_cache: str | Path | None = None,
     weights_format: str | None = None,
 ) -> ExportResult:
-    """Export ``preset`` to ``<out_dir>/model.onnx`` (+ ``model.fp16.onnx`` with ``fp16``),
+    """Export ``model`` — a preset name (optionally with ``weights``) or an ``nn.Module`` of one of the
+    five families held in memory — to ``<out_dir>/model.onnx`` (+ ``model.fp16.onnx`` with ``fp16``),
     ``manifest.json`` and ``report.html``; with ``engine``, build (or script) the TensorRT engine. Runs
     :data:`STAGES` over one :class:`ExportState`. Raises ParityError if parity fails (nothing is published
-    then; see the module doc)."""
-    spec = get_preset(preset)
-    config = config or default_config(spec.family)
-    out = ensure_writable_dir(Path(out_dir) if out_dir is not None else Path("deploykit_out") / spec.name)
+    then; see the module doc); a bad model, checkpoint, flag or label file fails before anything is
+    written."""
+    prepared, config = _prepare(model, config, weights=weights, weights_format=weights_format, labels=labels)
+    spec = prepared.spec
+    out = Path(out_dir) if out_dir is not None else Path("deploykit_out") / spec.name
+    created = not out.exists()
+    ensure_writable_dir(out)
     state = ExportState(
         spec=spec,
         config=config,
         out=out,
         weights=weights,
         weights_format=weights_format,
+        labels=labels,
         inputs_dir=inputs_dir,
         fp16=fp16,
         fp16_io=fp16_io,
         engine=engine,
         timing_cache=timing_cache,
+        prepared=prepared,
     )
+    try:
+        _run_stages(state, progress)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing was published: leave no empty folder behind
+        raise
+    sizes = ", ".join(f"{n} ({len(d) / 1e6:.1f} MB)" for n, d in state.artifacts.items())
+    progress("done", f"{out}: {sizes}, manifest.json, {REPORT_NAME}")
+    return ExportResult(out, out / "model.onnx", out / "manifest.json", state.manifest, state.parity)
+
+
+def _prepare(model, config, *, weights, weights_format, labels) -> tuple[PreparedModel, ExportConfig]:
+    if isinstance(model, str):
+        spec = get_preset(model)
+        config = config or default_config(spec.family)
+        prepared = prepare_model(
+            spec.name, config=config, weights=weights, weights_format=weights_format, labels=labels
+        )
+        return prepared, config
+    if weights is not None:
+        raise ConfigError("weights= goes with a preset name; a model in memory brings its own weights")
+    family = model_family(model) if isinstance(model, nn.Module) else None
+    config = config or default_config(family) if family else config
+    return from_memory(model, config or ExportConfig(family="any"), labels=labels), config
+
+
+def _run_stages(state: ExportState, progress: Progress) -> None:
     t0 = time.perf_counter()
-    with staging_dir(out) as staging:
+    with staging_dir(state.out) as staging:
         state.staging = staging
         try:
             for stage in STAGES:
@@ -73,9 +112,60 @@ def run_export(
                 state.timings[stage.name] = round(time.perf_counter() - t0 - sum(state.timings.values()), 3)
         finally:
             state.end_background()
-    sizes = ", ".join(f"{n} ({len(d) / 1e6:.1f} MB)" for n, d in state.artifacts.items())
-    progress("done", f"{out}: {sizes}, manifest.json, {REPORT_NAME}")
-    return ExportResult(out, out / "model.onnx", out / "manifest.json", state.manifest, state.parity)
+
+
+def export(
+    model: str | nn.Module,
+    out_dir: str | Path | None = None,
+    *,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    labels: str | Path | Sequence[str] | None = None,
+    fp16: bool = False,
+    fp16_io: bool = False,
+    weights: str | Path | None = None,
+    weights_format: str | None = None,
+    config: str | Path | ExportConfig | None = None,
+    preprocessing: dict | None = None,
+    inputs_dir: str | Path | None = None,
+    engine: bool = False,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """``deploykit.export``: the Python entry point of ``deploykit export``, for a preset name (with
+    ``weights``) or a model held in memory (an ``nn.Module`` of one of the five families, e.g. built with
+    :func:`deploykit.models.create_model` and trained). The same stages run — rewrites, parity after every
+    transform, FP16, lint, manifest, atomic publish — and for the same weights the CLI writes the same
+    ``model.onnx`` bytes. ``config``: an export TOML (path) or an :class:`ExportConfig`; ``image_size``,
+    ``num_classes`` and ``preprocessing`` (crop_pct, mean, std, interpolation) override it."""
+    if isinstance(model, str):
+        family = get_preset(model).family
+    else:
+        family = model_family(model) if isinstance(model, nn.Module) else None
+        if family is None:
+            from_memory(model, ExportConfig(family="any"))  # raises: not one of the five families
+    base = config if isinstance(config, ExportConfig) else resolve_config(family, config)
+    resolved = _override(base, image_size=image_size, num_classes=num_classes, preprocessing=preprocessing)
+    return run_export(
+        model,
+        out_dir,
+        resolved,
+        weights=weights,
+        weights_format=weights_format,
+        labels=labels,
+        inputs_dir=inputs_dir,
+        progress=progress or _silent,
+        fp16=fp16,
+        fp16_io=fp16_io,
+        engine=engine,
+    )
+
+
+def _override(config: ExportConfig, **changes) -> ExportConfig:
+    preprocessing = changes.pop("preprocessing") or {}
+    kept = {k: v for k, v in changes.items() if v is not None}
+    if preprocessing:
+        kept["preprocessing"] = {**config.preprocessing, **preprocessing}
+    return dataclasses.replace(config, **kept) if kept else config
 
 
 class StderrProgress:
@@ -107,6 +197,10 @@ def export_command(
     no_engine: bool = False,
     timing_cache: str | None = None,
     quiet: bool = False,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    labels: str | None = None,
+    preprocessing: dict | None = None,
 ) -> ExportResult:
     """``deploykit export``: resolve the preset and config, run the pipeline, print what was written."""
     preset = get_preset(model)
@@ -117,6 +211,10 @@ def export_command(
         batch=batch,
         exporter=exporter,
         simplify=False if no_simplify else None,
+        image_size=image_size,
+        num_classes=num_classes,
+        labels=labels,
+        preprocessing=preprocessing,
     )
     if fp16_io and not fp16:
         raise ConfigError("--fp16-io needs --fp16")
@@ -147,6 +245,11 @@ def summary_lines(result: ExportResult, preset: str, *, fp16: bool) -> list[str]
         f"(max abs logit error {final.worst_metric('max_abs'):.2e}, top-1 agreement "
         f"{final.worst_metric('top1'):.0%}, lint violations {len(lint['violations'])})"
     ]
+    model = result.manifest["model"]
+    args = model["model_args"]
+    head = f"{args['num_classes']} classes" if args["num_classes"] else "no head: outputs features"
+    named = " (named)" if result.manifest.get("labels") else ""
+    lines.append(f"model: {args['image_size']}x{args['image_size']} input, {head}{named}")
     if fp16:
         half = result.parity["fp16"]
         info = result.manifest["fp16"]
@@ -165,4 +268,9 @@ def summary_lines(result: ExportResult, preset: str, *, fp16: bool) -> list[str]
         )
     elif engine["status"] == "built":
         lines.append(f"engine -> {result.out_dir / 'model.engine'} ({engine.get('precision', '')})")
+    if result.manifest.get("random_weights"):
+        lines.append(
+            "weights: RANDOM (no --weights given): the export is checked, but its classes mean nothing; "
+            "export with --weights CHECKPOINT for a model that predicts"
+        )
     return lines

@@ -20,6 +20,7 @@ from deploykit.core.onnx_io import io_signature, serialize, set_metadata
 from deploykit.transforms.onnx_export import INPUT_NAME
 from deploykit.transforms.simplify import SimplifyResult
 from deploykit.validation.metrics import per_sample
+from deploykit.workflows.model import model_record
 from deploykit.workflows.state import REPORT_NAME, ExportState
 
 
@@ -94,8 +95,12 @@ def _finish(state: ExportState, graph: onnx.ModelProto, precision: str, lint_cou
         "deploykit.exporter": state.config.exporter,
         "deploykit.torch": torch.__version__,
     }
-    if state.weights_info is not None:
-        meta["deploykit.weights_sha256"] = state.weights_info.sha256
+    record = model_record(state.prepared)
+    meta["deploykit.model_args"] = json.dumps(record["model_args"], sort_keys=True)
+    if record["weights_state_sha256"] is not None:
+        meta["deploykit.weights_state_sha256"] = record["weights_state_sha256"]
+    if state.prepared.labels is not None:
+        meta["deploykit.labels"] = json.dumps(list(state.prepared.labels))
     meta["deploykit.precision"] = precision
     meta["deploykit.parity"] = json.dumps(
         {
@@ -131,11 +136,10 @@ def _manifest(state: ExportState) -> dict[str, Any]:
         if name:
             data = (state.staging / name).read_bytes()
             artifacts[name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
-    image_size = {"image_size": config.image_size} if config.image_size else {}
     manifest = {
         "preset": state.spec.name,
         "family": state.spec.family,
-        "model_config": _jsonable(dict(state.spec.kwargs) | image_size),
+        "model_config": _jsonable(dict(state.spec.kwargs) | state.prepared.model_args),
         "preprocessing": _jsonable(vars(model.data_config)),
         "export_config": _jsonable(config.to_dict()),
         "versions": versions(),
@@ -143,6 +147,12 @@ def _manifest(state: ExportState) -> dict[str, Any]:
         "exporter": config.exporter,
         "exporter_notes": state.exporter_notes,
         "weights": state.weights_info.to_dict() if state.weights_info else None,
+        "model": {
+            **model_record(state.prepared),
+            "inferred": state.prepared.inferred.to_dict() if state.prepared.inferred else None,
+        },
+        "random_weights": state.prepared.random_weights,
+        "labels": list(state.prepared.labels) if state.prepared.labels is not None else None,
         "rewrites": [r.to_dict() for r in state.records],
         "io": io_signature(state.proto),
         "nodes": {"exported": len(state.exported.graph.node), "final": len(state.proto.graph.node)},

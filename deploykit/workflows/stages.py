@@ -31,17 +31,24 @@ from deploykit.workflows.state import (
     RANGE_IMAGES,
     REPORT_NAME,
     ExportState,
-    build_model,
     check_parity,
 )
 
 
 def stage_build(state: ExportState) -> None:
     """The preset (with weights), the validation images and the PyTorch FP32 reference logits."""
+    from deploykit.workflows.model import prepare_model
+
     config = state.config
-    state.model, state.weights_info = build_model(
-        state.spec.name, config.image_size, state.weights, config.seed, state.weights_format
-    )
+    if state.prepared is None:
+        state.prepared = prepare_model(
+            state.spec.name,
+            config=config,
+            weights=state.weights,
+            weights_format=state.weights_format,
+            labels=state.labels,
+        )
+    state.model, state.weights_info = state.prepared.model, state.prepared.weights_info
     state.batch = validation_batch(state.model.data_config, config.num_images, config.seed, state.inputs_dir)
     state.reference = run_batched(TorchRunner(state.model), state.images, config.batch.max)
 
@@ -211,7 +218,10 @@ class Stage:
 
 
 def _describe_build(state: ExportState) -> str:
-    weights = f" with weights {state.weights}" if state.weights else ""
+    if state.prepared is not None:
+        weights = " (a model in memory)"
+    else:
+        weights = f" with weights {state.weights}" if state.weights else " (random weights)"
     return f"{state.spec.name} ({state.spec.family}){weights}"
 
 

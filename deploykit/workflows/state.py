@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 from torch import nn
 
 from deploykit.core.config import ExportConfig
 from deploykit.core.onnx_io import serialize
-from deploykit.models import create_model, load_pretrained
+from deploykit.models import get_preset
 from deploykit.models.weights import WeightsInfo
 from deploykit.runtime.base import run_batched
 from deploykit.runtime.ort_runner import OrtRunner
@@ -54,14 +53,19 @@ def build_model(
     weights: str | Path | None = None,
     seed: int = 0,
     weights_format: str | None = None,
+    *,
+    num_classes: int | None = None,
 ) -> tuple[nn.Module, WeightsInfo | None]:
     """The registered preset in eval mode, built with a fixed seed, optionally with weights (a reference
-    checkpoint or a deploykit state_dict, see :func:`deploykit.models.load_pretrained`)."""
-    torch.manual_seed(seed)
-    overrides = {"image_size": image_size} if image_size is not None else {}
-    model = create_model(preset, **overrides).eval()
-    info = load_pretrained(model, weights, weights_format)[1] if weights is not None else None
-    return model.eval(), info
+    checkpoint or a deploykit state_dict, see :func:`deploykit.models.load_pretrained`) whose head and
+    position embedding set the classes and resolution unless given."""
+    from deploykit.workflows.model import prepare_model
+
+    config = ExportConfig(
+        family=get_preset(preset).family, image_size=image_size, num_classes=num_classes, seed=seed
+    )
+    prepared = prepare_model(preset, config=config, weights=weights, weights_format=weights_format)
+    return prepared.model, prepared.weights_info
 
 
 def check_parity(stage: str, reference: np.ndarray, candidate: np.ndarray, tolerances) -> ParityResult:
@@ -82,8 +86,10 @@ class ExportState:
     fp16_io: bool = False
     engine: bool = False
     timing_cache: str | Path | None = None
+    labels: Any = None  # a labels file or a sequence of names (else the config's, else the checkpoint's)
     staging: Path | None = None
-    # build
+    # build (prepared: set before the stages for an in-memory model)
+    prepared: Any = None  # deploykit.workflows.model.PreparedModel
     model: nn.Module | None = None
     weights_info: WeightsInfo | None = None
     batch: Any = None  # ValidationBatch

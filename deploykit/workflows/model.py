@@ -1,0 +1,205 @@
+"""The model an export builds, and everything that follows from it: the preset, the model arguments
+(classes and resolution: from the flags, the config, the checkpoint's own head and position embedding),
+the weights, the class names and the preprocessing (preset, then a Hugging Face directory's
+``preprocessor_config.json``, then the config's ``[preprocessing]``, then flags).
+
+A flag that contradicts the checkpoint is a :class:`ConfigError` naming both values; an image size the
+family cannot take is the constructor's one-line :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deploykit.core.config import ExportConfig
+from deploykit.core.errors import ConfigError
+from deploykit.models import create_model, get_preset
+from deploykit.models.pretrained import Checkpoint, load_checkpoint, model_family, read_pretrained
+from deploykit.models.registry import Preset, list_models
+from deploykit.models.shapes import InferredArgs, infer_model_args
+from deploykit.models.weights import WeightsInfo
+from deploykit.runtime.postprocess import read_labels
+
+#: the model classes an in-memory export takes (every registered family)
+FAMILY_CLASSES = ("ConViT", "CeiT", "DeepViT", "CvT", "HPool_ViT")
+
+
+@dataclass
+class PreparedModel:
+    """An eval-mode model ready to export, with what it was built from."""
+
+    model: nn.Module
+    spec: Preset
+    weights_info: WeightsInfo | None = None
+    #: the constructor arguments the preset was built with beyond its own: num_classes, image_size
+    model_args: dict[str, int] = field(default_factory=dict)
+    inferred: InferredArgs | None = None
+    labels: tuple[str, ...] | None = None
+    #: where the weights came from: "file", "memory" (a model handed to the Python API) or "random"
+    weights_source: str = "random"
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights_source == "random"
+
+    def state_sha256(self) -> str:
+        """A fingerprint of the weights themselves (names, dtypes, shapes, bytes), the same for a
+        checkpoint file and the model it was loaded into."""
+        return state_sha256(self.model)
+
+
+def state_sha256(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(
+            value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes()
+        )
+    return digest.hexdigest()
+
+
+def _agree(what: str, flag: int | None, inferred: InferredArgs | None, flag_name: str) -> int | None:
+    """The value of ``what``: the flag's, the checkpoint's, or ``None`` (the preset's); a flag that
+    contradicts the checkpoint is an error naming both."""
+    found = getattr(inferred, what, None) if inferred is not None else None
+    if flag is not None and found is not None and flag != found:
+        raise ConfigError(
+            f"{flag_name} {flag} contradicts the checkpoint: {inferred.sources[what]} means {what} {found}"
+        )
+    return flag if flag is not None else found
+
+
+def prepare_model(
+    preset: str,
+    *,
+    config: ExportConfig,
+    weights: str | Path | None = None,
+    weights_format: str | None = None,
+    labels: str | Path | Sequence[str] | None = None,
+) -> PreparedModel:
+    """Build ``preset`` (seeded with ``config.seed``) at the classes and resolution the config asks for
+    or the checkpoint says, load ``weights``, and resolve labels and preprocessing."""
+    spec = get_preset(preset)
+    checkpoint = read_pretrained(weights, weights_format, family=spec.family) if weights is not None else None
+    inferred = infer_model_args(spec.name, checkpoint.state) if checkpoint is not None else None
+    args = {
+        "num_classes": _agree("num_classes", config.num_classes, inferred, "--num-classes"),
+        "image_size": _agree("image_size", config.image_size, inferred, "--image-size"),
+    }
+    if args["image_size"] is None and checkpoint is not None and checkpoint.preprocessing:
+        args["image_size"] = checkpoint.preprocessing.get("image_size")
+    args = {k: v for k, v in args.items() if v is not None}
+    torch.manual_seed(config.seed)
+    model = create_model(spec.name, **args).eval()
+    info = load_checkpoint(model, checkpoint) if checkpoint is not None else None
+    prepared = PreparedModel(
+        model.eval(),
+        spec,
+        info,
+        _model_args(model),
+        inferred,
+        weights_source="file" if checkpoint is not None else "random",
+    )
+    finish(prepared, config, labels=labels, checkpoint=checkpoint)
+    return prepared
+
+
+def _model_args(model: nn.Module) -> dict[str, int]:
+    return {"num_classes": int(model.num_classes), "image_size": int(model.image_size)}
+
+
+def finish(
+    prepared: PreparedModel,
+    config: ExportConfig,
+    *,
+    labels: str | Path | Sequence[str] | None,
+    checkpoint: Checkpoint | None = None,
+) -> None:
+    """Class names (argument, else the config's file, else a Hugging Face ``id2label``; the length must
+    match the head) and the preprocessing overrides (checkpoint directory, then config)."""
+    model = prepared.model
+    chosen = labels if labels is not None else config.labels
+    names = read_labels(chosen) if isinstance(chosen, str | Path) else chosen
+    if names is None and checkpoint is not None:
+        names = checkpoint.labels
+    if names is not None:
+        names = tuple(str(n) for n in names)
+        if model.num_classes == 0:
+            raise ConfigError(f"{len(names)} labels given for a headless model (it outputs features)")
+        if len(names) != model.num_classes:
+            raise ConfigError(f"{len(names)} labels given for a model with {model.num_classes} classes")
+    prepared.labels = names
+    overrides = {k: v for k, v in ((checkpoint.preprocessing if checkpoint else None) or {}).items()}
+    overrides.pop("image_size", None)
+    overrides.update(config.preprocessing)
+    if overrides:
+        model.data_config = dataclasses.replace(model.data_config, **overrides)
+
+
+def from_memory(
+    model: nn.Module, config: ExportConfig, *, labels: str | Path | Sequence[str] | None = None
+) -> PreparedModel:
+    """An in-memory model of one of the five families (an eval-mode copy; the caller's model is not
+    touched): its preset (``create_model``'s name, else the registered preset of the same architecture)
+    and its own classes and resolution."""
+    family = model_family(model) if isinstance(model, nn.Module) else None
+    if family is None:
+        raise ConfigError(
+            f"cannot export a {type(model).__module__}.{type(model).__qualname__}: deploykit exports models of "
+            f"its five families ({', '.join(FAMILY_CLASSES)}, e.g. deploykit.models.create_model(preset, ...))"
+        )
+    copied = copy.deepcopy(model).eval()
+    spec = (
+        get_preset(copied.preset_name) if getattr(copied, "preset_name", None) else _same_architecture(copied)
+    )
+    for key, value in (("num_classes", copied.num_classes), ("image_size", copied.image_size)):
+        wanted = getattr(config, key)
+        if wanted is not None and wanted != value:
+            raise ConfigError(f"{key} {wanted} asked for, the model has {key} {value}")
+    prepared = PreparedModel(copied, spec, None, _model_args(copied), None, weights_source="memory")
+    finish(prepared, config, labels=labels)
+    return prepared
+
+
+def _same_architecture(model: nn.Module) -> Preset:
+    """The registered preset of ``model``'s family whose module tree and weight shapes equal the model's
+    at its classes and resolution."""
+    family = model_family(model)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    args = _model_args(model)
+    for name in list_models():
+        spec = get_preset(name)
+        if spec.family != family:
+            continue
+        try:
+            with torch.device("meta"):
+                candidate = create_model(name, **args)
+        except ConfigError:
+            continue
+        same = [type(m) for m in candidate.modules()] == [type(m) for m in model.modules()]
+        if same and {k: tuple(v.shape) for k, v in candidate.state_dict().items()} == shapes:
+            return spec
+    raise ConfigError(
+        f"this {type(model).__name__} matches no registered {family} preset (deploykit list {family}*): "
+        "build it with deploykit.models.create_model(preset, num_classes=..., image_size=...)"
+    )
+
+
+def model_record(prepared: PreparedModel) -> dict[str, Any]:
+    """What the artifact records about its model (ONNX metadata, manifest, engine sidecar)."""
+    return {
+        "preset": prepared.spec.name,
+        "model_args": dict(prepared.model_args),
+        "weights": prepared.weights_source,
+        "weights_state_sha256": None if prepared.random_weights else prepared.state_sha256(),
+    }
