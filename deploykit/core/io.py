@@ -85,13 +85,43 @@ def atomic_write_text(path: str | Path, text: str, executable: bool = False) -> 
     return atomic_write_bytes(path, text.encode("utf-8"), executable)
 
 
-@contextlib.contextmanager
-def staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A hidden directory inside ``out_dir`` for in-progress artifacts; removed on exit. It gets an ordinary
-    directory mode because it may be renamed into place (``rejected/``)."""
+#: prefix of the hidden in-progress folders; the creating process's id follows
+STAGING_PREFIX = ".staging-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders in ``out_dir`` that exports which died (SIGKILL, power loss) left: their
+    process is gone. Returns what was removed."""
     import shutil
 
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".staging-"))
+    removed = []
+    for path in Path(out_dir).glob(f"{STAGING_PREFIX}*"):
+        pid = path.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+        if path.is_dir() and (not pid.isdigit() or not _alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: Path) -> Iterator[Path]:
+    """A hidden directory inside ``out_dir`` for in-progress artifacts (named after this process, so a
+    later export can tell a dead export's leftovers from a live one's); removed on exit. It gets an
+    ordinary directory mode because it may be renamed into place (``rejected/``)."""
+    import shutil
+
+    remove_stale_staging(out_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
     tmp.chmod(ordinary_mode(executable=True))
     try:
         yield tmp

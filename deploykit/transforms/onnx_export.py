@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from deploykit.core.errors import ExportError, first_line
+from deploykit.core.interrupts import reraise_if_interrupted
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -84,7 +85,8 @@ def export_onnx(
                 raise ExportError(f"unknown exporter {exporter!r} (use dynamo or torchscript)")
     except ExportError:
         raise
-    except Exception as exc:  # the exporters raise many unrelated types
+    except Exception as exc:  # the exporters raise many unrelated types, and wrap an interrupt in one
+        reraise_if_interrupted(exc)
         first = first_line(exc)
         raise ExportError(f"{exporter} exporter failed: {first}") from exc
     check_dynamic_batch(proto)

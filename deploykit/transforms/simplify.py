@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import onnx
 
 from deploykit.core.errors import first_line
+from deploykit.core.interrupts import reraise_if_interrupted
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ def simplify_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifyResu
             raise RuntimeError("onnxsim's own check failed")
         return simplified, SimplifyResult("onnxsim", before, len(simplified.graph.node))
     except Exception as exc:
+        reraise_if_interrupted(exc)
         notes.append(f"onnxsim failed: {_first_line(exc)}")
     try:
         import onnxslim
@@ -51,6 +53,7 @@ def simplify_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifyResu
             simplified = onnxslim.slim(proto)
         return simplified, SimplifyResult("onnxslim", before, len(simplified.graph.node), tuple(notes))
     except Exception as exc:
+        reraise_if_interrupted(exc)
         notes.append(f"onnxslim failed: {_first_line(exc)}")
     notes.append("kept the unsimplified graph")
     return proto, SimplifyResult("none", before, before, tuple(notes))

@@ -20,6 +20,7 @@ from torch import nn
 
 from deploykit.core.config import ExportConfig, default_config, resolve_config
 from deploykit.core.errors import ConfigError
+from deploykit.core.interrupts import reraise_if_interrupted
 from deploykit.core.io import ensure_writable_dir, staging_dir
 from deploykit.models import get_preset
 from deploykit.models.pretrained import model_family
@@ -109,6 +110,7 @@ def _run_stages(state: ExportState, progress: Progress) -> None:
                     reject(state)
                 progress(stage.name, stage.describe(state))
                 stage.run(state)
+                reraise_if_interrupted()  # a stage that swallowed an interrupt publishes nothing
                 state.timings[stage.name] = round(time.perf_counter() - t0 - sum(state.timings.values()), 3)
         finally:
             state.end_background()

@@ -73,12 +73,41 @@ def stage_engine(state: ExportState) -> None:
     state.engine_info = export_engine_info(outcome, source)
 
 
+#: what any export may write beside its manifest (a previous export's files go when the new one lacks them)
+DEPLOYKIT_FILES = (
+    "model.onnx",
+    "model.fp16.onnx",
+    "model.engine",
+    "model.engine.json",
+    "build_engine.sh",
+    REPORT_NAME,
+    "locate.json",
+)
+
+
 def stage_manifest(state: ExportState) -> None:
-    """manifest.json and report.html beside the artifacts, then everything moved into place."""
+    """manifest.json and report.html beside the artifacts, then everything moved into place; what an
+    earlier export wrote and this one did not (an old ``model.fp16.onnx``, ``rejected/``) goes, so the
+    folder holds exactly what the new manifest lists (and files deploykit did not write)."""
     _write_manifest(state)
+    earlier = _published_files(state.out)
+    published = [*state.manifest["artifacts"], REPORT_NAME, "manifest.json"]
     # models first, manifest last: a published manifest never describes a missing file
-    for name in [*state.manifest["artifacts"], REPORT_NAME, "manifest.json"]:
+    for name in published:
         (state.staging / name).replace(state.out / name)
+    for name in sorted(earlier - set(published)):
+        (state.out / name).unlink(missing_ok=True)
+    shutil.rmtree(state.out / "rejected", ignore_errors=True)
+
+
+def _published_files(out: Path) -> set[str]:
+    """The files a previous export published in ``out``: its manifest's artifacts, and deploykit's names."""
+    try:
+        listed = set(json.loads((out / "manifest.json").read_text(encoding="utf-8"))["artifacts"])
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = set()
+    names = {n for n in listed if isinstance(n, str) and "/" not in n and n not in ("", ".", "..")}
+    return {n for n in names | set(DEPLOYKIT_FILES) if (out / n).is_file()}
 
 
 def _finish(state: ExportState, graph: onnx.ModelProto, precision: str, lint_count: int) -> bytes:

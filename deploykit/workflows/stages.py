@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deploykit.core.errors import ExportError
+from deploykit.core.interrupts import reraise_if_interrupted
 from deploykit.core.onnx_io import serialize
 from deploykit.core.scopes import carry_scopes
 from deploykit.runtime.base import run_batched
@@ -106,6 +107,7 @@ def stage_onnx(state: ExportState) -> None:
             state.rewritten, state.input_size, config.opset, config.exporter, config.batch.max
         )
     except ExportError as exc:
+        reraise_if_interrupted(exc)  # never a fallback after an interrupt
         if config.exporter != "dynamo":
             raise
         state.exporter_notes.append(f"dynamo failed ({exc}); fell back to torchscript")
