@@ -21,6 +21,11 @@ from PIL import Image
 
 from deploykit.core.errors import ConfigError, InputError
 
+#: decoded pixels an image may have (a 50 MP photo fits)
+MAX_PIXELS = 64_000_000
+#: the longest side over the shortest (panoramas fit; a 10000x1 strip does not)
+MAX_ASPECT = 32
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 INTERPOLATIONS = {
@@ -125,7 +130,8 @@ def image_name(image: ImageLike, index: int) -> str:
 def load_image(image: ImageLike) -> Image.Image:
     """A decoded PIL image. A missing, unreadable or truncated file is one :class:`InputError` naming it."""
     if isinstance(image, Image.Image):
-        return image
+        check_size(image.size, "image")
+        return _eight_bit(image)
     if isinstance(image, np.ndarray):
         if (
             image.dtype != np.uint8
@@ -136,6 +142,7 @@ def load_image(image: ImageLike) -> Image.Image:
                 f"an image array must be uint8 (H, W) or (H, W, C) with C in 1, 3, 4; got {image.dtype} "
                 f"{image.shape}"
             )
+        check_size((image.shape[1], image.shape[0]), f"image array {image.shape}")
         return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     if isinstance(image, bytes):
         return _decode(io.BytesIO(image), f"cannot decode image ({len(image)} bytes)")
@@ -148,10 +155,36 @@ def load_image(image: ImageLike) -> Image.Image:
 def _decode(source: Path | io.BytesIO, what: str) -> Image.Image:
     try:
         with Image.open(source) as opened:
+            check_size(opened.size, what)  # before decoding: the header says how big it is
             opened.load()  # decode now: a truncated or corrupt file fails here, not later
-            return opened.copy()
+            return _eight_bit(opened.copy())
+    except InputError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise InputError(f"{what}: {err}") from None
+
+
+def check_size(size: tuple[int, int], what: str) -> None:
+    """Bound the work an image can cause: at most :data:`MAX_PIXELS` decoded pixels, and an aspect ratio
+    of at most :data:`MAX_ASPECT` (the resize keeps the ratio, so a 100000x1 image would become a
+    gigapixel intermediate)."""
+    w, h = size
+    if w < 1 or h < 1:
+        raise InputError(f"{what}: empty image ({w}x{h})")
+    if w * h > MAX_PIXELS:
+        raise InputError(f"{what}: {w}x{h} is {w * h / 1e6:.0f} megapixels (at most {MAX_PIXELS // 10**6})")
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise InputError(f"{what}: {w}x{h} has an aspect ratio over {MAX_ASPECT}:1")
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit integer) gray images scaled to 8 bits: converting them to RGB would clip every
+    value above 255 to white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max(initial=0) <= 65535 else pixels.max()
+        return Image.fromarray(np.clip(np.rint(pixels * 255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    return image
 
 
 def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
