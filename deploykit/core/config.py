@@ -67,6 +67,10 @@ class Tolerances:
                 raise ConfigError(f"tolerances.{name} is a fraction in [0, 1], got {v!r}")
 
 
+#: the largest batch a profile may ask for (TensorRT allocates for it; Triton's max_batch_size follows it)
+MAX_BATCH = 4096
+
+
 @dataclass(frozen=True)
 class BatchProfile:
     min: int = 1
@@ -76,8 +80,8 @@ class BatchProfile:
     def __post_init__(self) -> None:
         for name in ("min", "opt", "max"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"batch.{name} must be a positive integer, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_BATCH:
+                raise ConfigError(f"batch.{name} must be an integer in [1, {MAX_BATCH}], got {v!r}")
         if not self.min <= self.opt <= self.max:
             raise ConfigError(f"batch must satisfy min <= opt <= max, got {self.min},{self.opt},{self.max}")
 
@@ -151,8 +155,8 @@ class ExportConfig:
         object.__setattr__(self, "preprocessing", check_preprocessing(self.preprocessing))
         if isinstance(self.num_images, bool) or not isinstance(self.num_images, int) or self.num_images < 16:
             raise ConfigError(f"validation.num_images must be an integer >= 16, got {self.num_images!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"validation.seed must be an integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"validation.seed must be an integer in [0, 2**32), got {self.seed!r}")
         factor = self.baseline_factor
         if isinstance(factor, bool) or not isinstance(factor, int | float) or not factor >= 1.0:
             raise ConfigError(f"validation.baseline_factor must be a number >= 1, got {factor!r}")

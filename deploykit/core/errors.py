@@ -1,10 +1,14 @@
 """Typed errors. Library code raises these; only the CLI turns them into messages and exit codes."""
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
 
 def first_line(exc: BaseException | str) -> str:
-    """The first non-empty line of an exception's message (or of a text), stripped; an exception with an
-    empty message gives its type name, an empty text ``""``."""
-    for line in str(exc).splitlines():
+    """The first non-empty line of an exception's message (or of a text), stripped of terminal colour
+    codes; an exception with an empty message gives its type name, an empty text ``""``."""
+    for line in _ANSI.sub("", str(exc)).splitlines():
         if line.strip():
             return line.strip()
     return "" if isinstance(exc, str) else type(exc).__name__

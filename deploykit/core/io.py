@@ -39,7 +39,9 @@ def ensure_writable_dir(path: str | Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".deploykit-write-test-"):
             pass
     except OSError as exc:
-        raise ArtifactError(f"output directory {path} is not writable: {exc.strerror or exc}") from None
+        raise ArtifactError(
+            f"output directory {path} is not writable: cannot create a file in it ({exc.strerror or exc})"
+        ) from None
     return path
 
 

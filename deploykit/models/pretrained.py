@@ -132,13 +132,23 @@ def _hf_weight_files(directory: Path) -> list[Path]:
         if index.is_file():
             try:
                 shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise WeightsError(f"{index} is not a readable shard index ({type(exc).__name__})") from None
-            return [directory / s for s in shards]
+            return [_shard(directory, index, s) for s in shards]
     raise WeightsError(
         f"{directory} is a directory without model.safetensors or pytorch_model.bin "
         "(expected a Hugging Face save_pretrained directory)"
     )
+
+
+def _shard(directory: Path, index: Path, name: object) -> Path:
+    """A shard named by the index: a plain file name inside ``directory`` (never ``../`` or an absolute
+    path: the index must not make deploykit read files elsewhere, or say whether they exist)."""
+    root = directory.resolve()
+    path = (root / str(name)).resolve()
+    if not isinstance(name, str) or not name or path.parent != root:
+        raise WeightsError(f"{index} names a shard outside its folder ({str(name)[:80]!r})")
+    return path
 
 
 def read_checkpoint(path: str | Path) -> tuple[StateDict, str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +79,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = load_file(str(path))
         else:
             # training scripts (DeiT and its descendants) save their argparse options next to the weights
-            with torch.serialization.safe_globals([argparse.Namespace]):
+            with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notes on pickle protocols: not the user's problem
                 obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = first_line(exc)
+        refused = _unpickler_refusal(str(exc))
+        if refused:
+            raise WeightsError(
+                f"{path} holds more than tensors and was not loaded ({refused}): deploykit loads weights only "
+                "(torch.load weights_only=True), never code from a checkpoint"
+            ) from None
         raise WeightsError(
-            f"{path} is not a readable checkpoint ({type(exc).__name__}: {first[:200]})"
+            f"{path} is not a readable checkpoint ({type(exc).__name__}: {first_line(exc)[:200]})"
         ) from None
     for _ in range(3):  # {'model': {'state_dict': ...}} and similar
         if isinstance(obj, dict):
@@ -95,6 +102,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
+
+
+def _unpickler_refusal(text: str) -> str | None:
+    """The reason in torch's weights-only refusal (its first lines are advice; the reason comes later)."""
+    if "Weights only load failed" not in text:
+        return None
+    after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    reason = next((line.strip() for line in after.splitlines() if line.strip()), "")
+    return reason[:200] or "torch refused to unpickle it"
 
 
 def _listing(kind: str, names: list[str], limit: int = 8) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deploykit.core.errors import ExportError
+from deploykit.core.errors import ExportError, first_line
 from deploykit.core.interrupts import reraise_if_interrupted
 from deploykit.core.onnx_io import serialize
 from deploykit.core.scopes import carry_scopes
@@ -110,7 +110,7 @@ def stage_onnx(state: ExportState) -> None:
         reraise_if_interrupted(exc)  # never a fallback after an interrupt
         if config.exporter != "dynamo":
             raise
-        state.exporter_notes.append(f"dynamo failed ({exc}); fell back to torchscript")
+        state.exporter_notes.append(f"dynamo failed ({first_line(exc)}); fell back to torchscript")
         state.config = config = dataclasses.replace(config, exporter="torchscript")
         proto = export_onnx(
             state.rewritten, state.input_size, config.opset, config.exporter, config.batch.max

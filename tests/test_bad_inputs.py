@@ -1,0 +1,102 @@
+"""Bad input, table-driven, the way a careless user or an attacker would try it: every case is one line on
+stderr, the documented exit code (2), no traceback, nothing new in the output folder, and the previous
+good artifact there byte-for-byte unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+DK = [sys.executable, "-m", "deploykit"]
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad")
+    out = root / "out"
+    subprocess.run(
+        [*DK, "export", "hvt_ti_1", "--image-size", "64", "--no-engine", "--out", str(out), "--quiet"],
+        check=True,
+        capture_output=True,
+    )
+    (root / "corrupt.pth").write_bytes(b"\x80\x04garbage" * 10)
+    buf = io.BytesIO()
+    pickle.dump({"head.fc.weight": Evil()}, buf)
+    (root / "evil.pth").write_bytes(buf.getvalue())
+    for name, target in (("escape", "../outside.safetensors"), ("shadow", "/etc/shadow")):
+        d = root / name
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+        index = {"weight_map": {"head.fc.weight": target}}
+        (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    torch.save({"x": torch.zeros(1)}, root / "outside.safetensors")
+    (root / "labels3.txt").write_text("a\nb\nc\n")
+    Image.new("L", (10000, 1)).save(root / "strip.png")
+    (root / "seed.toml").write_text('family = "hvt"\n[validation]\nseed = -1\n')
+    (root / "seed66.toml").write_text(f'family = "hvt"\n[validation]\nseed = {2**66}\n')
+    (root / "prep.toml").write_text('family = "hvt"\n[preprocessing]\nmean = [0.5, 0.5]\n')
+    return {"root": root, "out": out}
+
+
+EXPORT = ["export", "hvt_ti_1", "--image-size", "64", "--no-engine", "--quiet", "--out", "{out}"]
+CASES = {
+    "unknown model": (["export", "nosuch", "--out", "{out}"], "unknown model 'nosuch'"),
+    "image size not a multiple of the patch": (
+        ["export", "hvt_ti_1", "--image-size", "100", "--out", "{out}"],
+        "not divisible by patch_size=16",
+    ),
+    "too small for HVT's pooling": (["export", "hvt_s_4", "--image-size", "64", "--out", "{out}"], "pooling"),
+    "negative classes": ([*EXPORT, "--num-classes", "-1"], "num_classes must be an integer >= 0"),
+    "labels of the wrong length": ([*EXPORT, "--labels", "{root}/labels3.txt"], "3 labels given"),
+    "missing weights": ([*EXPORT, "--weights", "{root}/gone.pth"], "weights file not found"),
+    "corrupt weights": ([*EXPORT, "--weights", "{root}/corrupt.pth"], "not a readable checkpoint"),
+    "malicious pickle": ([*EXPORT, "--weights", "{root}/evil.pth"], "never code from a checkpoint"),
+    "shard index escaping its folder": ([*EXPORT, "--weights", "{root}/escape"], "names a shard outside"),
+    "shard index naming /etc/shadow": ([*EXPORT, "--weights", "{root}/shadow"], "names a shard outside"),
+    "absurd batch": ([*EXPORT, "--batch", "1,1,9223372036854775807"], "batch.max must be an integer in"),
+    "negative seed": ([*EXPORT, "--config", "{root}/seed.toml"], "validation.seed must be an integer in"),
+    "huge seed": ([*EXPORT, "--config", "{root}/seed66.toml"], "validation.seed must be an integer in"),
+    "two-channel mean": ([*EXPORT, "--config", "{root}/prep.toml"], "preprocessing.mean must be 1 or 3"),
+    "unknown option": ([*EXPORT, "--bogus"], "No such option '--bogus'"),
+    "unwritable output folder": (
+        ["export", "hvt_ti_1", "--image-size", "64", "--out", "/proc"],
+        "not writable",
+    ),
+    "image strip to predict": (["predict", "{out}/model.onnx", "{root}/strip.png"], "aspect ratio over 32:1"),
+    "missing artifact": (["validate", "{root}/gone.onnx"], "not found"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(world, name):
+    args, message = CASES[name]
+    before = tree(world["root"])
+    argv = [a.format(out=world["out"], root=world["root"]) for a in args]
+    proc = subprocess.run([*DK, *argv], capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "this ran" not in proc.stdout + proc.stderr
+    assert tree(world["root"]) == before  # nothing new, the previous artifact untouched
