@@ -46,10 +46,11 @@ def serve_command(
     )
     models = check_repository(repo, python_only=server.install.source == "nvidia-pytriton")
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict = {}
     try:
-        server.start()
+        server.start()  # an interrupt while it starts aborts at once (exit 130/143) and kills it
         took = server.wait_ready(startup_timeout)
+        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
         click.echo(
             f"serving {len(models)} models from {server.repo} ({server.install.source} tritonserver, "
             f"ready in {took:.1f} s): {', '.join(models)}"

@@ -299,10 +299,9 @@ class TritonServer:
     ) -> None:
         self.repo = Path(repo).resolve()
         self.host = host
-        self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
-        self.log_path = (
-            Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"deploykit-triton-{http_port}.log"
-        )
+        self.ports = check_ports({"http": http_port, "grpc": grpc_port, "metrics": metrics_port})
+        #: default: tritonserver.log in a private folder made at start (never a predictable /tmp name)
+        self.log_path: Path | None = Path(log_path) if log_path else None
         self.exit_timeout_s = exit_timeout_s
         self.extra_args = tuple(extra_args)
         self.install = find_server()
@@ -351,7 +350,8 @@ class TritonServer:
     def _backend_dir(self) -> Path | None:
         if self.install.source != "nvidia-pytriton":
             return None
-        self._tmp = tempfile.TemporaryDirectory(prefix="deploykit-triton-")
+        _remove_stale_backend_dirs()
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{BACKEND_PREFIX}{os.getpid()}-")
         python = Path(self._tmp.name) / "backends" / "python"
         python.mkdir(parents=True)
         for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
@@ -375,18 +375,34 @@ class TritonServer:
                 raise ServerUnavailableError(
                     f"the Python backend stub cannot run (rc={probe.returncode}): {detail[0] if detail else ''}"
                 )
+        _remove_orphaned_shm(set(), older_than_s=60)  # what a server killed with its supervisor left
         self._shm_before = _shm_regions()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the pump thread
+        log = self._open_log()
         self.proc = subprocess.Popen(
             self.command(backend_dir),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: the stubs inherit it and die with it
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - a SIGKILLed `deploykit serve` takes it along
         )
         self._pump = threading.Thread(target=self._read_log, args=(log,), daemon=True)
         self._pump.start()
+
+    def _open_log(self):
+        """The log file, created without following a symlink: by default in a new private folder."""
+        if self.log_path is None:
+            self._log_dir = tempfile.mkdtemp(prefix=f"deploykit-triton-{os.getpid()}-log-")
+            self.log_path = Path(self._log_dir) / "tritonserver.log"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        else:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            fd = os.open(self.log_path, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the log file {self.log_path}: {exc.strerror}") from None
+        return os.fdopen(fd, "wb")
 
     def _read_log(self, log) -> None:
         with log:
@@ -422,6 +438,8 @@ class TritonServer:
 
     def reason(self) -> str:
         """The most telling line of the log: the first model failure, else the last server error."""
+        if self.log_path is None:
+            return "no log (the server did not start)"
         try:
             lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
@@ -458,13 +476,65 @@ class TritonServer:
         return None if self.proc is None else self.proc.returncode
 
 
+BACKEND_PREFIX = "deploykit-triton-backend-"
+#: prctl option: the signal a process gets when the thread that forked it dies
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the forked child before exec: tritonserver gets SIGKILL when `deploykit serve` dies."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _remove_stale_backend_dirs() -> None:
+    """Backend folders of earlier `deploykit serve` processes that died without cleaning up."""
+    for path in Path(tempfile.gettempdir()).glob(f"{BACKEND_PREFIX}*"):
+        pid = path.name[len(BACKEND_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_ports(ports: dict[str, int]) -> dict[str, int]:
+    """Ports Triton can bind and clients can find: 1..65535 (not 0: Triton would pick one and not say
+    which), and three different ones."""
+    for what, port in ports.items():
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"--{what}-port must be a port number in [1, 65535], got {port!r}")
+    seen: dict[int, str] = {}
+    for what, port in ports.items():
+        if port in seen:
+            raise ConfigError(f"--{seen[port]}-port and --{what}-port are both {port}: each needs its own port")
+        seen[port] = what
+    return ports
+
+
 def _shm_regions() -> set[str]:
     shm = Path("/dev/shm")
     return {p.name for p in shm.glob(f"{SHM_PREFIX}*")} if shm.is_dir() else set()
 
 
-def _remove_orphaned_shm(before: set[str]) -> None:
-    new = _shm_regions() - before
+def _remove_orphaned_shm(before: set[str], older_than_s: float = 0.0) -> None:
+    """Remove the Python backend's shared-memory regions (not in ``before``) that no process maps any more;
+    ``older_than_s``: only those untouched that long (a starting server may not have mapped its own yet)."""
+    now = time.time()
+    new = set()
+    for name in _shm_regions() - before:
+        with contextlib.suppress(OSError):
+            if now - (Path("/dev/shm") / name).stat().st_mtime >= older_than_s:
+                new.add(name)
     if not new:
         return
     mapped: set[str] = set()
