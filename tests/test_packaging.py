@@ -59,6 +59,11 @@ def test_wheel_carries_configs_and_data(wheel: Path):
         assert f"deploykit/export_configs/{family}.toml" in names
     assert "deploykit/data/imagenet1k_labels.txt" in names
     assert "deploykit/transforms/trt_operators.json" in names
+    from deploykit.validation.inputs import PHOTOS
+
+    # the validation photographs travel with the wheel: a plain install validates on real photos
+    assert {f"deploykit/data/photos/{p}.jpg" for p in PHOTOS} <= names
+    assert "deploykit/data/photos/SOURCES.md" in names
     assert not any(n.startswith("export_configs/") for n in names)  # no stray top-level package
 
 

@@ -11,16 +11,14 @@ from PIL import Image
 from deploykit.core.errors import ConfigError, DeployKitError, InputError
 from deploykit.models.base import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from deploykit.validation import ValidationBatch, validation_batch
-from deploykit.validation.inputs import _available_photos
 
 SMALL = DataConfig(input_size=(3, 64, 64))
 GRAY = DataConfig(input_size=(1, 64, 64), mean=(0.5,), std=(0.25,))
 
-needs_photos = pytest.mark.skipif(not _available_photos(), reason="scikit-image sample photos not installed")
 
 
 def _kinds(names) -> dict[str, int]:
-    prefixes = ("skimage:", "synthetic:", "noise-")
+    prefixes = ("photo:", "synthetic:", "noise-")
     return {p: sum(n.startswith(p) for n in names) for p in prefixes}
 
 
@@ -35,31 +33,29 @@ def _denormalize(batch: ValidationBatch, config: DataConfig) -> np.ndarray:
     return batch.images * std + mean
 
 
-@needs_photos
 def test_default_batch_shape_dtype_and_mix():
     batch = validation_batch(SMALL, count=16)
     assert batch.images.shape == (16, 3, 64, 64)
     assert batch.images.dtype == np.float32 and batch.images.flags.c_contiguous
     assert len(batch) == len(batch.names) == 16 and len(set(batch.names)) == 16
     kinds = _kinds(batch.names)
-    assert kinds["skimage:"] >= 8 and kinds["synthetic:"] >= 1 and kinds["noise-"] >= 1
+    assert kinds["photo:"] >= 8 and kinds["synthetic:"] >= 1 and kinds["noise-"] >= 1
     assert sum(kinds.values()) == 16
-    assert "skimage:astronaut" in batch.names
+    assert "photo:astronaut" in batch.names
 
 
-@needs_photos
 def test_large_batch_cycles_photos_with_crops_and_more_synthetic_kinds():
     batch = validation_batch(SMALL, count=64)
     assert batch.images.shape == (64, 3, 64, 64) and len(set(batch.names)) == 64
     kinds = _kinds(batch.names)
-    assert kinds["skimage:"] >= 32 and kinds["synthetic:"] >= 12 and kinds["noise-"] >= 1
+    assert kinds["photo:"] >= 32 and kinds["synthetic:"] >= 12 and kinds["noise-"] >= 1
     assert any(":crop" in n for n in batch.names)
     synthetic_kinds = {n.split(":")[1].rsplit("-", 1)[0] for n in batch.names if n.startswith("synthetic:")}
     assert len(synthetic_kinds) >= 5
     # a repeated photo is a different crop, not a copy
     first, again = (
-        batch.names.index("skimage:astronaut"),
-        next(i for i, n in enumerate(batch.names) if n.startswith("skimage:astronaut:crop")),
+        batch.names.index("photo:astronaut"),
+        next(i for i, n in enumerate(batch.names) if n.startswith("photo:astronaut:crop")),
     )
     assert not np.array_equal(batch.images[first], batch.images[again])
 
@@ -79,18 +75,17 @@ def test_deterministic_bytes_and_seed_dependence():
     assert c.images.tobytes() != a.images.tobytes()
 
 
-@needs_photos
 def test_normalization_and_photos_are_not_noise():
     batch = validation_batch(SMALL, count=16)
     pixels = _denormalize(batch, SMALL)
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5  # normalization is exactly (x - mean) / std
-    photos = np.array([n.startswith("skimage:") for n in batch.names])
+    photos = np.array([n.startswith("photo:") for n in batch.names])
     per_channel_mean = batch.images[photos].mean(axis=(0, 2, 3))
     assert np.all(np.abs(per_channel_mean) < 1.0)
     assert 0.4 < batch.images[photos].std() < 2.0
 
     corr = {n: _lag1_autocorrelation(img) for n, img in zip(batch.names, batch.images)}
-    photo_corr = [v for n, v in corr.items() if n.startswith("skimage:")]
+    photo_corr = [v for n, v in corr.items() if n.startswith("photo:")]
     noise_corr = [v for n, v in corr.items() if n.startswith("noise-")]
     synthetic_corr = [v for n, v in corr.items() if n.startswith("synthetic:")]
     assert np.median(photo_corr) > 0.8 and min(photo_corr) > 0.4
@@ -129,7 +124,6 @@ def test_invalid_arguments():
         validation_batch(DataConfig(input_size=(2, 32, 32)))
 
 
-@needs_photos
 def test_fast_at_full_resolution():
     config = DataConfig(input_size=(3, 224, 224))
     validation_batch(config, count=2)  # warm the photo cache, as a second call in a session would be

@@ -2,8 +2,8 @@
 
 Gaussian noise is a poor parity input: attention over noise is nearly uniform, so precision loss in the
 softmax or LayerNorm paths barely moves the logits, and a broken export can pass. The default batch is
-therefore mostly real photographs (the samples bundled inside scikit-image, read from its package directory,
-never downloaded), then synthetic images with natural-image statistics (gradients, shapes, blobs,
+therefore mostly real photographs (public-domain and CC0 photos bundled with deploykit,
+``deploykit/data/photos``), then synthetic images with natural-image statistics (gradients, shapes, blobs,
 checkerboards, stripes, 1/f noise), then a few uniform-noise images as an out-of-distribution probe.
 
 Every image goes through timm's eval transform: resize (shorter side to ``floor(H / crop_pct)``, aspect kept)
@@ -14,10 +14,10 @@ The batch is a pure function of ``(data_config, count, seed)``: the same argumen
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,31 +31,23 @@ if TYPE_CHECKING:
     from deploykit.models.base import DataConfig
 
 
-# scikit-image samples that ship inside the installed package (no pooch download): name -> file in
-# ``skimage.data.data_dir``. Ordered so that the first ones (used for small batches) mix colour photos with
-# a few grayscale ones. Left out: synthetic samples (colorwheel, logo, phantom, horse, checkerboard), the
-# 25x25 faces of lfw_subset, ``cat`` (the same file as chelsea) and everything that needs a download
-# (brain, eagle, kidney, lily, skin, vortex, cells3d, ...).
-SKIMAGE_PHOTOS = {
-    "astronaut": "astronaut.png",
-    "coffee": "coffee.png",
-    "chelsea": "chelsea.png",
-    "rocket": "rocket.jpg",
-    "camera": "camera.png",
-    "hubble_deep_field": "hubble_deep_field.jpg",
-    "immunohistochemistry": "ihc.png",
-    "coins": "coins.png",
-    "motorcycle": "motorcycle_left.png",
-    "retina": "retina.jpg",
-    "moon": "moon.png",
-    "page": "page.png",
-    "text": "text.png",
-    "clock": "clock_motion.png",
-    "brick": "brick.png",
-    "grass": "grass.png",
-    "gravel": "gravel.png",
-    "cell": "cell.png",
-}
+# Photographs bundled as package data (``deploykit/data/photos``: scikit-image samples in the public domain
+# or CC0, downscaled; sources in SOURCES.md there), so every install validates on the same real photos.
+# Ordered so that the first ones (used for small batches) mix colour photos with a few grayscale ones.
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "coins",
+    "retina",
+    "clock",
+    "brick",
+    "grass",
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +68,7 @@ def validation_batch(
 
     Without ``image_dir``: ``count`` images, about 9/16 photographs, 6/16 synthetic and 1/16 (at least one,
     once ``count >= 2``) uniform noise, in that order. Past the first pass over the bundled photos, photos
-    repeat as random crops and flips; synthetic kinds cycle with fresh random parameters. If scikit-image is
-    not installed the photographs are replaced by synthetic images (with a warning).
+    repeat as random crops and flips; synthetic kinds cycle with fresh random parameters.
 
     With ``image_dir``: every image file in it (``IMAGE_SUFFIXES``, sorted by name, first frame only),
     converted to RGB (or L when ``C == 1``). ``count`` only caps the batch when the directory holds more
@@ -129,15 +120,7 @@ def _generated_images(
     n_noise = max(1, count // 16) if count >= 2 else 0
     n_synthetic = (count - n_noise) * 2 // 5
     n_photo = count - n_noise - n_synthetic
-    photos = _available_photos()
-    if not photos:
-        warnings.warn(
-            "scikit-image is not installed: the validation batch has no photographs, only synthetic images "
-            "(install scikit-image or pass an image directory)",
-            stacklevel=3,
-        )
-        n_synthetic, n_photo = n_synthetic + n_photo, 0
-
+    photos = PHOTOS
     names, pixels = [], []
     for i in range(n_photo):
         rng = np.random.default_rng([seed, 0, i])
@@ -147,7 +130,7 @@ def _generated_images(
         if cycle > 0:  # later passes: a random crop (30-100% of the area), flipped half of the time
             image, flipped = _random_crop_flip(image, rng)
             name = f"{name}:crop{cycle}" + ("-flip" if flipped else "")
-        names.append(f"skimage:{name}")
+        names.append(f"photo:{name}")
         pixels.append(preprocess(image))
 
     kinds = list(_SYNTHETIC)
@@ -167,21 +150,11 @@ def _generated_images(
     return names, pixels
 
 
-@lru_cache(maxsize=1)
-def _available_photos() -> tuple[str, ...]:
-    try:
-        from skimage.data import data_dir
-    except ImportError:
-        return ()
-    return tuple(name for name, file in SKIMAGE_PHOTOS.items() if (Path(data_dir) / file).is_file())
-
-
 @lru_cache(maxsize=64)
 def _load_photo(name: str, mode: str) -> Image.Image:
     """A decoded bundled photo (cached: callers must not modify it in place; PIL ops return copies)."""
-    from skimage.data import data_dir
-
-    with Image.open(Path(data_dir) / SKIMAGE_PHOTOS[name]) as image:
+    file = resources.files("deploykit") / "data" / "photos" / f"{name}.jpg"
+    with resources.as_file(file) as path, Image.open(path) as image:
         return image.convert(mode)
 
 
