@@ -25,11 +25,15 @@ import sys
 import threading
 import time
 import urllib.request
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from deploykit.core.errors import first_line
+
+#: the validation photographs bundled with deploykit (the default images for an image-bytes model)
+PHOTOS = Path(str(resources.files("deploykit") / "data" / "photos"))
 
 METRICS = (
     "nv_inference_request_success",
@@ -85,12 +89,8 @@ def model_io(module, url: str, model: str, protocol: str) -> tuple[dict, list[di
 def make_inputs(input_cfg: dict, count: int, batch: int, images: Path | None, seed: int) -> list[np.ndarray]:
     """One array per request: (batch, 1) image bytes, or (batch, *dims) float32."""
     if input_cfg["data_type"] == "TYPE_STRING":
-        if images is None:
-            from skimage.data import data_dir
-
-            files = sorted(Path(data_dir).glob("*.png")) + sorted(Path(data_dir).glob("*.jpg"))
-        else:
-            files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        folder = images if images is not None else PHOTOS
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         blobs = [f.read_bytes() for f in files]
         return [
             np.array([[blobs[(i * batch + j) % len(blobs)]] for j in range(batch)], dtype=object)
@@ -279,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.concurrency < 1 or args.requests < 1 or args.batch < 1:
         ap.error("--concurrency, --requests and --batch must be >= 1")
+    if args.images is not None and (
+        not args.images.is_dir()
+        or not any(p.suffix.lower() in (".jpg", ".jpeg", ".png") for p in args.images.iterdir())
+    ):
+        ap.error(f"--images {args.images}: not a folder of .jpg/.png images")
     report = run(args)
     print_report(report)
     if args.json:
