@@ -425,6 +425,10 @@ def _hf_preprocessing(processor: dict) -> dict:
         out["image_size"] = size
     if processor.get("crop_pct") is not None:
         out["crop_pct"] = float(processor["crop_pct"])
+    if "ConvNext" in str(processor.get("image_processor_type", "")):
+        # ConvNextImageProcessor ignores crop_pct from 384 px on and resizes without cropping (for a square
+        # image, the same as deploykit's resize with crop_pct 1.0; non-square images are stretched there)
+        out["no_crop_from"] = 384
     for theirs, ours in (("image_mean", "mean"), ("image_std", "std")):
         value = processor.get(theirs)
         if isinstance(value, list | tuple) and value:

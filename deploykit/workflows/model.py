@@ -141,6 +141,8 @@ def finish(
     prepared.labels = names
     overrides = {k: v for k, v in ((checkpoint.preprocessing if checkpoint else None) or {}).items()}
     overrides.pop("image_size", None)
+    if model.image_size >= overrides.pop("no_crop_from", float("inf")):
+        overrides["crop_pct"] = 1.0  # what the Hugging Face processor does at this size
     overrides.update(config.preprocessing)
     if overrides:
         model.data_config = dataclasses.replace(model.data_config, **overrides)

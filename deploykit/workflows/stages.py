@@ -38,17 +38,7 @@ from deploykit.workflows.state import (
 
 def stage_build(state: ExportState) -> None:
     """The preset (with weights), the validation images and the PyTorch FP32 reference logits."""
-    from deploykit.workflows.model import prepare_model
-
     config = state.config
-    if state.prepared is None:
-        state.prepared = prepare_model(
-            state.spec.name,
-            config=config,
-            weights=state.weights,
-            weights_format=state.weights_format,
-            labels=state.labels,
-        )
     state.model, state.weights_info = state.prepared.model, state.prepared.weights_info
     state.batch = validation_batch(state.model.data_config, config.num_images, config.seed, state.inputs_dir)
     state.reference = run_batched(TorchRunner(state.model), state.images, config.batch.max)
@@ -220,10 +210,12 @@ class Stage:
 
 
 def _describe_build(state: ExportState) -> str:
-    if state.prepared is not None:
-        weights = " (a model in memory)"
-    else:
-        weights = f" with weights {state.weights}" if state.weights else " (random weights)"
+    source = state.prepared.weights_source
+    weights = {
+        "file": f" with weights {state.weights}",
+        "memory": " (a model in memory)",
+        "random": " (random weights)",
+    }[source]
     return f"{state.spec.name} ({state.spec.family}){weights}"
 
 
