@@ -1,5 +1,6 @@
 """Command-line interface. Library code raises typed errors; only this module turns them into one-line
-messages and exit codes (0 ok, 1 parity failed, 2 bad usage or input, 3 engine stage unavailable)."""
+messages and exit codes (0 ok, 1 parity failed, 2 bad usage or input, 3 engine stage unavailable, 130
+interrupted by SIGINT, 143 terminated by SIGTERM)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import click
 
 from deploykit import __version__
 from deploykit.core.errors import DeployKitError
+from deploykit.core.interrupts import Terminated, handle_signals
 
 #: the layouts of ``deploykit.models.pretrained.FORMATS``, spelled out so that ``--help`` imports no torch
 WEIGHTS_FORMATS = (
@@ -44,6 +46,12 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was published", err=True)
+            sys.exit(130)
+        except Terminated as exc:
+            click.echo("terminated: nothing was published", err=True)
+            sys.exit(exc.exit_code)
 
     return wrapper
 
@@ -210,9 +218,16 @@ def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
 @cli.command("validate")
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option(
-    "--model", "model", required=True, help="Preset (or family alias) the artifact was exported from."
+    "--model",
+    "model",
+    help="Preset the artifact was exported from (default: the one it records; a different one is an error).",
 )
-@click.option("--weights", type=click.Path(), help="Weights the artifact was exported with.")
+@click.option(
+    "--weights",
+    type=click.Path(),
+    help="Weights the artifact was exported with (default: the file its manifest.json records; other "
+    "weights than the recorded ones are an error).",
+)
 @click.option(
     "--weights-format",
     type=click.Choice(WEIGHTS_FORMATS),
@@ -237,7 +252,7 @@ def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
 @_handle_errors
 def validate_cmd(
     artifact: str,
-    model: str,
+    model: str | None,
     weights: str | None,
     weights_format: str | None,
     inputs_dir: str | None,
@@ -248,8 +263,9 @@ def validate_cmd(
     baseline_path: str | None,
     update_baseline: bool,
 ) -> None:
-    """Check ARTIFACT (.onnx, or a TensorRT .engine) against the PyTorch model.
+    """Check ARTIFACT (.onnx, or a TensorRT .engine) against the PyTorch model it was exported from.
 
+    The artifact records its preset, classes, resolution and weights: the model is rebuilt from that.
     Exit 0 parity holds (and no metric regressed from --baseline); 1 parity fails or a metric regressed;
     2 bad usage or input.
     """
@@ -278,7 +294,8 @@ def validate_cmd(
 @click.option(
     "--labels",
     type=click.Path(dir_okay=False),
-    help="Class names, one per line (default: ImageNet-1k names for 1000-class models).",
+    help="Class names, one per line (default: the artifact's own, else ImageNet-1k names for 1000-class "
+    "models).",
 )
 @click.option(
     "--batch", "batch_size", type=int, help="Images per forward pass (default: 8, or the engine's max)."
@@ -295,8 +312,9 @@ def predict_cmd(
 ) -> None:
     """Classify IMAGES (files or folders of images) with ARTIFACT (.onnx, or a TensorRT .engine/.plan).
 
-    Preprocessing (resize, crop, interpolation, mean/std) comes from the artifact's own record of its
-    preset. Exit 0 done; 2 bad input (missing, unreadable or truncated image, bad artifact, bad option).
+    Preprocessing (resize, crop, interpolation, mean/std) and class names come from the artifact's own
+    record; one warning line on stderr when it was exported with random weights. Exit 0 done; 2 bad input
+    (missing, unreadable or truncated image, bad or headless artifact, bad option).
     """
     from deploykit.workflows.predict import predict_command
 
@@ -360,7 +378,7 @@ def build_cmd(
     "--top-k", "top_k", type=int, default=5, show_default=True, help="Classes NAME_classify returns."
 )
 @click.option(
-    "--labels", type=click.Path(dir_okay=False), help="Class names, one per line (default: ImageNet-1k)."
+    "--labels", type=click.Path(dir_okay=False), help="Class names, one per line (default: the artifact's)."
 )
 @click.option("--version", "version", type=int, help="Version number to write (default: the next free one).")
 @click.option("--force", is_flag=True, help="Replace the version if it exists.")
@@ -467,6 +485,16 @@ def serve_cmd(
 @click.option(
     "--plot", "plot_out", type=click.Path(dir_okay=False), help="Write latency distributions as a PNG."
 )
+@click.option(
+    "--weights",
+    type=click.Path(),
+    help="Weights of the export, for torch eager (default: the file its manifest.json records).",
+)
+@click.option(
+    "--weights-format",
+    type=click.Choice(WEIGHTS_FORMATS),
+    help="Checkpoint layout of --weights (default: detected from its keys).",
+)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_handle_errors
 def bench_cmd(
@@ -478,6 +506,8 @@ def bench_cmd(
     iters: int,
     json_out: str | None,
     plot_out: str | None,
+    weights: str | None,
+    weights_format: str | None,
     quiet: bool,
 ) -> None:
     """Latency of ARTIFACT (an export directory, or an .onnx / engine file in one) or of PRESET (exported
@@ -495,11 +525,29 @@ def bench_cmd(
         json_out=json_out,
         plot_out=plot_out,
         quiet=quiet,
+        weights=weights,
+        weights_format=weights_format,
     )
 
 
 def main() -> None:
-    cli(prog_name="deploykit")
+    """The ``deploykit`` command: a usage error (unknown option, bad value, missing argument) is one line
+    and exit 2, like every other bad input."""
+    with handle_signals():
+        try:
+            code = cli.main(prog_name="deploykit", standalone_mode=False)
+        except click.ClickException as exc:
+            hint = (
+                f" (deploykit {exc.ctx.info_name} --help)"
+                if getattr(exc, "ctx", None) and exc.ctx.parent
+                else ""
+            )
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("interrupted: nothing was published", err=True)
+            sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

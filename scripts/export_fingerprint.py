@@ -64,7 +64,9 @@ def fingerprint(presets: tuple[str, ...]) -> dict:
         first = tmp / presets[0] / "model.onnx"
         out["errors"] = {
             "unknown model": run_error(["export", "nosuchmodel", "--out", str(tmp / "x")], tmp),
-            "missing artifact": run_error(["validate", str(tmp / "missing.onnx"), "--model", presets[0]], tmp),
+            "missing artifact": run_error(
+                ["validate", str(tmp / "missing.onnx"), "--model", presets[0]], tmp
+            ),
             "wrong family": run_error(["validate", str(first), "--model", "cvt_13"], tmp),
             "bad batch": run_error(["export", presets[0], "--batch", "8,4,1", "--out", str(tmp / "y")], tmp),
         }

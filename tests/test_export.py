@@ -100,8 +100,13 @@ def test_validate_gate_passes_and_fails(exported, tmp_path):
     truncated.write_bytes(result.onnx_path.read_bytes()[:5000])
     bad_file = runner.invoke(cli, ["validate", str(truncated), "--model", "hvt_s_4", "--config", str(cfg)])
     assert bad_file.exit_code == 2 and "not a valid ONNX model" in bad_file.output
-    wrong_shape = runner.invoke(cli, ["validate", str(result.onnx_path), "--model", "hvt_s_4"])  # config: 224
-    assert wrong_shape.exit_code == 2 and "does not fit" in wrong_shape.output
+    # the artifact knows its resolution: validating it needs no --config, and one that contradicts it is refused
+    recorded = runner.invoke(cli, ["validate", str(result.onnx_path)])
+    assert recorded.exit_code == 0 and "PASS" in recorded.output, recorded.output
+    at_224 = tmp_path / "at224.toml"
+    at_224.write_text('family = "hvt"\n[export]\nimage_size = 224\n')
+    wrong_shape = runner.invoke(cli, ["validate", str(result.onnx_path), "--config", str(at_224)])
+    assert wrong_shape.exit_code == 2 and "does not fit" in wrong_shape.output, wrong_shape.output
 
 
 @pytest.mark.slow

@@ -16,7 +16,6 @@ SMALL = DataConfig(input_size=(3, 64, 64))
 GRAY = DataConfig(input_size=(1, 64, 64), mean=(0.5,), std=(0.25,))
 
 
-
 def _kinds(names) -> dict[str, int]:
     prefixes = ("photo:", "synthetic:", "noise-")
     return {p: sum(n.startswith(p) for n in names) for p in prefixes}

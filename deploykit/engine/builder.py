@@ -348,8 +348,10 @@ def build_engine(
     One optimization profile (batch min/opt/max at the ONNX input's C, H, W). ``timing_cache`` is loaded
     when the file exists and written back (atomically) after the build. With ``expect_fp16`` an engine
     whose FP16 layer share is below :data:`FP16_SHARE_MIN` raises :class:`EnginePrecisionError` and is not
-    written. The sidecar also carries the ONNX file's recorded preprocessing, so ``deploykit predict`` can
-    run the engine alone. Raises :class:`EngineUnavailableError` without TensorRT 10.3+ or a CUDA GPU.
+    written. The sidecar also carries the ONNX file's recorded preprocessing and model identity (preset,
+    model args, labels, weights hash, random weights: :func:`model_identity`), so ``deploykit predict``
+    can run the engine alone and ``deploykit validate`` knows what to rebuild. Raises
+    :class:`EngineUnavailableError` without TensorRT 10.3+ or a CUDA GPU.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     cache_path = Path(timing_cache) if timing_cache is not None else None
@@ -476,9 +478,35 @@ def _sidecar(
         "preprocessing": json.loads(meta["deploykit.preprocessing"])
         if "deploykit.preprocessing" in meta
         else None,
+        # what the model is (preset, classes, resolution, names, whether its weights were random)
+        **model_identity(meta),
         "engine": {"bytes": len(built.data), "sha256": sha256_bytes(built.data)},
         "build_seconds": built.seconds,
         "notes": built.notes,
+    }
+
+
+def _json_value(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def model_identity(meta: dict[str, str]) -> dict[str, Any]:
+    """What an exported ONNX file's metadata says about its model, for the engine's sidecar: ``preset``,
+    ``model_args`` ({"num_classes", "image_size"}), ``labels`` (class names or None),
+    ``weights_state_sha256`` and ``random_weights`` (None when the file does not say: an export that
+    records its model args records the weights' hash whenever it had weights)."""
+    args = _json_value(meta.get("deploykit.model_args"))
+    labels = _json_value(meta.get("deploykit.labels"))
+    sha = meta.get("deploykit.weights_state_sha256") or None
+    return {
+        "preset": meta.get("deploykit.preset") or None,
+        "model_args": args if isinstance(args, dict) else None,
+        "labels": labels if isinstance(labels, list) else None,
+        "weights_state_sha256": sha,
+        "random_weights": sha is None if isinstance(args, dict) else None,
     }
 
 

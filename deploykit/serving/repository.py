@@ -8,7 +8,9 @@ Four models, all at the same version number:
   profile maximum; inputs/outputs carry the artifact's names, types and dims without the batch axis;
   dynamic batching prefers the profile's batch sizes.
 * ``NAME_preprocess`` — Python backend: encoded image bytes -> the preset's preprocessing.
-* ``NAME_postprocess`` — Python backend: logits -> top-k classes, probabilities and labels.
+* ``NAME_postprocess`` — Python backend: logits -> top-k classes, probabilities and labels (the
+  artifact's own class names unless ``labels`` are given; ImageNet-1k names for an unnamed 1000-class
+  model, else ``class i``).
 * ``NAME_classify`` — ensemble of the three: image bytes in, what ``deploykit predict`` reports out.
 
 Versions are written atomically (a staging directory renamed into place) and never overwritten silently:
@@ -31,6 +33,7 @@ from deploykit.core.errors import ArtifactError, ConfigError
 from deploykit.core.io import atomic_write_text, ordinary_mode, sha256_file
 from deploykit.runtime.postprocess import class_labels
 from deploykit.serving.pbtxt import Enum, to_pbtxt
+from deploykit.workflows.predict import artifact_record
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 KINDS = ("cpu", "gpu")
@@ -303,8 +306,14 @@ def write_repository(
         top_k=top_k,
         ort_tensorrt=ort_tensorrt,
     )
+    record = artifact_record(source)
+    if record.headless:
+        raise ArtifactError(
+            f"{source} is a headless export (num_classes 0): it outputs features, not classes, and the "
+            "repository's classify ensemble needs a classifier (export with --num-classes N)"
+        )
     _check_counts(options, num_classes=export.output_dims[-1])
-    label_lines = class_labels(export.output_dims[-1], labels)
+    label_lines = class_labels(export.output_dims[-1], labels if labels is not None else record.labels)
     configs = model_configs(export, options)
     repo = _open_repository(repo)
     version, replaced = _choose_version(repo, list(configs), version, force)

@@ -516,7 +516,9 @@ def check_ports(ports: dict[str, int]) -> dict[str, int]:
     seen: dict[int, str] = {}
     for what, port in ports.items():
         if port in seen:
-            raise ConfigError(f"--{seen[port]}-port and --{what}-port are both {port}: each needs its own port")
+            raise ConfigError(
+                f"--{seen[port]}-port and --{what}-port are both {port}: each needs its own port"
+            )
         seen[port] = what
     return ports
 

@@ -146,22 +146,23 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def _eager_model(manifest: dict[str, Any], directory: Path, with_weights: bool) -> nn.Module:
-    """The preset the export came from, rebuilt as ``manifest.json`` records it (size, seed, weights)."""
-    from deploykit.workflows.state import build_model
+def _eager_model(directory: Path, with_weights: bool, weights=None, weights_format=None) -> nn.Module:
+    """The model the export came from, rebuilt as it records it (preset, classes, resolution, seed and the
+    weights: ``weights``, else the recorded file; see :func:`~deploykit.workflows.validate.rebuild_model`);
+    without ``with_weights`` (torch is not benchmarked) only its shape matters and no weights load."""
+    from dataclasses import replace
 
-    config = manifest.get("export_config") or {}
-    weights = manifest.get("weights") or None
-    path = fmt = None
-    if weights and with_weights:
-        path, fmt = weights.get("path"), weights.get("format")
-        if not path or not Path(path).exists():
-            raise ArtifactError(
-                f"{directory / 'manifest.json'} records weights {path!r}, which do not exist here; torch "
-                "eager needs them (restore the file, or leave torch out: --runtime onnxruntime,tensorrt)"
-            )
-    model, _ = build_model(manifest["preset"], config.get("image_size"), path, config.get("seed", 0), fmt)
-    return model
+    from deploykit.workflows.predict import artifact_record
+    from deploykit.workflows.validate import artifact_preset, rebuild_model
+
+    path = directory / ONNX_FILES["fp32"]
+    record = artifact_record(path, meta=None if path.is_file() else {})  # else: the manifest's record
+    weights = weights if with_weights else None
+    if not with_weights:
+        record = replace(record, weights_file=None, weights_state_sha256=None, weights_source="")
+    hint = "pass --weights FILE, or leave torch out: --runtime onnxruntime,tensorrt"
+    args = {"weights": weights, "weights_format": weights_format, "hint": hint}
+    return rebuild_model(path, record, artifact_preset(path, record), None, **args).model
 
 
 @dataclass
@@ -261,6 +262,8 @@ def run_bench(
     iters: int = 30,
     progress: bool = True,
     settle_ms: float = 50.0,
+    weights: str | Path | None = None,
+    weights_format: str | None = None,
 ) -> BenchReport:
     """Benchmark the export ``target`` (an export directory, an ``.onnx`` / engine file in one, or a preset
     name, which is first exported with its default config into a temporary directory) on ``runtimes`` at
@@ -268,7 +271,7 @@ def run_bench(
     once in a shuffled order (after ``settle_ms`` of untimed runs of that case, see the module docstring).
     ``threads`` (default: PyTorch's, i.e. the physical cores) is used by PyTorch, ONNX Runtime and the
     MatMul probe alike. ``progress`` shows the steps and a progress bar on stderr. An existing path wins
-    over a preset of the same name."""
+    over a preset of the same name. ``weights``: the export's, when its recorded weights file moved."""
     batches = parse_batches(batches)
     runtimes = parse_runtimes(runtimes)
     _check_counts(iters=iters, warmup=warmup, settle_ms=settle_ms, threads=threads)
@@ -289,7 +292,7 @@ def run_bench(
         torch.set_num_threads(threads)
         try:
             say(f"building {manifest['preset']} (torch eager, from {directory / 'manifest.json'})")
-            model = _eager_model(manifest, directory, with_weights="torch" in runtimes)
+            model = _eager_model(directory, "torch" in runtimes, weights, weights_format)
             input_size = tuple(int(v) for v in model.input_size)
             gflop_per_image = count_flops(model, input_size) / 1e9
             skipped: list[dict[str, Any]] = []
@@ -462,6 +465,8 @@ def bench_command(
     json_out: str | None,
     plot_out: str | None,
     quiet: bool,
+    weights: str | None = None,
+    weights_format: str | None = None,
 ) -> None:
     """``deploykit bench``: run, print the table and what was skipped, write the JSON and the plot."""
     from rich.console import Console
@@ -478,6 +483,8 @@ def bench_command(
         warmup=warmup,
         iters=iters,
         progress=not quiet,
+        weights=weights,
+        weights_format=weights_format,
     )
     Console(width=max(Console().width, 130)).print(format_table(report))
     for s in report.skipped:

@@ -1,9 +1,12 @@
-"""``deploykit.load(path)``: an exported artifact as a classifier.
+"""``deploykit.load(path)``: an exported artifact as a classifier, and :func:`artifact_record`: what an
+artifact says about itself.
 
-The artifact carries everything needed to use it: an ``.onnx`` file its preprocessing in
-``metadata_props`` (``deploykit.preprocessing``, the preset's data_config), a TensorRT ``.engine``/``.plan``
-in its sidecar JSON (or the ``manifest.json`` beside it). ImageNet-1k class names are bundled for
-1000-class models; other label files are plain text, one label per line.
+The artifact carries everything needed to use it: an ``.onnx`` file in its ``metadata_props``
+(``deploykit.preprocessing``, the data_config; ``deploykit.preset``, ``deploykit.model_args``,
+``deploykit.labels``, ``deploykit.weights_state_sha256``), a TensorRT ``.engine``/``.plan`` in its sidecar
+JSON, either one also in the ``manifest.json`` beside it (which also names the weights file). Class names:
+the ``labels`` argument, else the artifact's own, else the bundled ImageNet-1k names for 1000-class models,
+else ``class i``; label files are plain text, one label per line.
 
 No torch is imported: a device with ONNX Runtime or TensorRT, numpy and Pillow can run this.
 """
@@ -11,8 +14,9 @@ No torch is imported: a device with ONNX Runtime or TensorRT, numpy and Pillow c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +66,7 @@ class Predictor:
         labels: str | Path | Sequence[str] | None = None,
         max_batch: int | None = None,
         artifact: str = "",
+        record: ArtifactRecord | None = None,
     ) -> None:
         self.runner = runner
         self.preprocessing = preprocessing
@@ -69,6 +74,14 @@ class Predictor:
         self.labels = class_labels(num_classes, labels)
         self.max_batch = max_batch
         self.artifact = artifact
+        #: what the artifact records about itself (preset, model args, labels, weights)
+        self.record = record
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the artifact records that it was exported with random weights: its classes mean
+        nothing (False when it records weights, or records nothing about them)."""
+        return bool(self.record is not None and self.record.random_weights)
 
     def label(self, cls: int) -> str:
         return self.labels[cls]
@@ -104,15 +117,209 @@ class Predictor:
         return results
 
 
-# ------------------------------------------------------------------------------------------------ load
+# -------------------------------------------------------------------------------------------- record
 
 
-def _manifest_preprocessing(path: Path) -> dict[str, Any] | None:
-    manifest = path.parent / "manifest.json"
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """What an artifact records about the model it was exported from. Each field comes from the artifact
+    itself (ONNX metadata, an engine's sidecar), else from the ``manifest.json`` beside it when that
+    describes the same export; ``None``: not recorded."""
+
+    path: Path
+    preset: str | None = None
+    #: ``{"num_classes": N, "image_size": S}``; num_classes 0: headless (the output is features)
+    model_args: dict[str, int] | None = None
+    labels: tuple[str, ...] | None = None
+    #: fingerprint of the exported weights' content (deploykit.workflows.model.state_sha256)
+    weights_state_sha256: str | None = None
+    #: where the weights came from: "file", "memory" (a model handed to the Python API), "random"
+    weights_source: str | None = None
+    #: the manifest's record of the weights file: path, sha256 (of the file), format, ...
+    weights_file: dict[str, Any] | None = None
+    seed: int | None = None
+    preprocessing: dict[str, Any] | None = None
+    #: the manifest.json the record was completed from (None: none beside it, or another export's)
+    manifest: Path | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        return (self.model_args or {}).get("num_classes")
+
+    @property
+    def image_size(self) -> int | None:
+        return (self.model_args or {}).get("image_size")
+
+    @property
+    def headless(self) -> bool:
+        return self.num_classes == 0
+
+    @property
+    def random_weights(self) -> bool | None:
+        """True: exported with random weights; False: with weights; None: the artifact does not say."""
+        if self.weights_state_sha256 or self.weights_file or self.weights_source in ("file", "memory"):
+            return False
+        return True if self.weights_source == "random" else None
+
+    def describe_args(self) -> str:
+        args = self.model_args or {}
+        return ", ".join(f"{k} {args[k]}" for k in ("num_classes", "image_size") if k in args) or "?"
+
+
+def _loads(text: Any) -> Any:
     try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("preprocessing")
-    except (OSError, ValueError, AttributeError):
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
         return None
+
+
+def _args(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        return None
+    args = {k: value[k] for k in ("num_classes", "image_size") if isinstance(value.get(k), int)}
+    return args or None
+
+
+def _names(value: Any) -> tuple[str, ...] | None:
+    return tuple(str(v) for v in value) if isinstance(value, list) and value else None
+
+
+@lru_cache(maxsize=8)
+def _onnx_metadata(path: str, mtime_ns: int, size: int) -> dict[str, str]:
+    from deploykit.core.onnx_io import read_onnx_graph
+
+    return {p.key: p.value for p in read_onnx_graph(path).metadata_props}
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (read once per version of the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact not found: {path}")
+    stat = path.stat()
+    return dict(_onnx_metadata(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+def _from_metadata(path: Path, meta: Mapping[str, str]) -> ArtifactRecord:
+    args = _args(_loads(meta.get("deploykit.model_args")))
+    sha = meta.get("deploykit.weights_state_sha256") or None
+    return ArtifactRecord(
+        path,
+        preset=meta.get("deploykit.preset") or None,
+        model_args=args,
+        labels=_names(_loads(meta.get("deploykit.labels"))),
+        weights_state_sha256=sha,
+        # an export that records its model args records the weights' hash whenever it had weights
+        weights_source="random" if args is not None and sha is None else None,
+        preprocessing=_loads(meta.get("deploykit.preprocessing")),
+    )
+
+
+def _from_sidecar(path: Path, sidecar: Mapping[str, Any]) -> ArtifactRecord:
+    random = sidecar.get("random_weights")
+    return ArtifactRecord(
+        path,
+        preset=sidecar.get("preset") if isinstance(sidecar.get("preset"), str) else None,
+        model_args=_args(sidecar.get("model_args")),
+        labels=_names(sidecar.get("labels")),
+        weights_state_sha256=sidecar.get("weights_state_sha256") or None,
+        weights_source="random" if random is True else None,
+        preprocessing=sidecar.get("preprocessing") or None,
+    )
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _manifest_args(manifest: dict[str, Any]) -> dict[str, int] | None:
+    """The model args a manifest records (older manifests: from the I/O shapes)."""
+    model = manifest.get("model")
+    if isinstance(model, dict) and _args(model.get("model_args")):
+        return _args(model.get("model_args"))
+    try:
+        (inp,), (out,) = manifest["io"]["inputs"], manifest["io"]["outputs"]
+        return _args({"num_classes": out["shape"][-1], "image_size": inp["shape"][-1]})
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _from_manifest(path: Path, manifest: dict[str, Any]) -> ArtifactRecord:
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    weights = manifest.get("weights") if isinstance(manifest.get("weights"), dict) else None
+    source = model.get("weights") if model.get("weights") in ("file", "memory", "random") else None
+    if source is None and weights is not None:
+        source = "file"
+    elif source is None and manifest.get("random_weights") is True:
+        source = "random"
+    config = manifest.get("export_config")
+    seed = config.get("seed") if isinstance(config, dict) else None
+    return ArtifactRecord(
+        path,
+        preset=manifest.get("preset") if isinstance(manifest.get("preset"), str) else None,
+        model_args=_manifest_args(manifest),
+        labels=_names(manifest.get("labels")),
+        weights_state_sha256=model.get("weights_state_sha256") or None,
+        weights_source=source,
+        weights_file=weights,
+        seed=seed if isinstance(seed, int) else None,
+        preprocessing=manifest.get("preprocessing")
+        if isinstance(manifest.get("preprocessing"), dict)
+        else None,
+        manifest=path.parent / "manifest.json",
+    )
+
+
+def _same_export(own: ArtifactRecord, other: ArtifactRecord, manifest: dict[str, Any]) -> bool:
+    """Whether the manifest can describe the artifact: nothing both record differs."""
+    if own.preset and other.preset and own.preset != other.preset:
+        return False
+    if own.model_args and other.model_args and own.model_args != other.model_args:
+        return False
+    if own.model_args is not None and isinstance(manifest.get("model"), dict):  # both record the weights
+        return own.weights_state_sha256 == other.weights_state_sha256
+    mine, theirs = own.weights_state_sha256, other.weights_state_sha256
+    return not (mine and theirs and mine != theirs)
+
+
+def artifact_record(
+    path: str | Path,
+    *,
+    meta: Mapping[str, str] | None = None,
+    sidecar: Mapping[str, Any] | None = None,
+) -> ArtifactRecord:
+    """What the artifact ``path`` (``.onnx``, or an engine with its sidecar) records about itself, completed
+    from the ``manifest.json`` beside it when that does not contradict it. ``meta`` (an ONNX file's
+    metadata) and ``sidecar`` (an engine's): when the caller has read them already."""
+    path = Path(path)
+    if path.suffix in ONNX_SUFFIXES:
+        own = _from_metadata(path, meta if meta is not None else onnx_metadata(path))
+    elif path.suffix in ENGINE_SUFFIXES:
+        if sidecar is None:
+            from deploykit.engine.runner import read_sidecar
+
+            sidecar = read_sidecar(path)
+        own = _from_sidecar(path, sidecar)
+    else:
+        raise ArtifactError(
+            f"{path}: unknown artifact type (expected {', '.join(ONNX_SUFFIXES + ENGINE_SUFFIXES)})"
+        )
+    manifest = _read_manifest(path)
+    if manifest is None:
+        return own
+    other = _from_manifest(path, manifest)
+    if not _same_export(own, other, manifest):
+        return own
+    return replace(
+        own, **{f.name: getattr(other, f.name) for f in fields(own) if getattr(own, f.name) is None}
+    )
+
+
+# ------------------------------------------------------------------------------------------------ load
 
 
 def _no_preprocessing(path: Path) -> ArtifactError:
@@ -135,29 +342,41 @@ def load(
         from deploykit.runtime.ort_runner import OrtRunner, default_providers
 
         runner = OrtRunner(path, providers=providers or default_providers(tensorrt=True))
-        meta = runner.session.get_modelmeta().custom_metadata_map
-        record = json.loads(meta["deploykit.preprocessing"]) if "deploykit.preprocessing" in meta else None
-        record = record or _manifest_preprocessing(path)
+        record = artifact_record(path, meta=runner.session.get_modelmeta().custom_metadata_map)
         out_shape = runner.session.get_outputs()[0].shape
         max_batch = None  # the batch axis is dynamic
     elif path.suffix in ENGINE_SUFFIXES:
         from deploykit.engine.runner import TensorRTRunner, read_sidecar
 
         runner = TensorRTRunner(path)
-        record = read_sidecar(path).get("preprocessing") or _manifest_preprocessing(path)
+        record = artifact_record(path, sidecar=read_sidecar(path))
         out_shape = runner.output_shape
         max_batch = runner.batch_range[1]
     else:
         raise ArtifactError(
             f"{path}: unknown artifact type (expected {', '.join(ONNX_SUFFIXES + ENGINE_SUFFIXES)})"
         )
-    if not record:
+    if not record.preprocessing:
         raise _no_preprocessing(path)
-    preprocessing = Preprocessing.from_dict(record)
+    preprocessing = Preprocessing.from_dict(record.preprocessing)
+    if record.headless:
+        raise ArtifactError(
+            f"{path} is a headless export (num_classes 0): it outputs {out_shape[-1]}-dim features, not "
+            "classes, so there is nothing to predict (export with --num-classes N for a classifier)"
+        )
     if len(out_shape) != 2 or not isinstance(out_shape[-1], int) or out_shape[-1] < 1:
         raise ArtifactError(f"{path}: expected one output (batch, classes), found shape {out_shape}")
     num_classes = int(out_shape[-1])
-    return Predictor(runner, preprocessing, num_classes, labels, max_batch, str(path))
+    names = labels if labels is not None else record.labels
+    return Predictor(runner, preprocessing, num_classes, names, max_batch, str(path), record)
+
+
+def random_weights_warning(artifact: str | Path) -> str:
+    """The one line ``deploykit predict`` prints for an artifact exported with random weights."""
+    return (
+        f"warning: {artifact} was exported with random weights (no --weights): its classes are meaningless; "
+        "export with --weights CHECKPOINT for a model that predicts"
+    )
 
 
 def predict_command(
@@ -169,9 +388,9 @@ def predict_command(
     batch_size: int | None = None,
     json_out: str | None = None,
 ) -> None:
-    """``deploykit predict``: classify ``images`` (files or folders) and print a table (and write JSON)."""
-    import json
-
+    """``deploykit predict``: classify ``images`` (files or folders) and print a table (and write JSON);
+    one warning line on stderr when the artifact was exported with random weights."""
+    import click
     from rich.console import Console
     from rich.table import Table
 
@@ -182,6 +401,8 @@ def predict_command(
     files = expand_image_paths(images)
     predictor = load(artifact, labels=labels)
     results = predictor.predict(files, top_k=top_k, batch_size=batch_size)
+    if predictor.random_weights:  # after the images were read: a bad input stays one error line
+        click.echo(random_weights_warning(artifact), err=True)
     table = Table(title=f"{artifact} ({predictor.runner.name})")
     table.add_column("image", overflow="fold")
     for col in ("#", "class", "label", "prob"):

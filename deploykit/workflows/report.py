@@ -1,9 +1,10 @@
 """``report.html``: one self-contained page per export, written next to ``manifest.json`` (and into
 ``rejected/`` for a rejected export), rendered from the manifest alone.
 
-It shows parity per stage against the tolerances, the per-image error distributions, the first diverging
-module when there is one, the FP32 islands of the FP16 graph and why, the lint result, the engine stage and
-the stage timings. With matplotlib installed (extra ``[plot]``) the error bars and distributions are PNG
+It shows what was exported (preset, classes, resolution, class names, the weights, and a warning when they
+were random: the classes then mean nothing), parity per stage against the tolerances, the per-image error
+distributions, the first diverging module when there is one, the FP32 islands of the FP16 graph and why,
+the lint result, the engine stage and the stage timings. With matplotlib installed (extra ``[plot]``) the error bars and distributions are PNG
 charts embedded as data URIs; without it, the same numbers are tables.
 """
 
@@ -186,6 +187,41 @@ def _lint(manifest: dict[str, Any]) -> str:
     return "<h2>TensorRT parser lint</h2>" + _table(["node", "op", "problem"], rows, left=3)
 
 
+def _model(manifest: dict[str, Any]) -> str:
+    """The model's identity: preset, classes and resolution (and where they came from), class names, the
+    weights; a random-weights warning box."""
+    model = manifest.get("model") or {}
+    args = model.get("model_args") or {}
+    classes = args.get("num_classes")
+    weights = manifest.get("weights") or {}
+    labels = manifest.get("labels")
+    inferred = (model.get("inferred") or {}).get("from") or {}
+    names = "none recorded"
+    if labels:
+        names = f"{len(labels)}: {', '.join(map(str, labels[:8]))}{', ...' if len(labels) > 8 else ''}"
+    rows = [
+        ["preset", model.get("preset", manifest.get("preset"))],
+        ["classes", "0 (headless: the output is features)" if classes == 0 else classes],
+        ["input size", f"{args['image_size']} px" if args.get("image_size") else None],
+        ["class names", names],
+        ["weights", model.get("weights")],
+    ]
+    if weights:
+        rows += [["weights file", f"{weights.get('path')} ({weights.get('format')})"]]
+        rows += [["file sha256", str(weights.get("sha256", ""))[:16]]]
+    if model.get("weights_state_sha256"):
+        rows.append(["weights content sha256", model["weights_state_sha256"][:16]])
+    rows += [[f"{k} from", v] for k, v in inferred.items()]
+    warning = ""
+    if manifest.get("random_weights"):
+        warning = (
+            "<div class='box'><b>Random weights</b>: no weights were given, so the export is checked for "
+            "parity but its classes mean nothing. Export with <code>--weights CHECKPOINT</code> for a model "
+            "that predicts.</div>"
+        )
+    return "<h2>Model</h2>" + warning + _table(["", ""], rows, left=2)
+
+
 def _rewrites(manifest: dict[str, Any]) -> str:
     return ", ".join(f"{r['name']} ({r.get('kind', '?')})" for r in manifest["rewrites"]) or "none"
 
@@ -213,6 +249,7 @@ def render_report(manifest: dict[str, Any]) -> str:
         f"<p><small>{escape(versions)}</small></p>",
         _table(["artifact", "MB", "sha256"], artifacts),
         _table(["", "name", "dtype", "shape"], io_rows, left=4),
+        _model(manifest),
         _divergence(manifest),
         "<h2>Parity per stage</h2>",
         _parity(manifest),

@@ -1,6 +1,12 @@
 """``deploykit validate``: the CI gate. Re-runs the PyTorch model and the artifact on the same inputs and
 checks parity against the family's tolerances for the artifact's precision.
 
+The artifact knows what it is (:func:`~deploykit.workflows.predict.artifact_record`): the preset, the
+classes and resolution, the weights' content hash (ONNX metadata or engine sidecar) and the weights file
+(``manifest.json`` beside it). :func:`rebuild_model` rebuilds exactly that model, so ``--model`` and
+``--weights`` are optional; given, they must agree with the record (a contradiction is bad usage, exit 2,
+not a parity failure).
+
 The gate's verdict is a list of :class:`~deploykit.validation.metrics.Check` records: one per gated parity
 metric of every output, one per metric compared with a ``--baseline``, and one for the ``--locate``
 finding when it ran. The exit code, the text summary, ``--json`` and ``--junit`` are all rendered from those
@@ -11,6 +17,7 @@ Exit codes: 0 every record passed, 1 one failed (parity, or a metric regressed),
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -22,9 +29,10 @@ import numpy as np
 
 from deploykit.core.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from deploykit.core.config import ExportConfig, default_config, resolve_config
-from deploykit.core.errors import ArtifactError, ConfigError
+from deploykit.core.errors import ArtifactError, ConfigError, DeployKitError
 from deploykit.core.io import atomic_write_text, sha256_file
 from deploykit.models import get_preset
+from deploykit.models.registry import Preset
 from deploykit.runtime.base import run_batched
 from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.validation.baseline import compare_baseline, read_baseline, regression_dict, write_baseline
@@ -32,6 +40,7 @@ from deploykit.validation.inputs import validation_batch
 from deploykit.validation.locate import LocateReport
 from deploykit.validation.metrics import Check, ParityResult, compare_outputs
 from deploykit.workflows.locate import locate_failure
+from deploykit.workflows.predict import ArtifactRecord, artifact_record
 
 
 def locate_check(locate: LocateReport) -> Check:
@@ -126,11 +135,10 @@ class ValidationReport:
         }
 
 
-def _onnx_runner(path: Path, expected: tuple[int, ...]):
-    from deploykit.core.onnx_io import load_onnx, onnx_precision
+def _onnx_runner(path: Path, proto, expected: tuple[int, ...]):
+    from deploykit.core.onnx_io import onnx_precision
     from deploykit.runtime.ort_runner import OrtRunner
 
-    proto = load_onnx(path)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or tuple(dims[1:]) != tuple(expected):
         raise ArtifactError(
@@ -148,9 +156,154 @@ def _engine_source(path: Path):
     return load_onnx(source) if source.is_file() and source.suffix == ".onnx" else None
 
 
+# ------------------------------------------------------------------------------- the artifact's model
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "?"
+
+
+def artifact_preset(path: str | Path, record: ArtifactRecord | None, model: str | None = None) -> Preset:
+    """The preset ``path`` was exported from: its record's; ``model`` (``--model``) must name the same."""
+    if model is not None:
+        spec = get_preset(model)
+        recorded = record.preset if record is not None else None
+        if recorded and recorded != spec.name:
+            named = model if model == spec.name else f"{model} ({spec.name})"
+            raise ConfigError(
+                f"--model {named} contradicts {path}: it was exported from {recorded} "
+                "(leave --model out: the artifact records its preset)"
+            )
+        return spec
+    if record is None or not record.preset:
+        raise ConfigError(f"{path} records no preset (not exported by deploykit?): pass --model PRESET")
+    return get_preset(record.preset)
+
+
+def _recorded_weights(path: Path, record: ArtifactRecord, hint: str) -> tuple[Path | None, str | None]:
+    """The weights the artifact was exported with, from its record (none: random weights); a file that is
+    not there, or weights no file holds (a model in memory), is a ConfigError saying what to pass."""
+    info = record.weights_file or {}
+    if info.get("path"):
+        weights = Path(str(info["path"]))
+        if not weights.exists():
+            raise ConfigError(
+                f"{path} was exported with weights {weights} (sha256 {_short(info.get('sha256'))}), which "
+                f"are not there: {hint}"
+            )
+        return weights, info.get("format") or None
+    state = _short(record.weights_state_sha256)
+    if record.weights_source == "memory":
+        raise ConfigError(
+            f"{path} was exported from a model in memory (weights state sha256 {state}): pass --weights with "
+            "that model's state_dict (torch.save(model.state_dict(), 'weights.pth'))"
+        )
+    if record.random_weights is False:
+        raise ConfigError(
+            f"{path} was exported with weights (state sha256 {state}) that no manifest.json beside it "
+            f"names: {hint}"
+        )
+    return None, None
+
+
+def rebuild_model(
+    path: str | Path,
+    record: ArtifactRecord,
+    spec: Preset,
+    config: ExportConfig | None = None,
+    *,
+    weights: str | Path | None = None,
+    weights_format: str | None = None,
+    hint: str = "pass --weights FILE",
+):
+    """The model ``path`` was exported from (a :class:`~deploykit.workflows.model.PreparedModel`): the
+    preset at its recorded classes and resolution, the export's seed, the given ``weights`` or else the
+    recorded ones (file there and unchanged), the recorded preprocessing (``config``: tolerances and
+    defaults, the family's by default). Weights whose content differs from the recorded hash, and a config
+    that contradicts the record, are a :class:`ConfigError` naming both; ``hint`` ends the messages about
+    weights the artifact needs and cannot find."""
+    from deploykit.workflows.model import prepare_model, state_sha256
+
+    path = Path(path)
+    config = config or default_config(spec.family)
+    args = record.model_args or {}
+    for key in ("num_classes", "image_size"):
+        asked = getattr(config, key)
+        if key in args and asked is not None and asked != args[key]:
+            raise ConfigError(f"{path} records {key} {args[key]}; the config's {key} {asked} does not fit it")
+    wanted = dataclasses.replace(
+        config,
+        num_classes=args.get("num_classes", config.num_classes),
+        image_size=args.get("image_size", config.image_size),
+        seed=record.seed if record.seed is not None else config.seed,
+        labels=None,
+        preprocessing={},
+    )
+    given = weights is not None
+    if not given:
+        weights, weights_format = _recorded_weights(path, record, hint)
+    what = f"--weights {weights}" if given else f"the recorded weights {weights}"
+    try:
+        prepared = prepare_model(spec.name, config=wanted, weights=weights, weights_format=weights_format)
+    except ConfigError as exc:
+        if weights is None or "contradicts the checkpoint" not in str(exc):
+            raise
+        found = str(exc).split(": ", 1)[-1]
+        raise ConfigError(f"{what} do not fit {path} ({record.describe_args()}): {found}") from None
+    except DeployKitError as exc:
+        if given or weights is None:
+            raise
+        raise ConfigError(f"{what} no longer load ({exc}): {hint}") from None
+    info = prepared.weights_info
+    recorded_file = (record.weights_file or {}).get("sha256")
+    if not given and info is not None and recorded_file and info.sha256 != recorded_file:
+        raise ConfigError(
+            f"{path} was exported with weights {weights} (sha256 {_short(recorded_file)}), which have "
+            f"changed since (sha256 now {_short(info.sha256)}): {hint}"
+        )
+    if weights is not None and (record.weights_state_sha256 or record.random_weights):
+        state = state_sha256(prepared.model)
+        if record.random_weights:
+            raise ConfigError(
+                f"{path} was exported with random weights, but {what} were given (state sha256 "
+                f"{_short(state)}): leave --weights out"
+            )
+        if state != record.weights_state_sha256:
+            raise ConfigError(
+                f"{what} are not the weights {path} was exported with: state sha256 {_short(state)}, the "
+                f"artifact records {_short(record.weights_state_sha256)}"
+            )
+    _recorded_preprocessing(prepared.model, record)
+    return prepared
+
+
+def _recorded_preprocessing(model, record: ArtifactRecord) -> None:
+    """The validation images are made as the export recorded (mean, std, crop, interpolation)."""
+    names = {f.name for f in dataclasses.fields(model.data_config)} - {"input_size"}
+    recorded = {
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in (record.preprocessing or {}).items()
+        if k in names and v is not None
+    }
+    if recorded:
+        model.data_config = dataclasses.replace(model.data_config, **recorded)
+
+
+def _read_artifact(path: Path):
+    """``(record, proto)``: the artifact's record and, for an ONNX file, its checked graph."""
+    if path.suffix in ONNX_SUFFIXES:
+        from deploykit.core.onnx_io import load_onnx
+
+        proto = load_onnx(path)
+        return artifact_record(path, meta={p.key: p.value for p in proto.metadata_props}), proto
+    if path.suffix in ENGINE_SUFFIXES:
+        return artifact_record(path), None
+    raise ArtifactError(
+        f"{path}: unknown artifact type (expected {', '.join(ONNX_SUFFIXES + ENGINE_SUFFIXES)})"
+    )
+
+
 def validate_artifact(
     artifact: str | Path,
-    preset: str,
+    preset: str | None = None,
     *,
     weights: str | Path | None = None,
     inputs_dir: str | Path | None = None,
@@ -158,28 +311,26 @@ def validate_artifact(
     weights_format: str | None = None,
     locate: bool = False,
 ) -> ValidationReport:
-    """Parity of ``artifact`` against the PyTorch preset; with ``locate``, a failure is traced to the first
-    diverging module (no extra work when parity holds)."""
-    from deploykit.workflows.state import build_model
-
+    """Parity of ``artifact`` against the PyTorch model it was exported from (its recorded preset, model
+    args and weights; ``preset`` and ``weights``, when given, must agree with the record: see
+    :func:`rebuild_model`); with ``locate``, a failure is traced to the first diverging module (no extra
+    work when parity holds)."""
     path = Path(artifact)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
-    spec = get_preset(preset)
+    record, proto = _read_artifact(path)
+    spec = artifact_preset(path, record, preset)
     config = config or default_config(spec.family)
-    model, weights_info = build_model(spec.name, config.image_size, weights, config.seed, weights_format)
-    if path.suffix in ONNX_SUFFIXES:
-        runner, precision, graph = _onnx_runner(path, tuple(model.input_size))
+    prepared = rebuild_model(path, record, spec, config, weights=weights, weights_format=weights_format)
+    model, weights_info = prepared.model, prepared.weights_info
+    if proto is not None:
+        runner, precision, graph = _onnx_runner(path, proto, tuple(model.input_size))
         runtime = runner.name
-    elif path.suffix in ENGINE_SUFFIXES:
+    else:
         from deploykit.engine.runner import TensorRTRunner
 
         runner = TensorRTRunner(path)
         precision, runtime, graph = runner.precision, runner.name, None
-    else:
-        raise ArtifactError(
-            f"{path}: unknown artifact type (expected {', '.join(ONNX_SUFFIXES + ENGINE_SUFFIXES)})"
-        )
     count = config.num_images if precision == "fp32" else max(config.num_images, 64)
     batch = validation_batch(model.data_config, count, config.seed, inputs_dir)
     reference = run_batched(TorchRunner(model), batch.images, config.batch.max)
@@ -195,6 +346,8 @@ def validate_artifact(
         "images": len(batch),
         "inputs": str(inputs_dir) if inputs_dir else "built-in",
         "weights": weights_info.to_dict() if weights_info else None,
+        "model_args": dict(prepared.model_args),
+        "random_weights": prepared.random_weights,
     }
     report = ValidationReport(
         artifact=str(path), preset=spec.name, precision=precision, runtime=runtime, parity=parity, facts=facts
@@ -267,7 +420,7 @@ def write_junit(report: ValidationReport, path: str | Path) -> None:
 def validate_command(
     artifact: str | Path,
     *,
-    model: str,
+    model: str | None = None,
     weights: str | Path | None = None,
     weights_format: str | None = None,
     inputs_dir: str | Path | None = None,
@@ -278,15 +431,22 @@ def validate_command(
     baseline_path: str | Path | None = None,
     update_baseline: bool = False,
 ) -> int:
-    """``deploykit validate``: validate, write the requested reports, print the summary; the exit code."""
+    """``deploykit validate``: validate, write the requested reports, print the summary; the exit code.
+    ``model``: the preset, by default the one the artifact records."""
     if update_baseline and not baseline_path:
         raise ConfigError("--update-baseline needs --baseline FILE")
-    preset = get_preset(model)
+    path = Path(artifact)
+    if model is None:
+        if not path.is_file():
+            raise ArtifactError(f"artifact not found: {path}")
+        preset = artifact_preset(path, artifact_record(path))
+    else:
+        preset = get_preset(model)  # checked against the artifact's record by validate_artifact
     config = resolve_config(preset.family, config_path)
     baseline = read_baseline(baseline_path) if baseline_path and not update_baseline else None
     report = validate_artifact(
         artifact,
-        preset.name,
+        model if model is not None else preset.name,
         weights=weights,
         inputs_dir=inputs_dir,
         config=config,
