@@ -86,6 +86,14 @@ CASES = {
     ),
     "image strip to predict": (["predict", "{out}/model.onnx", "{root}/strip.png"], "aspect ratio over 32:1"),
     "missing artifact": (["validate", "{root}/gone.onnx"], "not found"),
+    "model name with a trailing newline": (
+        ["triton", "{out}", "--repo", "{root}/repo", "--name", "hvt\n"],
+        "model name 'hvt\\n' may only hold",
+    ),
+    "max batch beyond the profile": (
+        ["triton", "{out}", "--repo", "{root}/repo", "--max-batch", "100000"],
+        "--max-batch",
+    ),
 }
 
 
@@ -100,3 +108,15 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(world, name):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr and "this ran" not in proc.stdout + proc.stderr
     assert tree(world["root"]) == before  # nothing new, the previous artifact untouched
+
+
+def test_concurrent_triton_runs_into_one_repository_take_different_versions(world, tmp_path):
+    import concurrent.futures
+
+    from deploykit.serving.repository import write_repository
+
+    repo = tmp_path / "repo"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: write_repository(world["out"], repo), range(2)))
+    assert sorted(r.version for r in results) == [1, 2] and not any(r.replaced for r in results)
+    assert sorted(p.name for p in (repo / "hvt_ti_1").iterdir() if p.is_dir()) == ["1", "2"]

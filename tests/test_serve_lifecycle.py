@@ -119,3 +119,46 @@ def test_the_default_log_is_private_and_a_planted_symlink_is_not_followed(repo, 
     folder = default.log_path.parent
     assert folder.name.startswith(f"deploykit-triton-{os.getpid()}-log-")
     assert (folder.stat().st_mode & 0o777) == 0o700 and (default.log_path.stat().st_mode & 0o777) == 0o600
+
+
+def test_bad_images_are_the_clients_fault_and_fail_only_their_own_requests(repo):
+    import concurrent.futures
+
+    import numpy as np
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    from deploykit.validation.inputs import PHOTOS
+
+    photos = Path(__file__).resolve().parents[1] / "deploykit" / "data" / "photos"
+    good = [(photos / f"{name}.jpg").read_bytes() for name in PHOTOS[:4]]
+    bad = [b"", b"\x00\x01random bytes", good[0][: len(good[0]) // 3]]  # empty, random, truncated JPEG
+    proc = serve(repo)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving"), proc.stderr.read()
+        port = next(ln for ln in iter(proc.stdout.readline, "") if "HTTP" in ln).rsplit(":", 1)[1].strip()
+
+        def classify(blob: bytes):
+            client = http.InferenceServerClient(f"127.0.0.1:{port}")
+            tensor = http.InferInput("IMAGE", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[blob]], dtype=object))
+            try:
+                return client.infer("hvt_ti_1_classify", [tensor]).as_numpy("CLASSES")
+            except InferenceServerException as exc:
+                return exc
+            finally:
+                client.close()
+
+        blobs = [b for pair in zip(good, bad + [good[-1]]) for b in pair]  # interleaved: merged batches
+        with concurrent.futures.ThreadPoolExecutor(len(blobs)) as pool:
+            answers = list(pool.map(classify, blobs))
+        for blob, answer in zip(blobs, answers):
+            if blob in bad:
+                assert isinstance(answer, InferenceServerException), answer
+                assert answer.status() == "400" and "0x" not in answer.message(), answer
+            else:
+                assert not isinstance(answer, Exception) and answer.shape == (1, 5), answer
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,8 @@ def _decode(source: Path | io.BytesIO, what: str) -> Image.Image:
     except InputError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise InputError(f"{what}: {err}") from None
+        reason = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(err)) or type(err).__name__  # no addresses
+        raise InputError(f"{what}: {reason}") from None
 
 
 def check_size(size: tuple[int, int], what: str) -> None:

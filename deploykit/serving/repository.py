@@ -19,6 +19,7 @@ a new run adds the next version number; replacing an existing one needs ``force`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -42,7 +43,7 @@ PRECISIONS = ("fp32", "fp16")
 TRITON_TYPES = {"float": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 IMAGE_INPUT = "IMAGE"
 TOPK_OUTPUTS = (("CLASSES", "TYPE_INT64"), ("PROBS", "TYPE_FP32"), ("LABELS", "TYPE_STRING"))
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: "$" would accept a trailing newline
 
 
 @dataclass
@@ -316,14 +317,15 @@ def write_repository(
     label_lines = class_labels(export.output_dims[-1], labels if labels is not None else record.labels)
     configs = model_configs(export, options)
     repo = _open_repository(repo)
-    version, replaced = _choose_version(repo, list(configs), version, force)
-    _publish(repo, version, _version_files(options, source, target_name, label_lines), configs)
+    with _locked(repo):  # two `deploykit triton` runs into one repository: one after the other
+        version, replaced = _choose_version(repo, list(configs), version, force)
+        _publish(repo, version, _version_files(options, source, target_name, label_lines), configs)
     return RepositoryResult(repo, name, version, backend, list(configs), replaced=replaced)
 
 
 def _check_choices(name: str, *, backend: str, kind: str, precision: str, ort_tensorrt: bool) -> None:
     """The model name and the options that must be one of a fixed set (ConfigError, exit 2, otherwise)."""
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"model name {name!r} may only hold letters, digits, '_', '.' and '-'")
     for what, value, allowed in (
         ("backend", backend, BACKENDS),
@@ -402,11 +404,27 @@ def _version_files(
     }
 
 
+@contextlib.contextmanager
+def _locked(repo: Path):
+    """An exclusive lock on the repository (``.deploykit-triton.lock``) while versions are chosen and
+    written, so concurrent runs never both take the same version."""
+    import fcntl
+
+    with open(repo / ".deploykit-triton.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _publish(
     repo: Path, version: int, files: dict[str, dict[str, bytes | Path]], configs: dict[str, dict[str, Any]]
 ) -> None:
     """Stage every model's version directory, then rename each into place and write its config.pbtxt."""
     staged: dict[str, Path] = {}
+    created = [repo / model for model in files if not (repo / model).exists()]
+    published = False
     try:
         for model, contents in files.items():
             staged[model] = _staging_dir(repo / model)
@@ -414,11 +432,16 @@ def _publish(
         for model, stage in staged.items():  # every file is in place: publish versions, then configs
             _rename_into_place(stage, repo / model / str(version))
             atomic_write_text(repo / model / "config.pbtxt", to_pbtxt(configs[model]) + "\n")
+        published = True
     except OSError as exc:
-        raise ArtifactError(f"cannot write the repository {repo}: {exc.strerror or exc}") from None
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ArtifactError(f"cannot write the repository {repo}: {exc.strerror or exc}{where}") from None
     finally:  # a failure leaves no staging directory behind (published ones were renamed away)
         for stage in staged.values():
             shutil.rmtree(stage, ignore_errors=True)
+        for folder in created if not published else ():
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: a model folder this run created and filled with nothing
 
 
 def _staging_dir(model_dir: Path) -> Path:
