@@ -57,7 +57,38 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (root / "seed.toml").write_text('family = "hvt"\n[validation]\nseed = -1\n')
     (root / "seed66.toml").write_text(f'family = "hvt"\n[validation]\nseed = {2**66}\n')
     (root / "prep.toml").write_text('family = "hvt"\n[preprocessing]\nmean = [0.5, 0.5]\n')
+    _odd_graphs(root)
     return {"root": root, "out": out}
+
+
+def _odd_graphs(root: Path) -> None:
+    """Small graphs that break the image-classifier contract (with deploykit's preprocessing record)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    record = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3}
+    reduce = [helper.make_node("ReduceMean", ["x"], ["logits"], axes=[2, 3], keepdims=0)]
+    zero = helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0])
+    graphs = {
+        "int64": ("input", TensorProto.INT64, ["batch", 3, 32, 32], 1, record),
+        "two_inputs": ("input", TensorProto.FLOAT, ["batch", 3, 32, 32], 2, record),
+        "other_size": ("input", TensorProto.FLOAT, ["batch", 3, 48, 48], 1, record),
+        "mean2": ("input", TensorProto.FLOAT, ["batch", 3, 32, 32], 1, {**record, "mean": [0.5, 0.5]}),
+        "nan": ("input", TensorProto.FLOAT, ["batch", 3, 32, 32], 1, record),
+        "static1": ("input", TensorProto.FLOAT, [1, 3, 32, 32], 1, record),
+    }
+    for name, (inp, dtype, shape, n_inputs, meta) in graphs.items():
+        inputs = [helper.make_tensor_value_info(f"{inp}{i or ''}", dtype, shape) for i in range(n_inputs)]
+        nodes = [helper.make_node("Identity", [inputs[0].name], ["x"])] + reduce
+        if name == "nan":
+            nodes = [helper.make_node("Identity", ["input"], ["x0"]), helper.make_node("Div", ["x0", "z"], ["x1"]),
+                     helper.make_node("Mul", ["x1", "z"], ["x"])] + reduce  # fmt: skip
+        out = helper.make_tensor_value_info("logits", dtype, [shape[0], 3])
+        graph = helper.make_graph(nodes, name, inputs, [out], [zero] if name == "nan" else [])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.metadata_props.add(key="deploykit.preprocessing", value=json.dumps(meta))
+        onnx.save(model, str(root / f"{name}.onnx"))
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(root / "green.png")
 
 
 EXPORT = ["export", "hvt_ti_1", "--image-size", "64", "--no-engine", "--quiet", "--out", "{out}"]
@@ -86,6 +117,13 @@ CASES = {
     ),
     "image strip to predict": (["predict", "{out}/model.onnx", "{root}/strip.png"], "aspect ratio over 32:1"),
     "missing artifact": (["validate", "{root}/gone.onnx"], "not found"),
+    "int64 input": (["predict", "{root}/int64.onnx", "{root}/green.png"], "not a float image"),
+    "two inputs": (["predict", "{root}/two_inputs.onnx", "{root}/green.png"], "has 2 inputs"),
+    "input of another size": (["predict", "{root}/other_size.onnx", "{root}/green.png"], "has shape"),
+    "two-element mean in the record": (
+        ["predict", "{root}/mean2.onnx", "{root}/green.png"],
+        "does not fit 3",
+    ),
     "model name with a trailing newline": (
         ["triton", "{out}", "--repo", "{root}/repo", "--name", "hvt\n"],
         "model name 'hvt\\n' may only hold",
@@ -120,3 +158,13 @@ def test_concurrent_triton_runs_into_one_repository_take_different_versions(worl
         results = list(pool.map(lambda _: write_repository(world["out"], repo), range(2)))
     assert sorted(r.version for r in results) == [1, 2] and not any(r.replaced for r in results)
     assert sorted(p.name for p in (repo / "hvt_ti_1").iterdir() if p.is_dir()) == ["1", "2"]
+
+
+def test_predict_fails_on_nan_and_runs_a_static_batch(world):
+    root = world["root"]
+    nan = subprocess.run([*DK, "predict", f"{root}/nan.onnx", f"{root}/green.png", "--json", f"{root}/x.json"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert nan.returncode == 1 and "output NaN/Inf" in nan.stderr and not (root / "x.json").exists()
+    images = [f"{root}/green.png"] * 3  # three images through a graph with a fixed batch of 1
+    static = subprocess.run([*DK, "predict", f"{root}/static1.onnx", *images], capture_output=True, text=True)
+    assert static.returncode == 0 and static.stdout.count("class 0") == 3, static.stderr

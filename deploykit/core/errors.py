@@ -54,6 +54,12 @@ class ParityError(DeployKitError):
     exit_code = 1
 
 
+class NonFiniteOutputError(DeployKitError):
+    """An artifact produced NaN or Inf: like a parity failure, the result cannot be trusted."""
+
+    exit_code = 1
+
+
 class EngineUnavailableError(DeployKitError):
     """TensorRT or a CUDA GPU is not available on this machine."""
 

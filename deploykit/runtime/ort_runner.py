@@ -43,9 +43,39 @@ class OrtRunner:
         self.input_dtype = np.float16 if "float16" in self.input.type else np.float32
         self.name = f"{name}[{self.providers[0]}]"
 
+    @property
+    def static_batch(self) -> int | None:
+        """The graph's fixed batch size, or None when its batch axis is dynamic."""
+        first = self.input.shape[0] if self.input.shape else None
+        return first if isinstance(first, int) and first > 0 else None
+
+    def check_image_input(self, chw: tuple[int, int, int], what: str) -> None:
+        """One clear error unless the graph takes exactly one float ``(batch, C, H, W)`` image input of
+        these C, H, W (a static batch size is fine: :meth:`run` feeds it chunk by chunk)."""
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            names = ", ".join(i.name for i in inputs)
+            raise ArtifactError(f"{what} has {len(inputs)} inputs ({names}); an image classifier has one")
+        if self.input.type not in ("tensor(float)", "tensor(float16)"):
+            raise ArtifactError(f"{what}: input {self.input_name!r} is {self.input.type}, not a float image")
+        shape = list(self.input.shape)
+        if len(shape) != 4 or tuple(shape[1:]) != tuple(chw):
+            raise ArtifactError(
+                f"{what}: input {self.input_name!r} has shape {shape}, the recorded preprocessing makes "
+                f"(batch, {', '.join(map(str, chw))})"
+            )
+
     def run(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})[0]
-        return out.astype(np.float32)
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        static = self.static_batch
+        if static is None or len(x) == static:
+            return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+        chunks = []
+        for start in range(0, len(x), static):  # a fixed batch size: full chunks, the last one padded
+            part = x[start : start + static]
+            padded = np.concatenate([part, np.zeros((static - len(part), *part.shape[1:]), part.dtype)])
+            chunks.append(self.session.run(None, {self.input_name: padded})[0][: len(part)])
+        return np.concatenate(chunks).astype(np.float32)
 
 
 def default_providers(tensorrt: bool = False) -> list[str]:

@@ -69,7 +69,7 @@ class Preprocessing:
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         """From a recorded ``data_config`` (JSON: lists instead of tuples; unknown keys are ignored)."""
         try:
-            return cls(
+            record = cls(
                 input_size=tuple(int(v) for v in data["input_size"]),
                 mean=tuple(float(v) for v in data["mean"]),
                 std=tuple(float(v) for v in data["std"]),
@@ -77,7 +77,15 @@ class Preprocessing:
                 crop_pct=float(data.get("crop_pct", 0.875)),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid preprocessing record {data!r}: {exc}") from None
+            raise ConfigError(f"invalid preprocessing record {str(data)[:200]}: {exc}") from None
+        for name in ("mean", "std"):
+            values = getattr(record, name)
+            if len(values) not in (1, record.input_size[0]) or (name == "std" and min(values) <= 0):
+                raise ConfigError(
+                    f"invalid preprocessing record: {name} {list(values)} does not fit "
+                    f"{record.input_size[0]} channel(s)"
+                )
+        return record
 
     def to_dict(self) -> dict[str, Any]:
         return {

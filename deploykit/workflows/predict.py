@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from deploykit.core.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES
-from deploykit.core.errors import ArtifactError, ConfigError, InputError
+from deploykit.core.errors import ArtifactError, ConfigError, InputError, NonFiniteOutputError
 from deploykit.runtime.base import Runner, run_batched
 from deploykit.runtime.postprocess import class_labels, softmax, topk_indices
 from deploykit.runtime.preprocess import ImageLike, Preprocessing, _is_single, image_name
@@ -110,7 +110,16 @@ class Predictor:
         results: list[Prediction] = []
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
-            probs = softmax(self.run(self.preprocessing(chunk)))
+            logits = self.run(self.preprocessing(chunk))
+            if not np.isfinite(logits).all():
+                bad = [
+                    image_name(chunk[i], start + i) for i in np.flatnonzero(~np.isfinite(logits).all(axis=1))
+                ]
+                raise NonFiniteOutputError(
+                    f"{self.runner.name} output NaN/Inf for {', '.join(bad)}: the result cannot be trusted "
+                    "(deploykit validate --locate shows where it starts)"
+                )
+            probs = softmax(logits)
             for offset, (row, order) in enumerate(zip(probs, topk_indices(probs, k))):
                 top = tuple(TopK(int(c), self.label(int(c)), float(row[c])) for c in order)
                 results.append(Prediction(image_name(chunk[offset], start + offset), top))
@@ -359,6 +368,8 @@ def load(
     if not record.preprocessing:
         raise _no_preprocessing(path)
     preprocessing = Preprocessing.from_dict(record.preprocessing)
+    if path.suffix in ONNX_SUFFIXES:
+        runner.check_image_input(tuple(preprocessing.input_size), str(path))
     if record.headless:
         raise ArtifactError(
             f"{path} is a headless export (num_classes 0): it outputs {out_shape[-1]}-dim features, not "
