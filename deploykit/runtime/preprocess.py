@@ -54,8 +54,8 @@ class Preprocessing:
     crop_pct: float = 0.875
 
     def __post_init__(self) -> None:
-        if len(self.input_size) != 3 or any(int(d) < 1 for d in self.input_size):
-            raise ConfigError(f"input_size must be (C, H, W), got {self.input_size!r}")
+        if len(self.input_size) != 3 or any(not 1 <= int(d) <= 8192 for d in self.input_size):
+            raise ConfigError(f"input_size must be (C, H, W) with sides up to 8192, got {self.input_size!r}")
         if int(self.input_size[0]) not in (1, 3):
             raise ConfigError(f"images have 1 or 3 channels, input_size asks for {self.input_size[0]}")
         if self.interpolation not in INTERPOLATIONS:

@@ -30,7 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from deploykit.core.errors import ArtifactError, ConfigError
+from deploykit.core.config import BatchProfile
+from deploykit.core.errors import ArtifactError, ConfigError, first_line
 from deploykit.core.io import atomic_write_text, ordinary_mode, sha256_file
 from deploykit.runtime.postprocess import class_labels
 from deploykit.serving.pbtxt import Enum, to_pbtxt
@@ -80,21 +81,30 @@ def read_export(export_dir: str | Path) -> _Export:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         io = manifest["io"]
         (inp,), (out,) = io["inputs"], io["outputs"]
+        in_dims, out_dims = [int(d) for d in inp["shape"][1:]], [int(d) for d in out["shape"][1:]]
+        batch = BatchProfile(**{k: manifest["export_config"]["batch"][k] for k in ("min", "opt", "max")})
+        if len(in_dims) != 3 or len(out_dims) != 1 or min(in_dims + out_dims) < 1:
+            raise ValueError(
+                f"input {inp['shape']} / output {out['shape']} is not (batch, C, H, W) -> (batch, N)"
+            )
+        if not isinstance(manifest["artifacts"], dict) or not isinstance(manifest["preprocessing"], dict):
+            raise TypeError("'artifacts' and 'preprocessing' must be JSON objects")
         return _Export(
             path,
-            manifest["preset"],
-            inp["name"],
-            out["name"],
-            [int(d) for d in inp["shape"][1:]],
-            [int(d) for d in out["shape"][1:]],
-            {k: int(v) for k, v in manifest["export_config"]["batch"].items()},
+            str(manifest["preset"]),
+            str(inp["name"]),
+            str(out["name"]),
+            in_dims,
+            out_dims,
+            {"min": batch.min, "opt": batch.opt, "max": batch.max},
             manifest["preprocessing"],
             manifest,
         )
     except FileNotFoundError:
         raise ArtifactError(f"{path} has no manifest.json (not a deploykit export directory?)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{manifest_path} is not a readable deploykit manifest: {exc!r}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, ConfigError) as exc:
+        reason = f"{type(exc).__name__}: {first_line(exc)}"[:200]
+        raise ArtifactError(f"{manifest_path} is not a readable deploykit manifest ({reason})") from None
 
 
 def _artifact(export: _Export, backend: str, precision: str) -> tuple[Path, str]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from deploykit.core.config import MAX_BATCH
 from deploykit.core.errors import ArtifactError, ConfigError, UnknownModelError, first_line
 from deploykit.workflows.bench_measure import (
     INPUT_SEED,
@@ -64,12 +65,12 @@ def parse_batches(text: str | Sequence[int]) -> tuple[int, ...]:
     parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
     try:
         values = tuple(int(p) for p in parts)
-        ok = bool(values) and all(v >= 1 for v in values) and len(set(values)) == len(values)
+        ok = bool(values) and all(1 <= v <= MAX_BATCH for v in values) and len(set(values)) == len(values)
     except (TypeError, ValueError):
         ok = False
     if not ok:
         raise ConfigError(
-            f"--batch takes distinct positive integers separated by commas (e.g. 1,8), got {text!r}"
+            f"--batch takes distinct integers in [1, {MAX_BATCH}] separated by commas (e.g. 1,8), got {text!r}"
         )
     return values
 
