@@ -105,20 +105,27 @@ def build_command(
     config = load_config(config_path) if config_path else ExportConfig(family="any")
     if batch:
         config = dataclasses.replace(config, batch=BatchProfile.parse(batch))
-    out = ensure_writable_dir(Path(out_dir) if out_dir else source.parent)
+    out = Path(out_dir) if out_dir else source.parent
+    created = not out.exists()
+    ensure_writable_dir(out)
     cache = Path(timing_cache) if timing_cache else out / "timing.cache"
     name, chw = onnx_input(source, proto)
-    outcome = build_or_script(
-        source,
-        engine_path=out / f"{source.name.removesuffix('.onnx')}.engine",
-        config=config,
-        timing_cache=cache,
-        script_cache_name=cache.name,
-        input_name=name,
-        input_chw=chw,
-        expect_fp16=onnx_precision(proto) == "fp16",
-        script_dir=out,
-    )
+    try:
+        outcome = build_or_script(
+            source,
+            engine_path=out / f"{source.name.removesuffix('.onnx')}.engine",
+            config=config,
+            timing_cache=cache,
+            script_cache_name=cache.name,
+            input_name=name,
+            input_chw=chw,
+            expect_fp16=onnx_precision(proto) == "fp16",
+            script_dir=out,
+        )
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a failed or interrupted build leaves no empty folder behind
+        raise
     if outcome.result is None and out.resolve() != source.parent.resolve():
         shutil.copyfile(source, out / source.name)  # the script builds the file beside it
     if outcome.result is None:
