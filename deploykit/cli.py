@@ -136,72 +136,11 @@ def list_cmd(pattern: str | None) -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_handle_errors
-def export_cmd(
-    model: str,
-    config_path: str | None,
-    out_dir: str | None,
-    opset: int | None,
-    batch: str | None,
-    weights: str | None,
-    weights_format: str | None,
-    exporter: str | None,
-    no_simplify: bool,
-    inputs_dir: str | None,
-    fp16: bool,
-    fp16_io: bool,
-    no_engine: bool,
-    timing_cache: str | None,
-    image_size: int | None,
-    num_classes: int | None,
-    labels: str | None,
-    crop_pct: float | None,
-    mean: str | None,
-    std: str | None,
-    interpolation: str | None,
-    quiet: bool,
-) -> None:
+def export_cmd(model: str, **options: Any) -> None:
     """Export MODEL (a preset or family alias) to a validated, simplified, dynamic-batch ONNX file."""
     from deploykit.workflows.pipeline import export_command
 
-    export_command(
-        model,
-        config_path=config_path,
-        out_dir=out_dir,
-        opset=opset,
-        batch=batch,
-        weights=weights,
-        weights_format=weights_format,
-        exporter=exporter,
-        no_simplify=no_simplify,
-        inputs_dir=inputs_dir,
-        fp16=fp16,
-        fp16_io=fp16_io,
-        no_engine=no_engine,
-        timing_cache=timing_cache,
-        quiet=quiet,
-        image_size=image_size,
-        num_classes=num_classes,
-        labels=labels,
-        preprocessing=_preprocessing_flags(
-            crop_pct=crop_pct, mean=mean, std=std, interpolation=interpolation
-        ),
-    )
-
-
-def _floats(name: str, text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
-
-
-def _preprocessing_flags(**flags: object) -> dict:
-    """The preprocessing flags given (the config's values stay for the others)."""
-    flags["mean"] = _floats("--mean", flags["mean"])
-    flags["std"] = _floats("--std", flags["std"])
-    return {k: v for k, v in flags.items() if v is not None}
+    export_command(model, **options)
 
 
 @cli.command("inspect")
@@ -250,19 +189,7 @@ def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
 )
 @click.option("--update-baseline", is_flag=True, help="Write the metrics to --baseline instead of comparing.")
 @_handle_errors
-def validate_cmd(
-    artifact: str,
-    model: str | None,
-    weights: str | None,
-    weights_format: str | None,
-    inputs_dir: str | None,
-    config_path: str | None,
-    json_out: str | None,
-    junit_out: str | None,
-    locate: bool,
-    baseline_path: str | None,
-    update_baseline: bool,
-) -> None:
+def validate_cmd(artifact: str, **options: Any) -> None:
     """Check ARTIFACT (.onnx, or a TensorRT .engine) against the PyTorch model it was exported from.
 
     The artifact records its preset, classes, resolution and weights: the model is rebuilt from that.
@@ -271,20 +198,7 @@ def validate_cmd(
     """
     from deploykit.workflows.validate import validate_command
 
-    code = validate_command(
-        artifact,
-        model=model,
-        weights=weights,
-        weights_format=weights_format,
-        inputs_dir=inputs_dir,
-        config_path=config_path,
-        json_out=json_out,
-        junit_out=junit_out,
-        locate=locate,
-        baseline_path=baseline_path,
-        update_baseline=update_baseline,
-    )
-    sys.exit(code)
+    sys.exit(validate_command(artifact, **options))
 
 
 @cli.command("predict")
@@ -339,9 +253,7 @@ def predict_cmd(
     help="Output directory (default: beside the ONNX file).",
 )
 @_handle_errors
-def build_cmd(
-    onnx_file: str, batch: str | None, config_path: str | None, timing_cache: str | None, out_dir: str | None
-) -> None:
+def build_cmd(onnx_file: str, **options: Any) -> None:
     """Build a TensorRT engine (10.3+ or 11.x) from ONNX_FILE, strongly typed: FP16 comes from an FP16 graph.
 
     Exit 0 built; 1 an FP16 graph came out FP32; 2 bad input or build failure; 3 TensorRT or a GPU is
@@ -349,7 +261,7 @@ def build_cmd(
     """
     from deploykit.workflows.build import build_command
 
-    build_command(onnx_file, batch=batch, config_path=config_path, timing_cache=timing_cache, out_dir=out_dir)
+    build_command(onnx_file, **options)
 
 
 @cli.command("triton")
@@ -386,42 +298,12 @@ def build_cmd(
     "--ort-tensorrt", is_flag=True, help="onnxruntime on GPU: enable the TensorRT execution accelerator."
 )
 @_handle_errors
-def triton_cmd(
-    export_dir: str,
-    repo: str,
-    name: str | None,
-    backend: str,
-    precision: str,
-    max_batch: int | None,
-    instances: int,
-    kind: str,
-    queue_delay_us: int,
-    top_k: int,
-    labels: str | None,
-    version: int | None,
-    force: bool,
-    ort_tensorrt: bool,
-) -> None:
+def triton_cmd(export_dir: str, repo: str, **options: Any) -> None:
     """Write a Triton model repository for EXPORT_DIR: NAME, NAME_preprocess, NAME_postprocess and the
     ensemble NAME_classify (image bytes in, top-k classes out)."""
     from deploykit.serving.commands import triton_command
 
-    triton_command(
-        export_dir,
-        repo,
-        name=name,
-        backend=backend,
-        max_batch=max_batch,
-        instances=instances,
-        kind=kind,
-        queue_delay_us=queue_delay_us,
-        precision=precision,
-        version=version,
-        force=force,
-        top_k=top_k,
-        labels=labels,
-        ort_tensorrt=ort_tensorrt,
-    )
+    triton_command(export_dir, repo, **options)
 
 
 @cli.command("serve")
@@ -439,15 +321,7 @@ def triton_cmd(
     "--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for ready."
 )
 @_handle_errors
-def serve_cmd(
-    repo: str,
-    http_port: int,
-    grpc_port: int,
-    metrics_port: int,
-    host: str,
-    log_path: str | None,
-    startup_timeout: float,
-) -> None:
+def serve_cmd(repo: str, **options: Any) -> None:
     """Serve REPO with a real Triton Inference Server until SIGINT/SIGTERM.
 
     Exit 0 stopped cleanly; 1 the server failed (a model did not load, it died: the reason and the log
@@ -455,15 +329,7 @@ def serve_cmd(
     """
     from deploykit.serving.commands import serve_command
 
-    serve_command(
-        repo,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        host=host,
-        log_path=log_path,
-        startup_timeout=startup_timeout,
-    )
+    serve_command(repo, **options)
 
 
 @cli.command("bench")
@@ -497,37 +363,13 @@ def serve_cmd(
 )
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @_handle_errors
-def bench_cmd(
-    target: str,
-    batch: str,
-    runtime: str,
-    threads: int | None,
-    warmup: int,
-    iters: int,
-    json_out: str | None,
-    plot_out: str | None,
-    weights: str | None,
-    weights_format: str | None,
-    quiet: bool,
-) -> None:
+def bench_cmd(target: str, **options: Any) -> None:
     """Latency of ARTIFACT (an export directory, or an .onnx / engine file in one) or of PRESET (exported
     into a temporary directory first) on PyTorch eager, ONNX Runtime FP32/FP16 and TensorRT, interleaved
     in one process: min/p50/p90/p99/mean ms, images/s, ratio to eager, GFLOP/s beside the MatMul ceiling."""
     from deploykit.workflows.bench import bench_command
 
-    bench_command(
-        target,
-        batch=batch,
-        runtime=runtime,
-        threads=threads,
-        warmup=warmup,
-        iters=iters,
-        json_out=json_out,
-        plot_out=plot_out,
-        quiet=quiet,
-        weights=weights,
-        weights_format=weights_format,
-    )
+    bench_command(target, **options)
 
 
 def main() -> None:

@@ -170,6 +170,22 @@ def _override(config: ExportConfig, **changes) -> ExportConfig:
     return dataclasses.replace(config, **kept) if kept else config
 
 
+def _floats(name: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{name} takes comma-separated numbers, got {text!r}") from None
+
+
+def _preprocessing_flags(**flags: object) -> dict:
+    """The preprocessing flags given (the config's values stay for the others)."""
+    flags["mean"] = _floats("--mean", flags["mean"])
+    flags["std"] = _floats("--std", flags["std"])
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 class StderrProgress:
     """Per-stage progress lines on stderr, with the time since the start (``quiet``: none)."""
 
@@ -202,9 +218,14 @@ def export_command(
     image_size: int | None = None,
     num_classes: int | None = None,
     labels: str | None = None,
-    preprocessing: dict | None = None,
+    crop_pct: float | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    interpolation: str | None = None,
 ) -> ExportResult:
-    """``deploykit export``: resolve the preset and config, run the pipeline, print what was written."""
+    """``deploykit export``: resolve the preset and config, run the pipeline, print what was written
+    (``mean``/``std``: comma-separated per-channel values, as on the command line)."""
+    preprocessing = _preprocessing_flags(crop_pct=crop_pct, mean=mean, std=std, interpolation=interpolation)
     preset = get_preset(model)
     config = resolve_config(
         preset.family,
