@@ -144,7 +144,9 @@ def _onnx_runner(path: Path, proto, expected: tuple[int, ...]):
         raise ArtifactError(
             f"{path}: input shape {dims} does not fit the model's (batch, {', '.join(map(str, expected))})"
         )
-    return OrtRunner(path), onnx_precision(proto), proto
+    runner = OrtRunner(path)
+    runner.check_image_input(tuple(expected), str(path))  # one float image input (two inputs, int64: refused)
+    return runner, onnx_precision(proto), proto
 
 
 def _engine_source(path: Path):
