@@ -323,7 +323,7 @@ def _format(state: StateDict, weights_format: str | None) -> SourceFormat:
 
 
 def read_pretrained(
-    path: str | Path, weights_format: str | None = None, *, family: str | None = None
+    path: str | Path, weights_format: str | None = None, *, family: str | None = None, model: str = ""
 ) -> Checkpoint:
     """Read ``path`` (a weights file or a Hugging Face directory), detect (or take) its layout and convert
     it to deploykit's names; with ``family``, a checkpoint of another family is refused in one line."""
@@ -335,7 +335,8 @@ def read_pretrained(
     ckpt_family = fmt.family or _deploykit_family(state)
     if family is not None and ckpt_family is not None and ckpt_family != family:
         raise WeightsError(
-            f"weights {path.name}: checkpoint is {fmt.label} ({ckpt_family} family), model is a {family} model"
+            f"weights {path.name}: checkpoint is {fmt.label} ({ckpt_family} family), "
+            f"model is {model or 'a ' + family + ' model'} ({family} family)"
         )
     labels, preprocessing = hf_extras(path) if path.is_dir() else (None, None)
     converted = fmt.convert(state)

@@ -86,8 +86,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         refused = _unpickler_refusal(str(exc))
         if refused:
             raise WeightsError(
-                f"{path} holds more than tensors and was not loaded ({refused}): deploykit loads weights only "
-                "(torch.load weights_only=True), never code from a checkpoint"
+                f"{path} is not a readable checkpoint: torch's weights-only loader refused it ({refused}); "
+                "deploykit loads tensors only, never code from a checkpoint"
             ) from None
         raise WeightsError(
             f"{path} is not a readable checkpoint ({type(exc).__name__}: {first_line(exc)[:200]})"

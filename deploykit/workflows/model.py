@@ -90,7 +90,11 @@ def prepare_model(
     """Build ``preset`` (seeded with ``config.seed``) at the classes and resolution the config asks for
     or the checkpoint says, load ``weights``, and resolve labels and preprocessing."""
     spec = get_preset(preset)
-    checkpoint = read_pretrained(weights, weights_format, family=spec.family) if weights is not None else None
+    checkpoint = (
+        read_pretrained(weights, weights_format, family=spec.family, model=spec.name)
+        if weights is not None
+        else None
+    )
     inferred = infer_model_args(spec.name, checkpoint.state) if checkpoint is not None else None
     args = {
         "num_classes": _agree("num_classes", config.num_classes, inferred, "--num-classes"),
