@@ -416,16 +416,16 @@ def _version_files(
 
 @contextlib.contextmanager
 def _locked(repo: Path):
-    """An exclusive lock on the repository (``.deploykit-triton.lock``) while versions are chosen and
-    written, so concurrent runs never both take the same version."""
+    """An exclusive lock on the repository folder itself (flock on its descriptor: no lock file among the
+    models) while versions are chosen and written, so concurrent runs never take the same version."""
     import fcntl
 
-    with open(repo / ".deploykit-triton.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    fd = os.open(repo, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _publish(
