@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from deploykit.core.errors import ArtifactError
+from deploykit.core.processes import remove_dead_folders
 
 
 def sha256_files(paths: Iterable[str | Path]) -> str:
@@ -91,28 +92,10 @@ def atomic_write_text(path: str | Path, text: str, executable: bool = False) -> 
 STAGING_PREFIX = ".staging-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def remove_stale_staging(out_dir: Path) -> list[Path]:
     """Remove the staging folders in ``out_dir`` that exports which died (SIGKILL, power loss) left: their
     process is gone. Returns what was removed."""
-    import shutil
-
-    removed = []
-    for path in Path(out_dir).glob(f"{STAGING_PREFIX}*"):
-        pid = path.name[len(STAGING_PREFIX) :].split("-", 1)[0]
-        if path.is_dir() and (not pid.isdigit() or not _alive(int(pid))):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
+    return remove_dead_folders(out_dir, STAGING_PREFIX, without_pid=True)
 
 
 @contextlib.contextmanager

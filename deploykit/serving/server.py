@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploykit.core.errors import ArtifactError, ConfigError, DeployKitError
+from deploykit.core.processes import die_with_parent, remove_dead_folders
 
 #: log lines after which tritonserver never becomes ready and never exits on its own
 HANG_PATTERNS = (
@@ -350,7 +351,7 @@ class TritonServer:
     def _backend_dir(self) -> Path | None:
         if self.install.source != "nvidia-pytriton":
             return None
-        _remove_stale_backend_dirs()
+        remove_dead_folders(Path(tempfile.gettempdir()), BACKEND_PREFIX)  # of serves that died
         self._tmp = tempfile.TemporaryDirectory(prefix=f"{BACKEND_PREFIX}{os.getpid()}-")
         python = Path(self._tmp.name) / "backends" / "python"
         python.mkdir(parents=True)
@@ -384,7 +385,7 @@ class TritonServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: the stubs inherit it and die with it
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - a SIGKILLed `deploykit serve` takes it along
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - a SIGKILLed `deploykit serve` takes it along
         )
         self._pump = threading.Thread(target=self._read_log, args=(log,), daemon=True)
         self._pump.start()
@@ -477,34 +478,6 @@ class TritonServer:
 
 
 BACKEND_PREFIX = "deploykit-triton-backend-"
-#: prctl option: the signal a process gets when the thread that forked it dies
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the forked child before exec: tritonserver gets SIGKILL when `deploykit serve` dies."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _remove_stale_backend_dirs() -> None:
-    """Backend folders of earlier `deploykit serve` processes that died without cleaning up."""
-    for path in Path(tempfile.gettempdir()).glob(f"{BACKEND_PREFIX}*"):
-        pid = path.name[len(BACKEND_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_ports(ports: dict[str, int]) -> dict[str, int]:

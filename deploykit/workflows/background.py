@@ -38,10 +38,10 @@ from typing import Any
 
 import torch
 
+from deploykit.core.processes import die_with_parent
+
 _HEADER = struct.Struct("<Q")
 #: the child's scheduling priority below the main process
-#: prctl option: the signal this process gets when its parent dies
-PR_SET_PDEATHSIG = 1
 NICENESS = 10
 
 
@@ -123,18 +123,6 @@ class Job:
         return self.worker.seconds.get(self.number)
 
 
-def _die_with_parent(parent: int) -> None:
-    """The child is killed when the export process dies (even by SIGKILL), and leaves at once if that
-    already happened between the fork and here: it never outlives the export or writes into its staging
-    directory after it (Linux ``PR_SET_PDEATHSIG``)."""
-    import ctypes
-
-    with suppress(OSError, AttributeError):  # not Linux: the parent's close() and the pipe EOF remain
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
-
-
 class Worker:
     """One forked child running submitted jobs in submission order (see the module doc). ``context`` is
     handed to every job as its first argument; the child inherits it through the fork."""
@@ -162,7 +150,7 @@ class Worker:
             self.failure = f"fork failed ({exc})"
             return
         if pid == 0:
-            _die_with_parent(parent)
+            die_with_parent(parent)  # never outlives the export or writes into its staging folder after it
             os.close(jobs_w)
             os.close(done_r)
             self._serve(jobs_r, done_w)  # never returns
