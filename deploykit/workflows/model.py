@@ -152,18 +152,27 @@ def finish(
         model.data_config = dataclasses.replace(model.data_config, **overrides)
 
 
-def from_memory(
-    model: nn.Module, config: ExportConfig, *, labels: str | Path | Sequence[str] | None = None
-) -> PreparedModel:
-    """An in-memory model of one of the five families (an eval-mode copy; the caller's model is not
-    touched): its preset (``create_model``'s name, else the registered preset of the same architecture)
-    and its own classes and resolution."""
+def family_of(model: object) -> str:
+    """The family of a preset name or of a model held in memory; anything else is one line naming what
+    deploykit exports."""
+    if isinstance(model, str):
+        return get_preset(model).family
     family = model_family(model) if isinstance(model, nn.Module) else None
     if family is None:
         raise ConfigError(
             f"cannot export a {type(model).__module__}.{type(model).__qualname__}: deploykit exports models of "
             f"its five families ({', '.join(FAMILY_CLASSES)}, e.g. deploykit.models.create_model(preset, ...))"
         )
+    return family
+
+
+def from_memory(
+    model: nn.Module, config: ExportConfig, *, labels: str | Path | Sequence[str] | None = None
+) -> PreparedModel:
+    """An in-memory model of one of the five families (an eval-mode copy; the caller's model is not
+    touched): its preset (``create_model``'s name, else the registered preset of the same architecture)
+    and its own classes and resolution."""
+    family_of(model)
     copied = copy.deepcopy(model).eval()
     spec = (
         get_preset(copied.preset_name) if getattr(copied, "preset_name", None) else _same_architecture(copied)

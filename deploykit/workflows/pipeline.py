@@ -23,8 +23,7 @@ from deploykit.core.errors import ConfigError
 from deploykit.core.interrupts import reraise_if_interrupted
 from deploykit.core.io import ensure_writable_dir, staging_dir
 from deploykit.models import get_preset
-from deploykit.models.pretrained import model_family
-from deploykit.workflows.model import PreparedModel, from_memory, prepare_model
+from deploykit.workflows.model import PreparedModel, family_of, from_memory, prepare_model
 from deploykit.workflows.publish import reject
 from deploykit.workflows.stages import STAGES
 from deploykit.workflows.state import REPORT_NAME, ExportResult, ExportState, Progress, _silent
@@ -93,9 +92,8 @@ def _prepare(model, config, *, weights, weights_format, labels) -> tuple[Prepare
         return prepared, config
     if weights is not None:
         raise ConfigError("weights= goes with a preset name; a model in memory brings its own weights")
-    family = model_family(model) if isinstance(model, nn.Module) else None
-    config = config or default_config(family) if family else config
-    return from_memory(model, config or ExportConfig(family="any"), labels=labels), config
+    config = config or default_config(family_of(model))
+    return from_memory(model, config, labels=labels), config
 
 
 def _run_stages(state: ExportState, progress: Progress) -> None:
@@ -139,12 +137,7 @@ def export(
     transform, FP16, lint, manifest, atomic publish — and for the same weights the CLI writes the same
     ``model.onnx`` bytes. ``config``: an export TOML (path) or an :class:`ExportConfig`; ``image_size``,
     ``num_classes`` and ``preprocessing`` (crop_pct, mean, std, interpolation) override it."""
-    if isinstance(model, str):
-        family = get_preset(model).family
-    else:
-        family = model_family(model) if isinstance(model, nn.Module) else None
-        if family is None:
-            from_memory(model, ExportConfig(family="any"))  # raises: not one of the five families
+    family = family_of(model)
     base = config if isinstance(config, ExportConfig) else resolve_config(family, config)
     resolved = _override(base, image_size=image_size, num_classes=num_classes, preprocessing=preprocessing)
     return run_export(
