@@ -61,7 +61,7 @@ class OrtRunner:
         shape = list(self.input.shape)
         if len(shape) != 4 or tuple(shape[1:]) != tuple(chw):
             raise ArtifactError(
-                f"{what}: input {self.input_name!r} has shape {shape}, the recorded preprocessing makes "
+                f"{what}: input {self.input_name!r} has shape {shape}, which does not fit the model's "
                 f"(batch, {', '.join(map(str, chw))})"
             )
 
