@@ -109,6 +109,24 @@ def list_cmd(pattern: str | None) -> None:
     "--fp16", is_flag=True, help="Also write model.fp16.onnx (FP16 with FP32 islands), verified on CPU."
 )
 @click.option("--fp16-io", is_flag=True, help="FP16 graph inputs/outputs (default: FP32 I/O).")
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Also write model.int8.onnx (TensorRT Q/DQ on the FP16 graph; implies --fp16) and "
+    "model.int8.cpu.onnx (ONNX Runtime dynamic INT8), both gated against PyTorch FP32.",
+)
+@click.option(
+    "--calib",
+    type=click.Path(),
+    help="INT8 calibration images: a folder, or an ImageFolder (class subfolders: accuracy is reported "
+    "and gated). Default: the bundled images.",
+)
+@click.option("--calib-count", type=int, help="INT8 calibration images to use (default 64).")
+@click.option(
+    "--calib-method",
+    type=click.Choice(["entropy", "max", "percentile"]),
+    help="INT8 activation ranges (default entropy).",
+)
 @click.option("--no-engine", is_flag=True, help="Skip the TensorRT engine stage.")
 @click.option(
     "--timing-cache", type=click.Path(dir_okay=False), help="TensorRT timing cache to load and save."
@@ -277,7 +295,13 @@ def build_cmd(onnx_file: str, **options: Any) -> None:
     show_default=True,
     help="python: model.py runs the ONNX with ONNX Runtime (any CPU Triton, e.g. nvidia-pytriton's).",
 )
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="int8: model.int8.cpu.onnx on ONNX Runtime, model.int8.engine on the tensorrt backend.",
+)
 @click.option("--max-batch", type=int, help="max_batch_size (default: the export's batch profile maximum).")
 @click.option(
     "--instances", type=int, default=1, show_default=True, help="Instances of the model (instance_group)."

@@ -101,14 +101,26 @@ def _array_at(address: int, shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
+#: FakeTensorRT's own attributes (not TensorRT names): left out of ``FakeTensorRT.accessed``
+FAKE_INTERNALS = {"calls", "layer_dtypes", "classes", "io_dtype", "batch_range", "built", "accessed"}
+
+
 class FakeTensorRT(types.ModuleType):
-    """``tensorrt`` of a given version. ``calls`` records ``(name, *args)`` in order."""
+    """``tensorrt`` of a given version. ``calls`` records ``(name, *args)`` in order; ``accessed`` every
+    public module attribute read (``trt.Builder``, ``trt.BuilderFlag``, ...)."""
+
+    def __getattribute__(self, name):
+        if not name.startswith("_") and name not in FAKE_INTERNALS:
+            object.__getattribute__(self, "accessed").add(name)
+        return object.__getattribute__(self, name)
 
     class NetworkDefinitionCreationFlag(enum.IntEnum):
         EXPLICIT_BATCH = 0
         STRONGLY_TYPED = 1
 
     class BuilderFlag(enum.IntEnum):
+        FP16 = 0  # 10.x only (weak typing); here so that a call with it would be recorded, not crash
+        INT8 = 1  # 10.x only (implicit quantization)
         TF32 = 6
 
     class MemoryPoolType(enum.IntEnum):
@@ -148,6 +160,7 @@ class FakeTensorRT(types.ModuleType):
         batch_range: tuple[int, int] = (1, 8),
     ) -> None:
         super().__init__("tensorrt")
+        self.accessed: set[str] = set()
         self.__version__ = version
         self.calls: list[tuple] = []
         self.layer_dtypes = layer_dtypes or ["Float"] * 4
@@ -205,9 +218,13 @@ class FakeConfig:
         self.cache = None
 
     def __setattr__(self, name, value):
-        if name in ("builder_optimization_level", "profiling_verbosity"):
+        # every TensorRT property set is recorded (int8_calibrator would be too)
+        if name not in ("trt", "profiles", "cache"):
             self.trt.calls.append(("config." + name, value))
         object.__setattr__(self, name, value)
+
+    def set_flag(self, flag):  # recorded: deploykit must never turn a builder flag on
+        self.trt.calls.append(("set_flag", flag.name))
 
     def set_memory_pool_limit(self, pool, size):
         self.trt.calls.append(("set_memory_pool_limit", pool.name, size))
@@ -334,6 +351,50 @@ def tiny_onnx(path: Path) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 16, 16])],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def qdq_onnx(path: Path, *, metadata: dict[str, str] | None = None) -> Path:
+    """An explicitly quantized graph as the INT8 export writes it (opset 19): input ``input`` (batch, 3, 16,
+    16) FP32 -> Cast FP16 -> QuantizeLinear/DequantizeLinear (int8, zero point 0, FP16 per-tensor scale)
+    -> Conv whose int8 weight (4, 3, 4, 4) feeds a per-channel DequantizeLinear (axis 0), FP16 bias ->
+    GlobalAveragePool -> Flatten -> Cast FP32 -> ``logits`` (batch, 4)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array(0.02, np.float16), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "x_zero"),
+        numpy_helper.from_array(rng.integers(-127, 128, (4, 3, 4, 4)).astype(np.int8), "w_q"),
+        numpy_helper.from_array(np.full(4, 0.01, np.float16), "w_scale"),
+        numpy_helper.from_array(np.zeros(4, np.int8), "w_zero"),
+        numpy_helper.from_array(np.zeros(4, np.float16), "bias"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["input"], ["x16"], name="to_fp16", to=TensorProto.FLOAT16),
+        helper.make_node("QuantizeLinear", ["x16", "x_scale", "x_zero"], ["xq"], name="q_in"),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"], name="dq_in"),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], name="dq_w", axis=0),
+        helper.make_node(
+            "Conv", ["xd", "w", "bias"], ["c"], name="conv", kernel_shape=[4, 4], strides=[4, 4]
+        ),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Cast", ["f"], ["logits"], name="to_fp32", to=TensorProto.FLOAT),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_qdq",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        initializer=inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    if metadata:
+        helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
     return path
 
 

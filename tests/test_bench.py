@@ -54,12 +54,21 @@ def test_json_schema(bench):
     assert {"results", "machine", "skipped"} <= set(doc)
     cases = {(r["runtime"], r["precision"], r["batch"]) for r in doc["results"]}
     runtimes = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")]
+    # the INT8 files where the export has them (tests/test_int8_consumers.py benchmarks them), else skipped
+    int8 = {"int8": "model.int8.onnx", "int8-cpu": "model.int8.cpu.onnx"}
+    runtimes += [("onnxruntime", p) for p, name in int8.items() if (bench["dir"] / name).is_file()]
     expected = {(rt, p, b) for rt, p in runtimes for b in (1, 2)}
     assert cases == expected and len(doc["results"]) == len(expected)
+    skipped = {s["precision"]: s["reason"] for s in doc["skipped"] if s["runtime"] == "onnxruntime"}
+    assert skipped == {
+        p: f"no {n} (export with --int8)" for p, n in int8.items() if ("onnxruntime", p) not in runtimes
+    }
+    files = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", **int8}
     for r in doc["results"]:
         for key, kind in SPEC_KEYS.items():
             assert isinstance(r[key], kind), (key, r)
         assert r["ratio_to_torch"] is None or isinstance(r["ratio_to_torch"], float)
+        assert r["artifact"] == (None if r["runtime"] == "torch" else files[r["precision"]])
     # no TensorRT on this machine: skipped with the one-line reason, never faked
     trt = [s for s in doc["skipped"] if s["runtime"] == "tensorrt"]
     assert len(trt) == 1 and trt[0]["reason"] and "\n" not in trt[0]["reason"]
@@ -74,6 +83,7 @@ def test_numbers_are_consistent(bench):
     per_image = doc["model"]["gflop_per_image"]
     assert per_image > 0
     torch_p50 = {r["batch"]: r["p50_ms"] for r in doc["results"] if r["runtime"] == "torch"}
+    fp32_p50 = {r["batch"]: r["p50_ms"] for r in doc["results"] if r["artifact"] == "model.onnx"}
     for r in doc["results"]:
         assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["mean_ms"] >= r["min_ms"]
@@ -81,6 +91,11 @@ def test_numbers_are_consistent(bench):
         assert r["images_per_s"] == pytest.approx(r["batch"] / p50_s, rel=1e-6)
         assert r["gflops"] == pytest.approx(per_image * r["batch"] / p50_s, rel=1e-6)
         assert r["ratio_to_torch"] == pytest.approx(r["p50_ms"] / torch_p50[r["batch"]], rel=1e-6)
+        if r["runtime"] == "torch":
+            assert r["ratio_to_fp32"] is None
+        else:  # relative to ONNX Runtime's FP32 artifact at the same batch
+            assert r["ratio_to_fp32"] == pytest.approx(r["p50_ms"] / fp32_p50[r["batch"]], rel=1e-6)
+    assert "x fp32" in bench["result"].output
 
 
 def test_plot_is_a_png(bench):

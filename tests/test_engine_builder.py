@@ -22,6 +22,7 @@ from deploykit.engine.builder import (
     EnginePrecisionError,
     build_engine,
     fp16_layer_share,
+    int8_layer_count,
     onnx_input,
     tensorrt_available,
 )
@@ -58,6 +59,24 @@ def test_fp16_share_tensorrt10_layout():
         {"Name": "c", "Outputs": [{"Name": "logits", "Format/Datatype": "Row major linear FP32 format"}]},
     ]
     assert fp16_layer_share({"Layers": layers, "Bindings": ["input", "logits"]}) == (0.5, 1, 2)
+
+
+def test_int8_layers_in_both_inspector_layouts():
+    # 11.x: DataType "Int8"; 10.x: the type token of "Format/Datatype"; inputs count as well as outputs
+    layers = [
+        {"Name": "q", "Outputs": [{"Name": "xq", "DataType": "Int8"}]},
+        {
+            "Name": "conv",
+            "Inputs": [{"Name": "xq", "Format/Datatype": "Channel major INT8 format"}],
+            "Outputs": [{"Name": "c", "Format/Datatype": "Row major linear FP16 format"}],
+        },
+        {"Name": "ln", "Outputs": [{"Name": "n", "DataType": "Half"}]},
+        {"Name": "mask", "Outputs": [{"Name": "m", "DataType": "UInt8"}]},
+    ]
+    assert int8_layer_count({"Layers": layers}) == 2
+    assert int8_layer_count(_info(["Half"] * 3)) == 0
+    # the int8 quantize layer is no floating layer; the conv's FP16 output is an FP16 layer
+    assert fp16_layer_share({"Layers": layers}) == (2 / 2, 2, 2)
 
 
 def test_fp16_share_needs_detailed_verbosity():
@@ -140,7 +159,8 @@ def test_build_engine_sidecar_describes_the_build(tmp_path: Path, monkeypatch):
         "opt": [4, 3, 16, 16],
         "max": [6, 3, 16, 16],
     }
-    assert sidecar["layers"] == {"fp16": 3, "floating": 4, "total": 4} and sidecar["fp16_layer_share"] == 0.75
+    assert sidecar["layers"] == {"fp16": 3, "int8": 0, "floating": 4, "total": 4}
+    assert sidecar["fp16_layer_share"] == 0.75
     assert sidecar["workspace_mib"] == 4096 and sidecar["builder_optimization_level"] == 5
     assert sidecar["source_onnx"] == {"file": "model.onnx", "sha256": sha256_file(onnx_path)}
     engine = result.engine_path.read_bytes()

@@ -82,3 +82,10 @@ def test_runner_needs_cuda_python_not_torch(tmp_path: Path, monkeypatch):
     with pytest.raises(EngineUnavailableError, match="cuda-python") as info:
         TensorRTRunner(fake_engine_file(tmp_path))
     assert info.value.exit_code == 3
+
+
+def test_runner_reports_an_int8_engine(tmp_path: Path, monkeypatch):
+    # the sidecar of an engine built from a Q/DQ graph says int8; anything unknown stays fp32
+    install_fakes(monkeypatch, "10.3.0.26")
+    assert TensorRTRunner(fake_engine_file(tmp_path, precision="int8")).precision == "int8"
+    assert TensorRTRunner(fake_engine_file(tmp_path, precision="int4")).precision == "fp32"

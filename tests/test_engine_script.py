@@ -152,3 +152,91 @@ def test_build_script_takes_trtexec_from_the_environment(tmp_path: Path):
     assert run.returncode == 0 and run.stdout.splitlines()[1] == EXPECTED_ARGS[0]
     missing = _run_script(path, tmp_path / "empty", TRTEXEC=str(tmp_path / "nope"))
     assert missing.returncode == 127 and "trtexec not found" in missing.stderr
+
+
+# ---------------------------------------------------------------------- INT8: a second build, model.int8.engine
+def _int8_script(tmp_path: Path) -> Path:
+    for name in ("model.fp16.onnx", "model.int8.onnx"):
+        (tmp_path / name).write_bytes(b"")
+    return write_build_script(
+        tmp_path / "model.fp16.onnx",
+        batch=BatchProfile(1, 4, 32),
+        input_name="input",
+        input_shape_chw=(3, 224, 224),
+        workspace_mib=4096,
+        opt_level=3,
+        timing_cache_name="timing.cache",
+        engine_name="model.engine",
+        reason="no GPU",
+        extra_builds=[("model.int8.onnx", "model.int8.engine")],
+    )
+
+
+def _args(onnx_name: str, engine_name: str) -> list[str]:
+    return [f"--onnx={onnx_name}", f"--saveEngine={engine_name}", *EXPECTED_ARGS[2:]]
+
+
+def test_build_script_adds_the_int8_engine_strongly_typed(tmp_path: Path):
+    text = _int8_script(tmp_path).read_text()
+    subprocess.run(["bash", "-n", str(tmp_path / SCRIPT_NAME)], check=True)
+    assert (
+        "# Build, one after the other, with trtexec (TensorRT 10.3 or newer):\n"
+        "#   model.engine from model.fp16.onnx\n"
+        "#   model.int8.engine from model.int8.onnx\n"
+    ) in text
+    assert "# model.int8.onnx is explicitly quantized" in text and "no calibration cache" in text
+    for arg in [*_args("model.fp16.onnx", "model.engine"), *_args("model.int8.onnx", "model.int8.engine")]:
+        assert f"    {arg} \\\n" in text
+    code = [line for line in text.splitlines() if not line.startswith("#")]
+    # the Q/DQ graph is explicit quantization: no --int8 (weak typing, a calibrator), no precision flag at all
+    for removed in ("--fp16", "--int8", "--bf16", "--best", "--calib", "--workspace"):
+        assert not any(removed in line for line in code)
+    # the first build runs and returns, the last one is exec'd; both get the version flags and "$@"
+    assert [line for line in code if line.endswith('"$TRTEXEC" \\')] == [
+        '"$TRTEXEC" \\',
+        'exec "$TRTEXEC" \\',
+    ]
+    assert text.count('    ${flags[@]+"${flags[@]}"} "$@"') == 2
+
+
+@pytest.mark.parametrize(
+    ("banner", "version_flags"), [("100300", ["--stronglyTyped", "--noTF32"]), ("110400", ["--noTF32"])]
+)
+def test_build_script_runs_both_builds_on_each_version(tmp_path: Path, banner: str, version_flags: list[str]):
+    path = _int8_script(tmp_path)
+    _stub_trtexec(tmp_path / "bin", banner)
+    run = _run_script(path, tmp_path / "bin", "--verbose")
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.splitlines()
+    first, second = out[: len(out) // 2], out[len(out) // 2 :]
+    assert first[1:] == [*_args("model.fp16.onnx", "model.engine"), *version_flags, "--verbose"]
+    assert second[1:] == [*_args("model.int8.onnx", "model.int8.engine"), *version_flags, "--verbose"]
+    assert "building model.int8.engine from model.int8.onnx" in run.stderr
+
+
+def test_build_script_stops_at_the_first_failed_build(tmp_path: Path):
+    path = _int8_script(tmp_path)
+    fake = _stub_trtexec(tmp_path / "bin", "110400")
+    fake.write_text(fake.read_text().replace("pwd\n", "pwd\nexit 7\n"))
+    run = _run_script(path, tmp_path / "bin")
+    assert run.returncode == 7 and "model.int8.engine" not in run.stdout
+
+
+def test_build_script_extra_builds_are_file_names_with_their_own_engines(tmp_path: Path):
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(b"")
+    common = dict(
+        batch=BatchProfile(1, 1, 1),
+        input_name="input",
+        input_shape_chw=(3, 8, 8),
+        workspace_mib=64,
+        opt_level=3,
+        timing_cache_name="timing.cache",
+        engine_name="model.engine",
+        reason="no GPU",
+    )
+    with pytest.raises(ConfigError, match="file names"):
+        write_build_script(onnx_path, extra_builds=[("../model.int8.onnx", "model.int8.engine")], **common)
+    with pytest.raises(ConfigError, match="the same engine"):
+        write_build_script(onnx_path, extra_builds=[("model.int8.onnx", "model.engine")], **common)
+    assert not (tmp_path / SCRIPT_NAME).exists()

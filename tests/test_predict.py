@@ -55,6 +55,7 @@ def test_predict_cli_table_and_json(hvt, tmp_path):
     r = _cli("predict", hvt.onnx_path, *PHOTOS[:2], "--top-k", 3, "--json", out)
     assert r.exit_code == 0, r.output
     assert "Egyptian cat" in imagenet_labels() and "onnxruntime" in r.output
+    assert "model.onnx (onnxruntime[CPUExecutionProvider], fp32)" in r.output  # the title names the variant
     data = json.loads(out.read_text())
     classes, probs = _expected(hvt.onnx_path, PHOTOS[:2], 3)
     assert [d["image"] for d in data] == [str(p) for p in PHOTOS[:2]]
@@ -111,7 +112,9 @@ def test_preprocessing_matches_the_validation_inputs(hvt, tmp_path):
 
 def test_fp16_artifact_predicts_the_same_top1(hvt):
     fp32 = load(hvt.onnx_path).predict(PHOTOS)
-    fp16 = load(hvt.out_dir / "model.fp16.onnx").predict(PHOTOS)
+    predictor = load(hvt.out_dir / "model.fp16.onnx")
+    assert (predictor.variant, predictor.precision) == ("fp16", "fp16")
+    fp16 = predictor.predict(PHOTOS)
     assert [p.topk[0].cls for p in fp16] == [p.topk[0].cls for p in fp32]
 
 

@@ -47,6 +47,9 @@ class Tolerances:
     #: reference's max abs value, or its cosine similarity falls below ``module_min_cosine``
     module_max_rel: float = 1e-3
     module_min_cosine: float = 0.9999
+    #: given labelled images (an ImageFolder ``--calib``): the largest accuracy drop allowed against
+    #: PyTorch FP32, as a fraction (0.01 = one point); ``None``: accuracy is reported, not gated
+    max_accuracy_drop: float | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -57,15 +60,20 @@ class Tolerances:
             "top1_margin",
             "module_max_rel",
             "module_min_cosine",
+            "max_accuracy_drop",
         ):
             v = getattr(self, name)
-            if v is None and name == "min_top5":
+            if v is None and name in ("min_top5", "max_accuracy_drop"):
                 continue
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"tolerances.{name} must be a finite non-negative number, got {v!r}")
             if name not in ("max_abs", "top1_margin", "module_max_rel") and v > 1:
                 raise ConfigError(f"tolerances.{name} is a fraction in [0, 1], got {v!r}")
 
+
+#: INT8's max-abs bound: reported, barely gated (logit scales differ between models; cosine, decisive
+#: top-1 and the accuracy drop are what mean something)
+INT8_MAX_ABS = 5.0
 
 #: the largest batch a profile may ask for (TensorRT allocates for it; Triton's max_batch_size follows it)
 MAX_BATCH = 4096
@@ -125,6 +133,20 @@ class ExportConfig:
             module_min_cosine=0.999,
         )
     )
+    #: both INT8 graphs against PyTorch FP32 (int8 logits move by a few hundredths of their range; the
+    #: decisive top-1 and, given labelled images, the accuracy are what the gate holds)
+    int8: Tolerances = field(
+        default_factory=lambda: Tolerances(
+            max_abs=INT8_MAX_ABS,
+            min_cosine=0.99,
+            min_top1=0.98,
+            min_top5=None,
+            top1_margin=0.1,
+            module_max_rel=0.25,
+            module_min_cosine=0.98,
+            max_accuracy_drop=0.01,
+        )
+    )
     workspace_mib: int = 4096
     builder_optimization_level: int = 3
     source: str = ""
@@ -173,6 +195,9 @@ class ExportConfig:
             )
 
     def tolerances(self, precision: str) -> Tolerances:
+        """The tolerances of ``precision`` (``fp32``, ``fp16``, ``int8``; ``int8-cpu`` is ``int8``'s)."""
+        if precision.startswith("int8"):
+            return self.int8
         return self.fp16 if precision == "fp16" else self.fp32
 
     def to_dict(self) -> dict[str, Any]:
@@ -232,7 +257,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "batch": {"min": "min", "opt": "opt", "max": "max"},
     "validation": {"num_images": "num_images", "seed": "seed", "baseline_factor": "baseline_factor"},
     "engine": {"workspace_mib": "workspace_mib", "builder_optimization_level": "builder_optimization_level"},
-    "tolerances": {"fp32": "fp32", "fp16": "fp16"},
+    "tolerances": {"fp32": "fp32", "fp16": "fp16", "int8": "int8"},
 }
 
 

@@ -71,7 +71,13 @@ def io_signature(proto: onnx.ModelProto) -> dict[str, Any]:
 
 
 def onnx_precision(proto: onnx.ModelProto) -> str:
-    """``fp16`` when the graph says so (deploykit metadata) or most weights are half precision."""
+    """``int8`` for an explicitly quantized graph (QuantizeLinear/DequantizeLinear nodes, whatever its
+    metadata says: TensorRT builds their int8 layers strongly typed), else ``fp16`` when the graph says so
+    (deploykit metadata) or most weights are half precision, else ``fp32``."""
+    qdq = ("QuantizeLinear", "DequantizeLinear")
+    nodes = [*proto.graph.node, *(n for f in proto.functions for n in f.node)]
+    if any(n.op_type in qdq and n.domain in ("", "ai.onnx") for n in nodes):
+        return "int8"
     meta = {p.key: p.value for p in proto.metadata_props}
     if PRECISION_KEY in meta:
         return meta[PRECISION_KEY]

@@ -12,6 +12,10 @@ and this stage only checks, through the engine inspector, that the engine really
 * Both enable TF32 for FP32 layers by default (``BuilderFlag.TF32``, "Enabled by default"). deploykit
   clears it: FP32 layers of an FP32 engine, and the FP32 islands of an FP16 one, are FP32 because the
   numbers need it, and the FP32 parity gate must check FP32, not TF32.
+* INT8 is explicit: an INT8 graph (``model.int8.onnx``) carries QuantizeLinear/DequantizeLinear pairs with
+  constant scales, and the same strongly typed build makes their layers int8. No ``BuilderFlag.INT8``
+  and no calibrator (implicit quantization, deprecated in 10.x and removed in 11); the sidecar records
+  ``precision: "int8"``.
 
 ``tensorrt`` is imported lazily: importing this module never needs TensorRT or a GPU. The GPU is found
 with NVIDIA's ``cuda-python`` (``cuda.bindings.runtime``), or with torch where cuda-python is missing.
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from deploykit.core.config import BatchProfile
 from deploykit.core.errors import ArtifactError, DeployKitError, EngineUnavailableError, first_line
 from deploykit.core.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
-from deploykit.core.onnx_io import read_onnx_graph
+from deploykit.core.onnx_io import onnx_precision, read_onnx_graph
 
 if TYPE_CHECKING:
     import onnx
@@ -231,6 +235,19 @@ def _tensor_dtype(tensor: dict[str, Any]) -> str | None:
     return None
 
 
+def int8_layer_count(info: dict[str, Any]) -> int:
+    """Layers of the inspector JSON with an INT8 input or output tensor (a quantize layer, or a convolution
+    or MatMul fused with its Q/DQ). Layers TensorRT compiles into one Myelin node show only that node's
+    outer tensors, so 0 does not prove the engine has no int8 kernels."""
+
+    def int8(t: Any) -> bool:
+        texts = [t.get(k) for k in ("DataType", "Format/Datatype", "Format")] if isinstance(t, dict) else []
+        return any(isinstance(x, str) and re.search(r"\bint8\b", x, re.IGNORECASE) for x in texts)
+
+    layers = [la for la in info.get("Layers", []) or [] if isinstance(la, dict)]
+    return sum(any(map(int8, [*(la.get("Inputs") or []), *(la.get("Outputs") or [])])) for la in layers)
+
+
 def fp16_layer_share(info: dict[str, Any]) -> tuple[float, int, int]:
     """``(share, fp16_layers, float_layers)`` from ``get_engine_information(LayerInformationFormat.JSON)``.
 
@@ -317,6 +334,7 @@ class _Request:
     workspace_mib: int
     opt_level: int
     cache_path: Path | None
+    int8: bool = False  # the graph is explicitly quantized (Q/DQ)
 
     def shape(self, batch: int) -> tuple[int, int, int, int]:
         return (batch, *self.chw)
@@ -331,6 +349,7 @@ class _Built:
     seconds: float
     cache_loaded: bool
     notes: list[str]
+    int8_layers: int = 0  # layers with an INT8 tensor (engine inspector)
 
 
 def build_engine(
@@ -350,16 +369,20 @@ def build_engine(
     whose FP16 layer share is below :data:`FP16_SHARE_MIN` raises :class:`EnginePrecisionError` and is not
     written. The sidecar also carries the ONNX file's recorded preprocessing and model identity (preset,
     model args, labels, weights hash, random weights: :func:`model_identity`), so ``deploykit predict``
-    can run the engine alone and ``deploykit validate`` knows what to rebuild. Raises
-    :class:`EngineUnavailableError` without TensorRT 10.3+ or a CUDA GPU.
+    can run the engine alone and ``deploykit validate`` knows what to rebuild. A graph with
+    QuantizeLinear/DequantizeLinear nodes is built the same way (strongly typed, never an INT8 builder flag
+    or a calibrator) and recorded as ``precision: "int8"``. Raises :class:`EngineUnavailableError` without
+    TensorRT 10.3+ or a CUDA GPU.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     cache_path = Path(timing_cache) if timing_cache is not None else None
     if not onnx_path.is_file():
         raise ArtifactError(f"ONNX file not found: {onnx_path}")
     trt = require_tensorrt()
-    input_name, chw, meta = onnx_facts(onnx_path)
-    request = _Request(onnx_path, input_name, chw, meta, batch, workspace_mib, opt_level, cache_path)
+    proto = read_onnx_graph(onnx_path)
+    input_name, chw, meta = onnx_facts(onnx_path, proto)
+    int8 = onnx_precision(proto) == "int8"
+    request = _Request(onnx_path, input_name, chw, meta, batch, workspace_mib, opt_level, cache_path, int8)
     logger = trt.Logger(trt.Logger.WARNING)
     built = _build(trt, logger, request)
     info = _engine_information(trt, logger, built.data)
@@ -369,6 +392,11 @@ def build_engine(
         raise EnginePrecisionError(
             f"the engine came out FP32: only {fp16_layers}/{float_layers} layers ({share:.0%}) produce FP16 "
             f"(need {FP16_SHARE_MIN:.0%}); is {onnx_path.name} the FP16 graph? The engine was not written"
+        )
+    built.int8_layers = int8_layer_count(info)
+    if int8 and not built.int8_layers:
+        built.notes.append(
+            "the engine inspector shows no INT8 tensor (Q/DQ fused into nodes it does not detail?)"
         )
     sidecar = _sidecar(trt, request, built, layers, total_layers=len(info["Layers"]))
     sidecar_path = sidecar_path_for(out_path)
@@ -461,9 +489,15 @@ def _sidecar(
         "strongly_typed": "creation flag STRONGLY_TYPED" if built.flags else "always (TensorRT 11)",
         "tf32": False,
         "gpu": gpu_info()[0],
-        "precision": "fp16" if share >= FP16_SHARE_MIN else "fp32",
+        # int8: the graph's Q/DQ pairs (strong typing makes them int8 layers); else the FP16 layer share
+        "precision": "int8" if request.int8 else "fp16" if share >= FP16_SHARE_MIN else "fp32",
         "fp16_layer_share": round(share, 4),
-        "layers": {"fp16": fp16_layers, "floating": float_layers, "total": total_layers},
+        "layers": {
+            "fp16": fp16_layers,
+            "int8": built.int8_layers,
+            "floating": float_layers,
+            "total": total_layers,
+        },
         "profile": {
             "input": request.input_name,
             "min": list(request.shape(request.batch.min)),

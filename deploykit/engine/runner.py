@@ -58,9 +58,10 @@ def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
 
 
 def engine_precision(engine_path: str | Path) -> str:
-    """``precision`` from the engine's sidecar JSON, else ``fp32``."""
+    """``precision`` from the engine's sidecar JSON (``fp32``, ``fp16`` or ``int8``: built from a Q/DQ
+    graph), else ``fp32``."""
     value = read_sidecar(engine_path).get("precision", "fp32")
-    return value if value in ("fp16", "fp32") else "fp32"
+    return value if value in ("fp16", "fp32", "int8") else "fp32"
 
 
 def require_cudart():

@@ -7,17 +7,23 @@ trtexec from TensorRT 10.3 (JetPack 6) to 11.x and reads the version when it run
 * every build is strongly typed, so the FP16/FP32 types of the ONNX graph are what runs: TensorRT 11
   always is ("Migrating trtexec Usage from TensorRT 10.x to 11.x": ``--stronglyTyped`` is no longer
   needed); trtexec 10.x gets ``--stronglyTyped``. Never ``--fp16``, ``--best`` or ``--int8`` (weak typing:
-  TensorRT would pick precisions itself; 11.x removed them);
+  TensorRT would pick precisions itself; 11.x removed them). An INT8 graph (``model.int8.onnx``) is
+  explicitly quantized (QuantizeLinear/DequantizeLinear): the same strongly typed command builds its int8
+  layers, with no ``--int8`` and no calibration cache;
 * ``--noTF32`` where this trtexec offers it (read from its ``--help``), as the Python builder clears
   ``BuilderFlag.TF32``: FP32 layers compute FP32;
 * the workspace is ``--memPoolSize=workspace:<N>M`` (``--workspace`` was removed in 10.x).
 
 ``trtexec`` is taken from ``$TRTEXEC``, else ``PATH``, else JetPack's ``/usr/src/tensorrt/bin/trtexec``.
+One script may build several engines of one export (``extra_builds``: e.g. ``model.int8.engine`` from
+``model.int8.onnx`` after ``model.engine``), one after the other with the same shapes and settings; the
+first failure stops it.
 """
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 from deploykit.core.config import BatchProfile
@@ -58,12 +64,20 @@ def trtexec_args(
     ]
 
 
-def _header(onnx_name: str, engine_name: str, reason: str) -> list[str]:
+def _header(builds: list[tuple[str, str]], reason: str) -> list[str]:
     """The shebang and the comment that says what the script builds and why it exists (one line of reason)."""
     why = " ".join(str(reason).split()) or "unknown"
+    if len(builds) == 1:
+        what = [f"# Build {builds[0][1]} from {builds[0][0]} with trtexec (TensorRT 10.3 or newer)."]
+    else:
+        what = [
+            "# Build, one after the other, with trtexec (TensorRT 10.3 or newer):",
+            *(f"#   {engine} from {onnx}" for onnx, engine in builds),
+        ]
+    quantized = [onnx for onnx, _ in builds if onnx.endswith(".int8.onnx")]
     return [
         "#!/usr/bin/env bash",
-        f"# Build {engine_name} from {onnx_name} with trtexec (TensorRT 10.3 or newer).",
+        *what,
         "#",
         "# Why this script exists: a TensorRT engine is specific to the GPU, driver and TensorRT version",
         "# that built it, so engines must be built on the target device. deploykit could not build one on",
@@ -73,6 +87,14 @@ def _header(onnx_name: str, engine_name: str, reason: str) -> list[str]:
         "# always builds that way; trtexec 10.x is given --stronglyTyped. Never --fp16/--best/--int8. TF32 is",
         "# switched off (--noTF32, where this trtexec has it). The timing cache makes rebuilds faster.",
         "# trtexec: $TRTEXEC, else PATH, else JetPack's /usr/src/tensorrt/bin/trtexec.",
+        *(
+            line
+            for onnx in quantized
+            for line in (
+                f"# {onnx} is explicitly quantized (QuantizeLinear/DequantizeLinear with its own scales):",
+                "# its int8 layers come from strong typing too, with no --int8 and no calibration cache.",
+            )
+        ),
     ]
 
 
@@ -106,13 +128,25 @@ _FIND_TRTEXEC = (
 )
 
 
-def _exec_lines(args: list[str]) -> list[str]:
-    """``exec trtexec`` with the model's arguments, the version flags and the script's own arguments."""
+def _exec_lines(args: list[str], *, last: bool = True) -> list[str]:
+    """trtexec with the model's arguments, the version flags and the script's own arguments: ``exec`` for
+    the last build, a plain command (``set -e`` stops the script if it fails) before it."""
     return [
-        'exec "$TRTEXEC" \\',
+        f'{"exec " if last else ""}"$TRTEXEC" \\',
         *(f"    {shlex.quote(a)} \\" for a in args),
         '    ${flags[@]+"${flags[@]}"} "$@"',
     ]
+
+
+def _build_lines(commands: list[tuple[str, str, list[str]]]) -> list[str]:
+    """One trtexec command per ``(onnx name, engine name, args)``; with several, each says what it builds."""
+    if len(commands) == 1:
+        return _exec_lines(commands[0][2])
+    lines: list[str] = []
+    for i, (onnx_name, engine_name, args) in enumerate(commands):
+        what = shlex.quote(f"build_engine.sh: building {engine_name} from {onnx_name}")
+        lines += [f"echo {what} >&2", *_exec_lines(args, last=i == len(commands) - 1)]
+    return lines
 
 
 def write_build_script(
@@ -126,22 +160,43 @@ def write_build_script(
     timing_cache_name: str,
     engine_name: str,
     reason: str,
+    extra_builds: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write ``build_engine.sh`` beside ``onnx_path`` (atomically, executable) and return its path.
 
-    ``reason`` (why this machine did not build the engine) goes into the script's comment on one line."""
+    ``reason`` (why this machine did not build the engine) goes into the script's comment on one line.
+    ``extra_builds``: further ``(onnx file name, engine file name)`` pairs beside ``onnx_path`` (e.g.
+    ``("model.int8.onnx", "model.int8.engine")``) built after ``engine_name`` with the same input, shapes,
+    workspace, optimization level and timing cache, strongly typed like it (never ``--int8``)."""
     onnx_path = Path(onnx_path)
-    args = trtexec_args(
-        onnx_path.name,
-        batch=batch,
-        input_name=input_name,
-        input_shape_chw=input_shape_chw,
-        workspace_mib=workspace_mib,
-        opt_level=opt_level,
-        timing_cache_name=timing_cache_name,
-        engine_name=engine_name,
-    )
-    lines = [*_header(onnx_path.name, engine_name, reason), *_FIND_TRTEXEC, *_exec_lines(args)]
+    builds = [(onnx_path.name, engine_name)]
+    for onnx_name, extra_engine in extra_builds:
+        if Path(onnx_name).name != str(onnx_name) or Path(extra_engine).name != str(extra_engine):
+            raise ConfigError(
+                f"extra builds are file names beside {onnx_path.name}: {onnx_name}, {extra_engine}"
+            )
+        builds.append((str(onnx_name), str(extra_engine)))
+    names = [engine for _, engine in builds]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two builds would write the same engine: {names}")
+    commands = [
+        (
+            onnx_name,
+            engine,
+            trtexec_args(
+                onnx_name,
+                batch=batch,
+                input_name=input_name,
+                input_shape_chw=input_shape_chw,
+                workspace_mib=workspace_mib,
+                opt_level=opt_level,
+                timing_cache_name=timing_cache_name,
+                engine_name=engine,
+            ),
+        )
+        for onnx_name, engine in builds
+    ]
+    lines = [*_header(builds, reason), *_FIND_TRTEXEC, *_build_lines(commands)]
     path = onnx_path.parent / SCRIPT_NAME
     atomic_write_text(path, "\n".join(lines) + "\n", executable=True)
     return path

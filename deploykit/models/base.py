@@ -49,6 +49,8 @@ class VisionModel(nn.Module):
         self.num_classes = num_classes
         self.data_config = DataConfig(input_size=(in_channels, image_size, image_size))
         self.preset_name: str | None = None
+        #: constructor arguments given beyond the preset's (create_model sets them)
+        self.preset_overrides: dict = {}
 
     @property
     def input_size(self) -> tuple[int, int, int]:

@@ -33,9 +33,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deploykit.core.errors import WeightsError
+from deploykit.core.config import check_preprocessing
+from deploykit.core.errors import ConfigError, WeightsError
 from deploykit.core.io import sha256_files
 from deploykit.models import ceit, convit, cvt, deepvit, hvt
+from deploykit.models.checkpoints import CheckpointRecord, read_checkpoint_record
 from deploykit.models.registry import create_model, get_preset, list_models
 from deploykit.models.weights import WeightsInfo, check_state_dict, read_state_dict
 
@@ -307,6 +309,8 @@ class Checkpoint:
     family: str | None
     labels: tuple[str, ...] | None = None
     preprocessing: dict | None = None
+    #: a deploykit checkpoint's header (preset and architecture), None for any other file
+    record: CheckpointRecord | None = None
 
     @property
     def source(self) -> str:
@@ -339,8 +343,15 @@ def read_pretrained(
             f"model is {model or 'a ' + family + ' model'} ({family} family)"
         )
     labels, preprocessing = hf_extras(path) if path.is_dir() else (None, None)
+    record = read_checkpoint_record(path)
+    if record is not None:
+        labels = record.labels
+        try:
+            preprocessing = check_preprocessing(record.preprocessing or {})
+        except ConfigError as exc:
+            raise WeightsError(f"{path}: {exc}") from None
     converted = fmt.convert(state)
-    return Checkpoint(path, converted, fmt, container, sha, ckpt_family, labels, preprocessing)
+    return Checkpoint(path, converted, fmt, container, sha, ckpt_family, labels, preprocessing, record)
 
 
 def load_checkpoint(model: nn.Module, checkpoint: Checkpoint) -> WeightsInfo:

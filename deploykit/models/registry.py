@@ -89,6 +89,8 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     preset = get_preset(name)
     model = preset.builder(**{**preset.kwargs, **overrides})
     model.preset_name = preset.name
+    #: the constructor arguments given beyond the preset's (an export records them to rebuild the model)
+    model.preset_overrides = dict(overrides)
     model.data_config = type(model.data_config)(
         input_size=model.data_config.input_size,
         mean=preset.mean,

@@ -44,9 +44,9 @@ class _Layout:
     head_prefix: str  # every key of the classifier head
 
 
-def _layout(preset: str) -> _Layout:
+def _layout(preset: str, architecture: dict | None = None) -> _Layout:
     with torch.device("meta"):
-        model = create_model(preset)
+        model = create_model(preset, **(architecture or {}))
     state = model.state_dict()
     rows = [
         k
@@ -65,10 +65,10 @@ def _layout(preset: str) -> _Layout:
     return _Layout(head_key, pos, extra, stride, head_key.rsplit(".", 1)[0] + ".")
 
 
-def infer_model_args(preset: str, state: StateDict) -> InferredArgs:
+def infer_model_args(preset: str, state: StateDict, architecture: dict | None = None) -> InferredArgs:
     """The number of classes and input resolution of the model ``state`` (deploykit layout) belongs to,
-    for the architecture of ``preset``."""
-    layout = _layout(preset)
+    for the architecture of ``preset`` (with ``architecture``'s constructor overrides)."""
+    layout = _layout(preset, architecture)
     sources: dict[str, str] = {}
     head = state.get(layout.head_key)
     if head is not None:

@@ -19,7 +19,8 @@ def triton_command(export_dir: str, repo: str, **options: Any) -> None:
     result = write_repository(export_dir, repo, **options)
     verb = "replaced" if result.replaced else "wrote"
     click.echo(
-        f"{verb} version {result.version} of {', '.join(result.models)} ({result.backend} backend) in {result.repo}"
+        f"{verb} version {result.version} of {', '.join(result.models)} ({result.backend} backend, "
+        f"{result.artifact}) in {result.repo}"
     )
     click.echo(f"serve it: deploykit serve {result.repo}")
 

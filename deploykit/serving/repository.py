@@ -4,7 +4,10 @@ Four models, all at the same version number:
 
 * ``NAME`` — the artifact: ``onnxruntime`` (``model.onnx``), ``tensorrt`` (``model.plan``, the engine
   built on the target GPU) or ``python`` (``model.py`` running ``model.onnx`` with ONNX Runtime: the variant
-  a CPU-only server such as the one in nvidia-pytriton can serve). ``max_batch_size`` is the export's batch
+  a CPU-only server such as the one in nvidia-pytriton can serve). The precision picks the export's file:
+  ``fp32`` ``model.onnx``, ``fp16`` ``model.fp16.onnx``, ``int8`` ``model.int8.cpu.onnx`` (ONNX Runtime's
+  dynamic quantization, FP32 I/O) for ONNX Runtime, or the engine built from ``model.int8.onnx`` for
+  ``tensorrt``; whichever it is, it is served as ``model.onnx`` / ``model.plan``. ``max_batch_size`` is the export's batch
   profile maximum; inputs/outputs carry the artifact's names, types and dims without the batch axis;
   dynamic batching prefers the profile's batch sizes.
 * ``NAME_preprocess`` — Python backend: encoded image bytes -> the preset's preprocessing.
@@ -13,33 +16,41 @@ Four models, all at the same version number:
   model, else ``class i``).
 * ``NAME_classify`` — ensemble of the three: image bytes in, what ``deploykit predict`` reports out.
 
-Versions are written atomically (a staging directory renamed into place) and never overwritten silently:
-a new run adds the next version number; replacing an existing one needs ``force``.
+Versions are written atomically (a staging directory renamed into place, :mod:`deploykit.serving.versions`)
+and never overwritten silently: a new run adds the next version number; replacing an existing one needs
+``force``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from deploykit.core.artifacts import VARIANT_FILES
 from deploykit.core.config import BatchProfile
 from deploykit.core.errors import ArtifactError, ConfigError, first_line
-from deploykit.core.io import atomic_write_text, ordinary_mode, sha256_file
+from deploykit.core.io import sha256_file
 from deploykit.runtime.postprocess import class_labels
-from deploykit.serving.pbtxt import Enum, to_pbtxt
+from deploykit.serving.pbtxt import Enum
+from deploykit.serving.versions import choose_version, locked, open_repository, publish
 from deploykit.workflows.predict import artifact_record
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 KINDS = ("cpu", "gpu")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
+#: the export's ONNX file each precision serves through ONNX Runtime (onnxruntime and python backends)
+ONNX_SOURCES = {
+    "fp32": VARIANT_FILES["fp32"],
+    "fp16": VARIANT_FILES["fp16"],
+    "int8": VARIANT_FILES["int8-cpu"],
+}
+#: the ONNX file a TensorRT engine of each precision is built from
+ENGINE_SOURCES = {"fp32": VARIANT_FILES["fp32"], "fp16": VARIANT_FILES["fp16"], "int8": VARIANT_FILES["int8"]}
 #: ONNX element types (as io_signature and the manifest spell them) -> Triton data types
 TRITON_TYPES = {"float": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 IMAGE_INPUT = "IMAGE"
@@ -55,6 +66,8 @@ class RepositoryResult:
     backend: str
     models: list[str] = field(default_factory=list)
     replaced: bool = False
+    #: the export's file the main model serves (model.int8.cpu.onnx, model.fp16.engine, ...)
+    artifact: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,33 +123,58 @@ def read_export(export_dir: str | Path) -> _Export:
 def _artifact(export: _Export, backend: str, precision: str) -> tuple[Path, str]:
     """The file to serve and its name inside the version directory; ONNX files are checked against the
     manifest's sha256 (a corrupt or swapped file is refused)."""
-    suffix = ".fp16" if precision == "fp16" else ""
     if backend == "tensorrt":
         from deploykit.engine.runner import engine_precision
 
-        # deploykit build writes model[.fp16].engine; deploykit export's engine stage writes model.engine
-        for source in (export.dir / f"model{suffix}.engine", export.dir / "model.engine"):
+        onnx_name = ENGINE_SOURCES[precision]
+        # deploykit build writes model[.fp16|.int8].engine; deploykit export's engine stage writes model.engine
+        for source in (export.dir / onnx_name.replace(".onnx", ".engine"), export.dir / "model.engine"):
             if source.is_file() and engine_precision(source) == precision:
                 return source, "model.plan"
         raise ArtifactError(
             f"no {precision} engine in {export.dir}: engines are built on the target GPU (deploykit build "
-            f"{export.dir / f'model{suffix}.onnx'}, or build_engine.sh there); or use --backend onnxruntime"
+            f"{export.dir / onnx_name}, or build_engine.sh there); or use --backend onnxruntime"
         )
-    source = export.dir / f"model{suffix}.onnx"
+    source = export.dir / ONNX_SOURCES[precision]
     recorded = export.manifest.get("artifacts", {}).get(source.name)
     if not source.is_file() or recorded is None:
-        hint = " (export with --fp16)" if precision == "fp16" else ""
+        hint = {"fp16": " (export with --fp16)", "int8": " (export with --int8)"}.get(precision, "")
         raise ArtifactError(f"{source} not found in the export{hint}")
     if sha256_file(source) != recorded["sha256"]:
         raise ArtifactError(f"{source} does not match the sha256 in manifest.json (modified or corrupt)")
     return source, "model.onnx"
 
 
-def _io_type(export: _Export, precision: str) -> str:
+def _io_type(export: _Export, precision: str, backend: str = "python") -> str:
+    """The Triton type of the served model's input and output: the export's, FP16 for the FP16 graph (and
+    the INT8 engine built on it) when that has FP16 I/O, and the INT8 CPU artifact's own (FP32)."""
     dtype = export.manifest["io"]["inputs"][0]["dtype"]
-    if precision == "fp16" and export.manifest.get("fp16", {}).get("io") == "fp16":
+    if precision == "int8" and backend != "tensorrt":
+        dtype = _int8_cpu_io(export)
+    elif precision in ("fp16", "int8") and export.manifest.get("fp16", {}).get("io") == "fp16":
         dtype = "float16"
     return TRITON_TYPES.get(dtype, "TYPE_FP32")
+
+
+def _int8_cpu_io(export: _Export) -> str:
+    """The element type of the INT8 CPU artifact's input and output, after checking that its names and dims
+    are the export's (the configs carry the export's); an ArtifactError otherwise."""
+    from deploykit.core.onnx_io import io_signature, read_onnx_graph
+
+    path = export.dir / ONNX_SOURCES["int8"]
+    signature = io_signature(read_onnx_graph(path))
+    want = {
+        "inputs": [(export.input_name, export.input_dims)],
+        "outputs": [(export.output_name, export.output_dims)],
+    }
+    for kind, expected in want.items():
+        got = [(v["name"], v["shape"][1:]) for v in signature[kind]]
+        if got != expected:
+            raise ArtifactError(f"{path}: {kind} {got} are not the export's {expected} (see manifest.json)")
+    dtypes = {v["dtype"] for v in signature["inputs"] + signature["outputs"]}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in TRITON_TYPES:
+        raise ArtifactError(f"{path}: input/output types {sorted(dtypes)} are not one float type")
+    return dtypes.pop()
 
 
 def _tensor(name: str, data_type: str, dims: list[int]) -> dict[str, Any]:
@@ -179,7 +217,7 @@ _SERVED_BY = {
 
 def model_configs(export: _Export, options: _Options) -> dict[str, dict[str, Any]]:
     """The four ``ModelConfig`` messages (as plain data for :func:`to_pbtxt`), keyed by model name."""
-    io_type = _io_type(export, options.precision)
+    io_type = _io_type(export, options.precision, options.backend)
     main = _main_config(export, options, io_type)
     pre = _preprocess_config(export, options, io_type)
     post = _postprocess_config(export, options, io_type)
@@ -274,12 +312,6 @@ def _ensemble_config(
     }
 
 
-def _existing_versions(model_dir: Path) -> set[int]:
-    if not model_dir.is_dir():
-        return set()
-    return {int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()}
-
-
 def _template(name: str) -> bytes:
     return resources.files("deploykit.serving").joinpath(f"triton_models/{name}").read_bytes()
 
@@ -326,11 +358,11 @@ def write_repository(
     _check_counts(options, num_classes=export.output_dims[-1])
     label_lines = class_labels(export.output_dims[-1], labels if labels is not None else record.labels)
     configs = model_configs(export, options)
-    repo = _open_repository(repo)
-    with _locked(repo):  # two `deploykit triton` runs into one repository: one after the other
-        version, replaced = _choose_version(repo, list(configs), version, force)
-        _publish(repo, version, _version_files(options, source, target_name, label_lines), configs)
-    return RepositoryResult(repo, name, version, backend, list(configs), replaced=replaced)
+    repo = open_repository(repo)
+    with locked(repo):  # two `deploykit triton` runs into one repository: one after the other
+        version, replaced = choose_version(repo, list(configs), version, force)
+        publish(repo, version, _version_files(options, source, target_name, label_lines), configs)
+    return RepositoryResult(repo, name, version, backend, list(configs), replaced, source.name)
 
 
 def _check_choices(name: str, *, backend: str, kind: str, precision: str, ort_tensorrt: bool) -> None:
@@ -346,6 +378,11 @@ def _check_choices(name: str, *, backend: str, kind: str, precision: str, ort_te
             raise ConfigError(f"--{what} must be one of {', '.join(allowed)}, got {value!r}")
     if ort_tensorrt and (backend != "onnxruntime" or kind != "gpu"):
         raise ConfigError("the TensorRT execution accelerator needs --backend onnxruntime --kind gpu")
+    if ort_tensorrt and precision == "int8":
+        raise ConfigError(
+            "--ort-tensorrt takes fp32 or fp16: the INT8 ONNX Runtime artifact is dynamically quantized for "
+            "the CPU; for INT8 on a GPU serve the engine of model.int8.onnx (--backend tensorrt)"
+        )
 
 
 def _max_batch(export: _Export, backend: str, source: Path, max_batch: int | None) -> int:
@@ -370,33 +407,6 @@ def _check_counts(options: _Options, *, num_classes: int) -> None:
         raise ConfigError(f"--top-k must be in 1..{num_classes}, got {options.top_k}")
 
 
-def _open_repository(repo: str | Path) -> Path:
-    repo = Path(repo)
-    try:
-        repo.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ArtifactError(f"cannot create repository {repo}: {exc.strerror or exc}") from None
-    return repo
-
-
-def _choose_version(repo: Path, models: list[str], version: int | None, force: bool) -> tuple[int, bool]:
-    """``(version, replaced)``: the next free version number of the models when ``version`` is None; an
-    existing version only with ``force``."""
-    existing = {m: _existing_versions(repo / m) for m in models}
-    taken = set().union(*existing.values())
-    if version is None:
-        version = max(taken, default=0) + 1
-    if version < 1:
-        raise ConfigError(f"--version must be at least 1, got {version}")
-    clash = sorted(m for m, versions in existing.items() if version in versions)
-    if clash and not force:
-        raise ConfigError(
-            f"version {version} of {', '.join(clash)} already exists in {repo}; pass --force to replace it "
-            f"(or --version N)"
-        )
-    return version, bool(clash)
-
-
 def _version_files(
     options: _Options, source: Path, target_name: str, label_lines: list[str]
 ) -> dict[str, dict[str, bytes | Path]]:
@@ -412,70 +422,3 @@ def _version_files(
         },
         f"{name}_classify": {},  # an ensemble has an empty version directory
     }
-
-
-@contextlib.contextmanager
-def _locked(repo: Path):
-    """An exclusive lock on the repository folder itself (flock on its descriptor: no lock file among the
-    models) while versions are chosen and written, so concurrent runs never take the same version."""
-    import fcntl
-
-    fd = os.open(repo, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _publish(
-    repo: Path, version: int, files: dict[str, dict[str, bytes | Path]], configs: dict[str, dict[str, Any]]
-) -> None:
-    """Stage every model's version directory, then rename each into place and write its config.pbtxt."""
-    staged: dict[str, Path] = {}
-    created = [repo / model for model in files if not (repo / model).exists()]
-    published = False
-    try:
-        for model, contents in files.items():
-            staged[model] = _staging_dir(repo / model)
-            _write_files(staged[model], contents)
-        for model, stage in staged.items():  # every file is in place: publish versions, then configs
-            _rename_into_place(stage, repo / model / str(version))
-            atomic_write_text(repo / model / "config.pbtxt", to_pbtxt(configs[model]) + "\n")
-        published = True
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise ArtifactError(f"cannot write the repository {repo}: {exc.strerror or exc}{where}") from None
-    finally:  # a failure leaves no staging directory behind (published ones were renamed away)
-        for stage in staged.values():
-            shutil.rmtree(stage, ignore_errors=True)
-        for folder in created if not published else ():
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only if empty: a model folder this run created and filled with nothing
-
-
-def _staging_dir(model_dir: Path) -> Path:
-    """A new hidden directory in ``model_dir`` (created if needed) with an ordinary directory's mode."""
-    model_dir.mkdir(exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=model_dir, prefix=".deploykit-staging-"))
-    stage.chmod(ordinary_mode(executable=True))
-    return stage
-
-
-def _write_files(directory: Path, contents: dict[str, bytes | Path]) -> None:
-    for filename, data in contents.items():
-        if isinstance(data, Path):
-            shutil.copyfile(data, directory / filename)
-        else:
-            atomic_write_text(directory / filename, data.decode())
-
-
-def _rename_into_place(stage: Path, final: Path) -> None:
-    """``stage`` becomes ``final``; an existing ``final`` is moved aside first and deleted after."""
-    if final.exists():
-        trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=".deploykit-replaced-"))
-        final.rename(trash / "old")
-        stage.rename(final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        stage.rename(final)

@@ -3,7 +3,11 @@
 The matrix is data, not code: ``trt_operators.json`` next to this file is a transcription of a TensorRT ONNX
 parser operator table whose coverage matches onnx-tensorrt's ``docs/operators.md`` (which TensorRT version and
 opset range it documents, and where it came from, are recorded in the file). Every rule below is grounded in a
-column or a restriction of that table, except ``no-einsum``, which is a deploykit project rule.
+column or a restriction of that table, except ``no-einsum``, which is a deploykit project rule, and the
+explicit-quantization rules of QuantizeLinear/DequantizeLinear beyond the table's zero point (``scale-*``,
+``qdq-axis`` and the quantized type), which read TensorRT's own Quantize/Dequantize operator reference
+(recorded in the file's ``quantization_source``): TensorRT builds a Q/DQ graph strongly typed, with no
+calibrator, only when every Q/DQ pair is symmetric with constant scales.
 
 Rules (``Violation.rule``):
 
@@ -11,13 +15,19 @@ Rules (``Violation.rule``):
 - ``unsupported-op`` the table lists the operator as unsupported
 - ``unknown-op``     a default-domain operator the table does not list
 - ``custom-op``      an operator in a non-default domain (the table lists none; it would need a plugin)
-- ``dtype``          the operator's data tensor has an element type outside the table's type list
+- ``dtype``          the operator's data tensor has an element type outside the table's type list (for
+                     QuantizeLinear also its quantized output: INT8, FP8, FP4 or INT4, never UINT8)
 - ``pool-rank``      "2D or 3D pooling only" and the pooling window is not 2-D or 3-D
 - ``dilations``      "`dilations` must be empty or all ones"
 - ``extra-output``   an output the table says is unsupported (MaxPool ``Indices``, LayerNormalization)
 - ``const-input``    "`axes` must be an initializer" and the like, when that input is computed at run time
 - ``attr-value``     an attribute value outside the values the table lists (Resize modes, TopK ``sorted``, ...)
-- ``zero-point``     a quantization zero point the table requires to be zero is not
+- ``zero-point``     a quantization zero point the table requires to be zero is not, or is not constant
+- ``scale-const``    a Q/DQ scale is computed at run time; TensorRT needs a constant (initializer or Constant)
+- ``scale-dtype``    a Q/DQ scale is not FP32/FP16/BF16, or is FP16/BF16 below opset 19
+- ``scale-shape``    a Q/DQ scale is neither a scalar (per-tensor) nor 1-D with one value per channel of the
+                     ``axis`` dimension (per-channel); 2-D (block) scales only for INT4
+- ``qdq-axis``       the ``axis`` of a per-channel Q/DQ is outside the input's rank
 - ``no-einsum``      deploykit rule: exported graphs carry no Einsum
 
 Only ``onnx`` and ``numpy`` are imported, so the lint runs where torch and TensorRT are absent.
@@ -54,6 +64,9 @@ _TABLE_DTYPE_NAMES = {
     "FLOAT8E4M3FN": "FP8",
     "FLOAT4E2M1": "FP4",
 }
+# Explicit quantization: their data tensor is input 0 (see _data_tensors) and their quantized side is typed
+# by the `qdq_dtype` check.
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
 # Outputs of these are never build-time constants, even when every input is.
 _NONDETERMINISTIC = {
     "RandomNormal",
@@ -127,7 +140,7 @@ def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
                 f"TensorRT {table['tensorrt_version']} documents",
             )
         )
-    graph = _GraphFacts(_infer_shapes(proto).graph)
+    graph = _GraphFacts(_infer_shapes(proto).graph, opset)
     for index, node in enumerate(graph.nodes):
         report.violations.extend(_lint_node(node, index, graph, table, opset))
     return report
@@ -167,10 +180,12 @@ class _GraphFacts:
     ONNX requires for names visible from a subgraph.
     """
 
-    def __init__(self, graph: onnx.GraphProto):
+    def __init__(self, graph: onnx.GraphProto, opset: int | None = None):
+        self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.elem_types: dict[str, int] = {}
         self.ranks: dict[str, int] = {}
+        self.dims: dict[str, list[int | None]] = {}  # sizes of value infos and weights (None: symbolic)
         self.values: dict[str, TensorProto] = {}  # initializers and Constant outputs: TensorRT weights
         self.build_time: set[str] = set()  # weights plus anything computed only from weights
         self._walk(graph)
@@ -182,9 +197,13 @@ class _GraphFacts:
                 self.elem_types[vi.name] = tensor_type.elem_type
             if tensor_type is not None and tensor_type.HasField("shape"):
                 self.ranks[vi.name] = len(tensor_type.shape.dim)
+                self.dims[vi.name] = [
+                    d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
+                ]
         for init in graph.initializer:
             self.elem_types[init.name] = init.data_type
             self.values[init.name] = init
+            self.dims[init.name] = list(init.dims)
             self.build_time.add(init.name)
         for node in graph.node:
             self.nodes.append(node)
@@ -192,6 +211,7 @@ class _GraphFacts:
                 for attr in node.attribute:
                     if attr.name == "value":
                         self.values[node.output[0]] = attr.t
+                        self.dims[node.output[0]] = list(attr.t.dims)
                 self.build_time.add(node.output[0])
             elif (
                 node.domain in DEFAULT_DOMAINS
@@ -280,6 +300,10 @@ def _data_tensors(node: onnx.NodeProto, opset: int | None) -> list[str]:
     """
     if not any(node.input):
         return [node.output[0]] if node.output else []
+    if node.op_type in _QDQ:
+        # the table types the data input: Q's float ``x``, DQ's quantized ``x`` (its scale and zero point
+        # share a type constraint with the output, so the schema rule below would pick those instead)
+        return [node.input[0]]
     if node.op_type in ("Cast", "CastLike"):
         return [node.input[0], node.output[0]]
     try:
@@ -363,7 +387,15 @@ def _check_attr_absent(node, check, graph):
 
 def _check_zero_input(node, check, graph):
     tensor = _input(node, check["index"])
-    value = graph.value(tensor) if tensor else None
+    if not tensor:
+        return  # absent: zero
+    if tensor not in graph.build_time:
+        yield (
+            "zero-point",
+            f"`{check['name']}` must be a constant zero, but `{tensor}` is computed at run time",
+        )
+        return
+    value = graph.value(tensor)
     if value is not None and np.any(value.astype(np.float64) != 0):
         yield "zero-point", f"`{check['name']}` must be zero"
 
@@ -375,6 +407,99 @@ def _check_input_dtype(node, check, graph):
         yield "dtype", f"`{check['name']}` must be {'/'.join(check['dtypes'])}, got {dtype_name(elem_type)}"
 
 
+# ------------------------------------------------------------------------------- explicit quantization
+
+
+def _quantized_tensor(node: onnx.NodeProto) -> str:
+    """The int8 (FP8/INT4/...) side of a Q/DQ node: Q's output ``y``, DQ's input ``x``."""
+    return node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
+
+
+def _scale_rank(node, check, graph) -> int | None:
+    """The rank of the node's constant scale (``None`` when it is computed: ``scale-const`` reports that)."""
+    scale = _input(node, check["index"])
+    return len(graph.dims[scale]) if scale and graph.is_weight(scale) and scale in graph.dims else None
+
+
+def _per_channel(node, check, graph) -> bool:
+    """A 1-D scale of more than one value (one value scales every element alike: per-tensor in effect)."""
+    return _scale_rank(node, check, graph) == 1 and graph.dims[_input(node, check["index"])] != [1]
+
+
+def _check_qdq_dtype(node, check, graph):
+    tensor = _quantized_tensor(node)
+    elem_type = graph.elem_types.get(tensor) if tensor else None
+    if elem_type is None and node.op_type == "QuantizeLinear":  # no shape inference: the zero point's type
+        elem_type = graph.elem_types.get(_input(node, 2))
+    if elem_type and dtype_name(elem_type) not in check["dtypes"]:
+        yield (
+            "dtype",
+            f"`{tensor}` is {dtype_name(elem_type)}; TensorRT quantizes to {', '.join(check['dtypes'])}",
+        )
+
+
+def _check_scale_const(node, check, graph):
+    scale = _input(node, check["index"])
+    if scale and not graph.is_weight(scale):
+        yield "scale-const", f"`{check['name']}` must be a constant, but `{scale}` is computed at run time"
+
+
+def _check_scale_dtype(node, check, graph):
+    scale = _input(node, check["index"])
+    elem_type = graph.elem_types.get(scale) if scale else None
+    if not elem_type:
+        return
+    got = dtype_name(elem_type)
+    if got not in check["dtypes"]:
+        yield "scale-dtype", f"`{check['name']}` is {got}; TensorRT scales are {', '.join(check['dtypes'])}"
+        return
+    need = check.get("min_opset", {}).get(got)
+    if need is not None and graph.opset is not None and graph.opset < need:
+        yield (
+            "scale-dtype",
+            f"`{check['name']}` is {got}, which needs opset {need} or newer, not {graph.opset}",
+        )
+
+
+def _check_scale_shape(node, check, graph):
+    rank = _scale_rank(node, check, graph)
+    if rank is None or rank == 0 or (rank == 1 and not _per_channel(node, check, graph)):
+        return  # computed (scale-const), scalar or one value: per-tensor
+    name, scale = check["name"], _input(node, check["index"])
+    if rank == 1:
+        if graph.opset is not None and graph.opset < 13:
+            yield "scale-shape", f"per-channel `{name}` needs opset 13 or newer (model: {graph.opset})"
+            return
+        dims = graph.dims.get(node.input[0])
+        axis = _attr(node, "axis", 1)
+        if dims is None or not -len(dims) <= axis < len(dims):
+            return  # unknown rank, or qdq-axis
+        size, count = dims[axis], graph.dims[scale][0]
+        if size and count != size:
+            yield (
+                "scale-shape",
+                f"per-channel `{name}` has {count} values, but axis {axis} of `{node.input[0]}` has {size}",
+            )
+        return
+    quantized = graph.elem_types.get(_quantized_tensor(node))
+    if rank == 2 and (quantized is None or dtype_name(quantized) in check["block_dtypes"]):
+        return  # block quantization
+    yield (
+        "scale-shape",
+        f"`{name}` is {rank}-D: TensorRT takes a scalar (per-tensor), 1-D (per-channel) or, for "
+        f"{'/'.join(check['block_dtypes'])} only, 2-D (block) scale",
+    )
+
+
+def _check_qdq_axis(node, check, graph):
+    if not _per_channel(node, check, graph):
+        return  # ONNX ignores `axis` for per-tensor scales
+    dims = graph.dims.get(node.input[0])
+    axis = _attr(node, "axis", 1)
+    if dims is not None and not -len(dims) <= axis < len(dims):
+        yield "qdq-axis", f"`axis`={axis} is outside [{-len(dims)}, {len(dims) - 1}] for `{node.input[0]}`"
+
+
 _CHECKS = {
     "pool_rank": _check_pool_rank,
     "dilations_ones": _check_dilations,
@@ -384,4 +509,9 @@ _CHECKS = {
     "attr_absent": _check_attr_absent,
     "zero_input": _check_zero_input,
     "input_dtype": _check_input_dtype,
+    "qdq_dtype": _check_qdq_dtype,
+    "scale_const": _check_scale_const,
+    "scale_dtype": _check_scale_dtype,
+    "scale_shape": _check_scale_shape,
+    "qdq_axis": _check_qdq_axis,
 }

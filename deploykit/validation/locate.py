@@ -249,6 +249,9 @@ def locate_in_torch(
     """The first module of ``candidate_model`` whose output differs from the same-named module of
     ``reference_model`` (e.g. a rewrite that changed the numbers)."""
     order = capture(reference_model, None, images[:1])[1]
+    # a rewrite may change a module's own weights on purpose (a Conv+BN fold: the conv's output is the
+    # BN's now) or replace it; compare only the modules it left as they were (their parents included)
+    order = [n for n in order if _same_module(reference_model, candidate_model, n)]
     first, stats = first_divergence(
         order,
         lambda x: capture(reference_model, order, x)[0],
@@ -259,6 +262,21 @@ def locate_in_torch(
     modules = dict(reference_model.named_modules())
     found = _divergence(first, stats[first], type(modules[first]).__name__, stage, None) if first else None
     return LocateReport(stage, found, len(stats), len(order) - len(stats), len(images), _thresholds(tol))
+
+
+def _same_module(reference_model, candidate_model, name: str) -> bool:
+    """Whether module ``name`` has the same type and the same own parameters and buffers in both."""
+    try:
+        ref, cand = reference_model.get_submodule(name), candidate_model.get_submodule(name)
+    except AttributeError:
+        return False
+    if type(ref) is not type(cand):
+        return False
+    own = dict(ref.named_parameters(recurse=False)) | dict(ref.named_buffers(recurse=False))
+    theirs = dict(cand.named_parameters(recurse=False)) | dict(cand.named_buffers(recurse=False))
+    return own.keys() == theirs.keys() and all(
+        own[k].shape == theirs[k].shape and bool((own[k] == theirs[k]).all()) for k in own
+    )
 
 
 def locate_in_onnx(

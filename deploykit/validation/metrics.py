@@ -55,9 +55,9 @@ class OutputMetrics:
 
 
 #: what a :class:`Check` checked: a parity metric, a metric against a stored baseline, or ``--locate``
-CHECK_KINDS = ("parity", "baseline", "locate")
+CHECK_KINDS = ("parity", "baseline", "locate", "accuracy")
 #: metrics that must stay at or below their threshold (the others: at or above it)
-UPPER_BOUNDS = ("nonfinite", "max_abs", "mean_abs", "max_rel")
+UPPER_BOUNDS = ("nonfinite", "max_abs", "mean_abs", "max_rel", "accuracy_drop")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +92,7 @@ class Check:
         return (self.threshold - self.value) / max(self.threshold, 1e-30) + 1.0
 
     def describe(self) -> str:
-        if self.kind == "locate":
+        if self.kind in ("locate", "accuracy"):
             return self.detail
         if self.kind == "baseline":
             verdict = "within" if self.passed else "regressed from"
@@ -121,6 +121,28 @@ class Check:
             "passed": self.passed,
             "message": self.describe(),
         }
+
+
+def accuracy_check(
+    output: str, reference: float, accuracy: float, max_drop: float | None, images: int
+) -> Check:
+    """The accuracy of a candidate against its reference's on ``images`` labelled images; gated when
+    ``max_drop`` is given (else recorded, passing)."""
+    drop = reference - accuracy
+    passed = max_drop is None or drop <= max_drop + 1e-12
+    limit = f"needs <= {max_drop:.2%}" if max_drop is not None else "not gated"
+    return Check(
+        output=output,
+        metric="accuracy_drop",
+        value=drop,
+        threshold=max_drop,
+        passed=passed,
+        kind="accuracy",
+        detail=(
+            f"{output}: accuracy {accuracy:.2%} vs {reference:.2%} on {images} labelled images "
+            f"(drop {drop:+.2%}, {limit})"
+        ),
+    )
 
 
 #: the name earlier callers import: a failure is a :class:`Check` that did not pass

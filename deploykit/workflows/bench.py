@@ -1,17 +1,18 @@
 """``deploykit bench``: latency and throughput of every runtime of one export, measured in one process.
 
-The cases are PyTorch eager (the preset rebuilt from ``manifest.json``, with the export's weights), the FP32
-and FP16 ONNX files (ONNX Runtime; CUDA where a session really runs on it) and the TensorRT engines (where
-TensorRT and a GPU are present; otherwise the reason is recorded, nothing is faked), each at every batch
-size. Every round runs each case once, in a fresh (seeded) random order, so drift of the machine (clock,
+The cases are PyTorch eager (the preset rebuilt from ``manifest.json``, with the export's weights), the ONNX
+files (ONNX Runtime; CUDA where a session really runs on it): FP32, FP16, the INT8 Q/DQ graph TensorRT builds
+from (``model.int8.onnx``, run by ONNX Runtime) and the INT8 CPU artifact (``model.int8.cpu.onnx``, dynamic
+quantization) where the export has them, and the TensorRT engines (where TensorRT and a GPU are present;
+otherwise the reason is recorded, nothing is faked), each at every batch size. Every round runs each case once, in a fresh (seeded) random order, so drift of the machine (clock,
 thermals, other processes) spreads over all cases alike instead of landing on one of them. Runtimes that
 share one process disturb each other, though: ONNX Runtime's intra-op workers keep spinning for tens of
 milliseconds after a run and slow down whatever runs next (measured in docs/measured.md). So each case
 first settles: it runs untimed until ``settle_ms`` (50 ms) have passed, then its one timed run follows;
 each timed sample is thus taken in the state a back-to-back loop of that runtime alone would be in.
 
-Per case: min/p50/p90/p99/mean latency in ms, images/s at the p50, the p50 relative to eager at the same
-batch, and the achieved GFLOP/s: the model's FLOPs (counted once on the eager model, see
+Per case: min/p50/p90/p99/mean latency in ms, images/s at the p50, the p50 relative to eager and to ONNX
+Runtime's FP32 artifact at the same batch, and the achieved GFLOP/s: the model's FLOPs (counted once on the eager model, see
 :func:`count_flops`) over the p50, beside the machine's dense-MatMul ceiling measured by ONNX Runtime with
 the same thread count (:func:`matmul_ceiling`). Heavy imports (torch, onnxruntime, matplotlib) happen
 inside the functions, so importing this module is cheap.
@@ -19,44 +20,46 @@ inside the functions, so importing this module is cheap.
 
 from __future__ import annotations
 
-import gc
 import json
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from deploykit.core.artifacts import VARIANT_FILES
 from deploykit.core.config import MAX_BATCH
-from deploykit.core.errors import ArtifactError, ConfigError, UnknownModelError, first_line
+from deploykit.core.errors import ArtifactError, ConfigError, UnknownModelError
 from deploykit.workflows.bench_measure import (
     INPUT_SEED,
+    RUNTIMES,
+    case_results,
+    ceiling_precision,
     count_flops,
-    latency_stats,
     machine_info,
+    make_cases,
     matmul_ceiling,
+    time_cases,
 )
 from deploykit.workflows.bench_report import (
     BenchReport,
-    CaseResult,
     format_table,
     plot,
     require_matplotlib,
 )
 
 if TYPE_CHECKING:
-    import numpy as np
     from torch import nn
 
     from deploykit.runtime.base import Runner
 
-RUNTIMES = ("torch", "onnxruntime", "tensorrt")
-#: ONNX files of an export directory and the precision of each
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+#: ONNX files of an export directory and the precision (variant) of each: fp32, fp16, int8 (the Q/DQ graph
+#: for TensorRT, run here by ONNX Runtime), int8-cpu (ONNX Runtime's dynamic quantization)
+ONNX_FILES = dict(VARIANT_FILES)
+#: why an optional ONNX file may be missing
+_MISSING = {"fp16": "export with --fp16", "int8": "export with --int8", "int8-cpu": "export with --int8"}
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -166,16 +169,6 @@ def _eager_model(directory: Path, with_weights: bool, weights=None, weights_form
     return rebuild_model(path, record, artifact_preset(path, record), None, **args).model
 
 
-@dataclass
-class _Case:
-    runtime: str
-    precision: str
-    batch: int
-    runner: Runner
-    x: np.ndarray
-    samples_ms: list[float] = field(default_factory=list)
-
-
 def _runners(
     directory: Path,
     runtimes: Sequence[str],
@@ -183,14 +176,15 @@ def _runners(
     model: nn.Module,
     say: Callable[[str], None],
     skipped: list[dict[str, Any]],
-) -> list[tuple[str, str, Runner, tuple[int, int] | None]]:
-    """``(runtime, precision, runner, batch range or None)`` for every artifact of ``directory`` that
-    ``runtimes`` asks for and this machine can run; the rest go to ``skipped`` with the reason."""
-    out: list[tuple[str, str, Runner, tuple[int, int] | None]] = []
+) -> list[tuple[str, str, Runner, tuple[int, int] | None, str | None]]:
+    """``(runtime, precision, runner, batch range or None, file name or None)`` for every artifact of
+    ``directory`` that ``runtimes`` asks for and this machine can run; the rest go to ``skipped`` with the
+    reason."""
+    out: list[tuple[str, str, Runner, tuple[int, int] | None, str | None]] = []
     if "torch" in runtimes:
         from deploykit.runtime.torch_runner import TorchRunner
 
-        out.append(("torch", "fp32", TorchRunner(model), None))
+        out.append(("torch", "fp32", TorchRunner(model), None, None))
     if "onnxruntime" in runtimes:
         out += _onnx_runners(directory, threads, say, skipped)
     if "tensorrt" in runtimes:
@@ -207,11 +201,11 @@ def _onnx_runners(directory: Path, threads: int, say, skipped: list[dict[str, An
         if not path.is_file():
             if precision == "fp32":
                 raise ArtifactError(f"{directory}: no {name} (the export's FP32 artifact)")
-            reason = f"no {name} (export with --fp16)"
+            reason = f"no {name} ({_MISSING.get(precision, 'not exported')})"
             skipped.append({"runtime": "onnxruntime", "precision": precision, "reason": reason})
             continue
         say(f"loading {name} (ONNX Runtime, {threads} threads)")
-        out.append(("onnxruntime", precision, OrtRunner(path, threads=threads), None))
+        out.append(("onnxruntime", precision, OrtRunner(path, threads=threads), None, name))
     return out
 
 
@@ -238,7 +232,7 @@ def _engine_runners(directory: Path, say, skipped: list[dict[str, Any]]) -> list
             skipped.append({"runtime": "tensorrt", "precision": runner.precision, "reason": reason})
             continue
         seen[runner.precision] = path.name
-        out.append(("tensorrt", runner.precision, runner, runner.batch_range))
+        out.append(("tensorrt", runner.precision, runner, runner.batch_range, path.name))
     return out
 
 
@@ -298,7 +292,7 @@ def run_bench(
             gflop_per_image = count_flops(model, input_size) / 1e9
             skipped: list[dict[str, Any]] = []
             runners = _runners(directory, runtimes, threads, model, say, skipped)
-            cases = _cases(runners, batches, input_size, skipped)
+            cases = make_cases(runners, batches, input_size, skipped)
             if not cases:
                 reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped)
                 raise ArtifactError(
@@ -308,7 +302,7 @@ def run_bench(
         finally:
             torch.set_num_threads(previous_threads)
 
-    results = _results(cases, gflop_per_image, machine)
+    results = case_results(cases, gflop_per_image, machine)
     return BenchReport(
         target=str(target),
         preset=manifest["preset"],
@@ -326,14 +320,14 @@ def _time_with_ceilings(cases, threads: int, warmup: int, iters: int, settle_ms:
     """Time ``cases`` between two MatMul ceiling probes; the machine record keeps the better probe of each
     precision (in case the first was disturbed)."""
     say(f"MatMul ceiling probe (ONNX Runtime, {threads} threads)")
-    precisions = sorted({"fp32", *(c.precision for c in cases if c.runtime != "torch")})
+    precisions = sorted({"fp32", *(ceiling_precision(c.precision) for c in cases if c.runtime != "torch")})
     machine = machine_info(threads, precisions)
-    _time_cases(cases, warmup, iters, settle_ms / 1e3, console, not console.quiet)
+    time_cases(cases, warmup, iters, settle_ms / 1e3, console, not console.quiet)
     for precision in precisions:
         key = f"matmul_gflops_{precision}"
         again = matmul_ceiling(threads, precision)
         if again is not None:
-            machine[key] = max(machine[key] or 0.0, again)
+            machine[key] = max(machine.get(key) or 0.0, again)
     return machine
 
 
@@ -348,111 +342,6 @@ def _settings(batches, runtimes, threads, warmup, iters, settle_ms) -> dict[str,
         "settle_ms": settle_ms,
         "input": f"fixed standard-normal batch (seed {INPUT_SEED}) in each runner's input dtype",
     }
-
-
-def _cases(runners, batches, input_size, skipped) -> list[_Case]:
-    """One case per runner and batch size, each with its fixed, contiguous input in the runner's dtype."""
-    import numpy as np
-
-    rng = np.random.default_rng(INPUT_SEED)
-    full = rng.standard_normal((max(batches), *input_size), dtype=np.float32)
-    cases = []
-    for runtime, precision, runner, batch_range in runners:
-        dtype = getattr(runner, "input_dtype", np.float32)
-        for batch in batches:
-            if batch_range is not None and not batch_range[0] <= batch <= batch_range[1]:
-                skipped.append(
-                    {
-                        "runtime": runtime,
-                        "precision": precision,
-                        "reason": f"batch {batch} is outside the engine's profile {batch_range[0]}..{batch_range[1]}",
-                    }
-                )
-                continue
-            cases.append(
-                _Case(runtime, precision, batch, runner, np.ascontiguousarray(full[:batch], dtype=dtype))
-            )
-    return cases
-
-
-def _time_cases(
-    cases: list[_Case], warmup: int, iters: int, settle_s: float, console, progress: bool
-) -> None:
-    """Interleaved timing: each round runs every case in a seeded random order; a case runs untimed until
-    ``settle_s`` have passed (at least once), then once timed. The first ``warmup`` rounds record nothing.
-    The garbage collector is paused during a round (as ``timeit`` does) and runs between rounds."""
-    import numpy as np
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    for case in cases:  # one call each up front: a runner that cannot run its batch fails here, by name
-        try:
-            case.runner.run(case.x)
-        except Exception as exc:
-            first = first_line(exc)
-            raise ArtifactError(
-                f"{case.runtime} {case.precision} batch {case.batch} failed: {first}"
-            ) from None
-    rng = np.random.default_rng(INPUT_SEED)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    gc_was_enabled = gc.isenabled()
-    clock = time.perf_counter
-    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
-        task = bar.add_task("warm-up", total=(warmup + iters) * len(cases))
-        try:
-            for round_ in range(warmup + iters):
-                if round_ == warmup:
-                    bar.update(task, description="timing")
-                gc.disable()
-                for i in rng.permutation(len(cases)):
-                    case = cases[i]
-                    settled = clock() + settle_s
-                    case.runner.run(case.x)
-                    while clock() < settled:
-                        case.runner.run(case.x)
-                    start = clock()
-                    case.runner.run(case.x)
-                    elapsed_ms = (clock() - start) * 1e3
-                    if round_ >= warmup:
-                        case.samples_ms.append(elapsed_ms)
-                    bar.advance(task)
-                if gc_was_enabled:
-                    gc.enable()
-                    gc.collect()
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-
-
-def _results(cases: list[_Case], gflop_per_image: float, machine: dict[str, Any]) -> list[CaseResult]:
-    torch_p50: dict[int, float] = {}
-    stats = []
-    for case in cases:
-        s = latency_stats(case.samples_ms)
-        stats.append(s)
-        if case.runtime == "torch":
-            torch_p50[case.batch] = s["p50_ms"]
-    results = []
-    for case, s in zip(cases, stats):
-        seconds = s["p50_ms"] / 1e3
-        gflops = gflop_per_image * case.batch / seconds
-        ceiling = machine.get(f"matmul_gflops_{case.precision}") or machine.get("matmul_gflops_fp32")
-        base = torch_p50.get(case.batch)
-        results.append(
-            CaseResult(
-                runtime=case.runtime,
-                precision=case.precision,
-                batch=case.batch,
-                runner=case.runner.name,
-                samples_ms=tuple(case.samples_ms),
-                **s,
-                images_per_s=case.batch / seconds,
-                gflops=gflops,
-                ratio_to_torch=s["p50_ms"] / base if base else None,
-                pct_of_matmul_ceiling=100 * gflops / ceiling if ceiling else None,
-            )
-        )
-    order = {r: i for i, r in enumerate(RUNTIMES)}
-    return sorted(results, key=lambda r: (r.batch, order[r.runtime], r.precision != "fp32"))
 
 
 def bench_command(
@@ -487,7 +376,7 @@ def bench_command(
         weights=weights,
         weights_format=weights_format,
     )
-    Console(width=max(Console().width, 130)).print(format_table(report))
+    Console(width=max(Console().width, 150)).print(format_table(report))
     for s in report.skipped:
         precision = f" {s['precision']}" if s["precision"] else ""
         click.echo(f"skipped {s['runtime']}{precision}: {s['reason']}")

@@ -1,23 +1,169 @@
-"""What ``deploykit bench`` measures besides latency: the model's FLOPs, the machine's dense-MatMul ceiling
-(ONNX Runtime, same thread count), latency statistics and a description of the machine."""
+"""What ``deploykit bench`` measures: the interleaved timing of its cases and their results, the model's
+FLOPs, the machine's dense-MatMul ceiling (ONNX Runtime, same thread count), latency statistics and a
+description of the machine."""
 
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import platform
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploykit.core.errors import ArtifactError
+from deploykit.core.errors import ArtifactError, first_line
+from deploykit.workflows.bench_report import CaseResult
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
+
+    from deploykit.runtime.base import Runner
 
 #: seed of the random inputs (the benchmark's batches and the MatMul probe's matrices)
 INPUT_SEED = 0
+#: the runtimes, in the order the results list them
+RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+#: the precisions (variants of the export's graphs, see deploykit.core.artifacts), in the order the results
+#: list them within a runtime: int8 is model.int8.onnx (Q/DQ, the TensorRT graph), int8-cpu is
+#: model.int8.cpu.onnx (ONNX Runtime's dynamic quantization)
+PRECISION_ORDER = ("fp32", "fp16", "int8", "int8-cpu")
+#: element types of the MatMul ceiling probe: precision -> (numpy dtype names of A, B, ONNX op)
+_PROBES = {
+    "fp32": ("float32", "float32", "MatMul"),
+    "fp16": ("float16", "float16", "MatMul"),
+    "int8": ("uint8", "int8", "MatMulInteger"),  # what dynamic quantization runs: uint8 x int8 -> int32
+}
+
+
+def ceiling_precision(precision: str) -> str:
+    """The MatMul probe a precision is compared with: both INT8 variants with the integer MatMul."""
+    return "int8" if precision.startswith("int8") else precision
+
+
+@dataclass
+class Case:
+    """One runtime x precision x batch: its runner, fixed input and timed samples."""
+
+    runtime: str
+    precision: str
+    batch: int
+    runner: Runner
+    x: np.ndarray
+    samples_ms: list[float] = field(default_factory=list)
+    #: the file it runs (None: the eager model)
+    artifact: str | None = None
+
+
+def make_cases(runners, batches, input_size, skipped: list[dict[str, Any]]) -> list[Case]:
+    """One case per runner ``(runtime, precision, runner, batch range or None, artifact)`` and batch size,
+    each with its fixed, contiguous input in the runner's dtype; a batch outside an engine's profile goes to
+    ``skipped``."""
+    import numpy as np
+
+    rng = np.random.default_rng(INPUT_SEED)
+    full = rng.standard_normal((max(batches), *input_size), dtype=np.float32)
+    cases = []
+    for runtime, precision, runner, batch_range, artifact in runners:
+        dtype = getattr(runner, "input_dtype", np.float32)
+        for batch in batches:
+            if batch_range is not None and not batch_range[0] <= batch <= batch_range[1]:
+                reason = f"batch {batch} is outside the engine's profile {batch_range[0]}..{batch_range[1]}"
+                skipped.append({"runtime": runtime, "precision": precision, "reason": reason})
+                continue
+            x = np.ascontiguousarray(full[:batch], dtype=dtype)
+            cases.append(Case(runtime, precision, batch, runner, x, artifact=artifact))
+    return cases
+
+
+def time_cases(cases: list[Case], warmup: int, iters: int, settle_s: float, console, progress: bool) -> None:
+    """Interleaved timing: each round runs every case in a seeded random order; a case runs untimed until
+    ``settle_s`` have passed (at least once), then once timed. The first ``warmup`` rounds record nothing.
+    The garbage collector is paused during a round (as ``timeit`` does) and runs between rounds."""
+    import numpy as np
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    for case in cases:  # one call each up front: a runner that cannot run its batch fails here, by name
+        try:
+            case.runner.run(case.x)
+        except Exception as exc:
+            first = first_line(exc)
+            raise ArtifactError(
+                f"{case.runtime} {case.precision} batch {case.batch} failed: {first}"
+            ) from None
+    rng = np.random.default_rng(INPUT_SEED)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    gc_was_enabled = gc.isenabled()
+    clock = time.perf_counter
+    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
+        task = bar.add_task("warm-up", total=(warmup + iters) * len(cases))
+        try:
+            for round_ in range(warmup + iters):
+                if round_ == warmup:
+                    bar.update(task, description="timing")
+                gc.disable()
+                for i in rng.permutation(len(cases)):
+                    case = cases[i]
+                    settled = clock() + settle_s
+                    case.runner.run(case.x)
+                    while clock() < settled:
+                        case.runner.run(case.x)
+                    start = clock()
+                    case.runner.run(case.x)
+                    elapsed_ms = (clock() - start) * 1e3
+                    if round_ >= warmup:
+                        case.samples_ms.append(elapsed_ms)
+                    bar.advance(task)
+                if gc_was_enabled:
+                    gc.enable()
+                    gc.collect()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+
+def case_results(cases: list[Case], gflop_per_image: float, machine: dict[str, Any]) -> list[CaseResult]:
+    """The statistics of every case, with its p50 relative to eager PyTorch (``ratio_to_torch``) and to
+    ONNX Runtime's FP32 artifact (``ratio_to_fp32``) at the same batch; sorted by batch, runtime and
+    :data:`PRECISION_ORDER`."""
+    stats = [latency_stats(case.samples_ms) for case in cases]
+    base: dict[tuple[str, int], float] = {}
+    for case, s in zip(cases, stats):
+        if (case.runtime, case.precision) in (("torch", "fp32"), ("onnxruntime", "fp32")):
+            base[case.runtime, case.batch] = s["p50_ms"]
+    results = []
+    for case, s in zip(cases, stats):
+        seconds = s["p50_ms"] / 1e3
+        gflops = gflop_per_image * case.batch / seconds
+        ceiling = machine.get(f"matmul_gflops_{ceiling_precision(case.precision)}") or machine.get(
+            "matmul_gflops_fp32"
+        )
+        to_torch, to_fp32 = base.get(("torch", case.batch)), base.get(("onnxruntime", case.batch))
+        results.append(
+            CaseResult(
+                runtime=case.runtime,
+                precision=case.precision,
+                batch=case.batch,
+                runner=case.runner.name,
+                samples_ms=tuple(case.samples_ms),
+                **s,
+                images_per_s=case.batch / seconds,
+                gflops=gflops,
+                ratio_to_torch=s["p50_ms"] / to_torch if to_torch else None,
+                pct_of_matmul_ceiling=100 * gflops / ceiling if ceiling else None,
+                ratio_to_fp32=s["p50_ms"] / to_fp32 if to_fp32 and case.runtime != "torch" else None,
+                artifact=case.artifact,
+            )
+        )
+    runtimes = {r: i for i, r in enumerate(RUNTIMES)}
+    precisions = {p: i for i, p in enumerate(PRECISION_ORDER)}
+    return sorted(
+        results,
+        key=lambda r: (r.batch, runtimes.get(r.runtime, len(runtimes)), precisions.get(r.precision, 99)),
+    )
 
 
 def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
@@ -36,21 +182,28 @@ def matmul_ceiling(
 ) -> float | None:
     """The dense-MatMul rate (GFLOP/s) ONNX Runtime reaches here: one ``size``^3 MatMul, ``threads`` intra-op
     threads, the same providers the artifacts run with, best of as many runs as fit in ``seconds`` (at
-    least 3). ``None`` when this ONNX Runtime has no MatMul for ``precision``. On CUDA the timing includes
-    the host/device copies, as every ONNX Runtime timing of :func:`run_bench` does."""
+    least 3). ``int8`` (or ``int8-cpu``) probes ``MatMulInteger`` (uint8 x int8 -> int32, what dynamic
+    quantization runs; GOP/s). ``None`` when this ONNX Runtime has no MatMul for ``precision``, or the
+    precision is unknown. On CUDA the timing includes the host/device copies, as every ONNX Runtime timing
+    of :func:`run_bench` does."""
     import numpy as np
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from deploykit.runtime.ort_runner import OrtRunner
 
-    dtype, elem = {"fp32": (np.float32, TensorProto.FLOAT), "fp16": (np.float16, TensorProto.FLOAT16)}[
-        precision
-    ]
+    if ceiling_precision(precision) not in _PROBES:
+        return None
+    a_type, b_type, op = _PROBES[ceiling_precision(precision)]
+    c_type = "int32" if op == "MatMulInteger" else a_type
+    elem = helper.np_dtype_to_tensor_dtype
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        [helper.make_node(op, ["a", "b"], ["c"])],
         "matmul_ceiling",
-        [helper.make_tensor_value_info(n, elem, [size, size]) for n in ("a", "b")],
-        [helper.make_tensor_value_info("c", elem, [size, size])],
+        [
+            helper.make_tensor_value_info(n, elem(np.dtype(t)), [size, size])
+            for n, t in (("a", a_type), ("b", b_type))
+        ],
+        [helper.make_tensor_value_info("c", elem(np.dtype(c_type)), [size, size])],
     )
     probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     try:
@@ -58,7 +211,13 @@ def matmul_ceiling(
     except ArtifactError:
         return None
     rng = np.random.default_rng(INPUT_SEED)
-    feeds = {n: rng.standard_normal((size, size)).astype(dtype) for n in ("a", "b")}
+    if op == "MatMulInteger":
+        feeds = {
+            "a": rng.integers(0, 256, (size, size), dtype=np.uint8),
+            "b": rng.integers(-128, 128, (size, size), dtype=np.int8),
+        }
+    else:
+        feeds = {n: rng.standard_normal((size, size)).astype(a_type) for n in ("a", "b")}
     best, runs, start = float("inf"), 0, time.perf_counter()
     while runs < 3 or time.perf_counter() - start < seconds:
         t = time.perf_counter()
@@ -103,11 +262,11 @@ def machine_info(threads: int, precisions: Sequence[str] = ("fp32",)) -> dict[st
         "threads": threads,
         "onnxruntime_providers": default_providers(),
     }
-    for precision in sorted({"fp32", *precisions}):
+    for precision in sorted({"fp32", *(ceiling_precision(p) for p in precisions)}):
         info[f"matmul_gflops_{precision}"] = matmul_ceiling(threads, precision)
     info["matmul_probe"] = (
-        "fastest run of one 1024x1024x1024 ONNX Runtime MatMul (2*n^3 FLOPs) in 0.5 s probes before and "
-        "after the timing, same threads and providers"
+        "fastest run of one 1024x1024x1024 ONNX Runtime MatMul (2*n^3 FLOPs; int8: MatMulInteger, uint8 x "
+        "int8 -> int32) in 0.5 s probes before and after the timing, same threads and providers"
     )
     info.update(
         {

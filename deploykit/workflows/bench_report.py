@@ -15,6 +15,18 @@ from deploykit.core.errors import ConfigError
 if TYPE_CHECKING:
     from rich.table import Table
 
+#: (runtime, precision) -> what the table's precision column says
+PRECISION_LABELS = {
+    ("onnxruntime", "int8"): "int8 Q/DQ (TRT graph)",
+    ("onnxruntime", "int8-cpu"): "int8 dynamic (CPU)",
+}
+#: a note under the table for each INT8 artifact it shows
+INT8_NOTES = {
+    "int8": "int8 Q/DQ: model.int8.onnx, the graph TensorRT builds its INT8 engine from, run by ONNX Runtime "
+    "here (its speed is not TensorRT's)",
+    "int8-cpu": "int8 dynamic: model.int8.cpu.onnx, ONNX Runtime dynamic quantization (the CPU artifact)",
+}
+
 FLOPS_COUNTED = (
     "matmul, linear, convolution and attention FLOPs (2 per multiply-add) of one image through the eager "
     "model, counted by torch.utils.flop_counter; normalisation, softmax, activations, pooling and other "
@@ -41,10 +53,19 @@ class CaseResult:
     gflops: float
     ratio_to_torch: float | None = None
     pct_of_matmul_ceiling: float | None = None
+    #: p50 over ONNX Runtime's FP32 artifact (model.onnx) at the same batch; None for eager PyTorch
+    ratio_to_fp32: float | None = None
+    #: the file that ran (model.int8.cpu.onnx, ...); None: eager PyTorch
+    artifact: str | None = None
 
     @property
     def label(self) -> str:
         return f"{self.runtime} {self.precision}"
+
+    @property
+    def shown_precision(self) -> str:
+        """The precision as the table shows it: the INT8 graphs say which one ran."""
+        return PRECISION_LABELS.get((self.runtime, self.precision), self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +81,8 @@ class CaseResult:
             "gflops": self.gflops,
             "ratio_to_torch": self.ratio_to_torch,
             "pct_of_matmul_ceiling": self.pct_of_matmul_ceiling,
+            "ratio_to_fp32": self.ratio_to_fp32,
+            "artifact": self.artifact,
             "runner": self.runner,
         }
 
@@ -109,15 +132,19 @@ def format_table(report: BenchReport) -> Table:
     from rich.table import Table
 
     m = report.machine
+    shown = {r.precision for r in report.results if r.runtime == "onnxruntime"}
+    notes = "".join(f"\n{INT8_NOTES[p]}" for p in INT8_NOTES if p in shown)
     table = Table(
         title=f"deploykit bench: {report.preset} {'x'.join(map(str, report.input_shape))}, "
         f"{m['threads']} threads, median of {report.settings.get('timed_rounds')} interleaved rounds",
         caption=f"{m['cpu']}; ONNX Runtime MatMul ceiling {_num(m.get('matmul_gflops_fp32'))} GFLOP/s fp32"
         + (f", {_num(m['matmul_gflops_fp16'])} fp16" if m.get("matmul_gflops_fp16") else "")
-        + f"; model {report.gflop_per_image:.3f} GFLOP/image",
+        + (f", {_num(m['matmul_gflops_int8'])} GOP/s int8" if m.get("matmul_gflops_int8") else "")
+        + f"; model {report.gflop_per_image:.3f} GFLOP/image; x fp32: p50 over ONNX Runtime's model.onnx"
+        + notes,
     )
     columns = ["runtime", "precision", "batch", "min ms", "p50 ms", "p90 ms", "p99 ms", "mean ms"]
-    columns += ["images/s", "x torch", "GFLOP/s", "% ceiling"]
+    columns += ["images/s", "x torch", "x fp32", "GFLOP/s", "% ceiling"]
     for col in columns:
         table.add_column(col, justify="left" if col in ("runtime", "precision") else "right")
     previous = None
@@ -127,11 +154,12 @@ def format_table(report: BenchReport) -> Table:
         previous = r.batch
         table.add_row(
             r.runtime,
-            r.precision,
+            r.shown_precision,
             str(r.batch),
             *(f"{v:.2f}" for v in (r.min_ms, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms)),
             f"{r.images_per_s:.1f}",
             "" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.2f}",
+            "" if r.ratio_to_fp32 is None else f"{r.ratio_to_fp32:.2f}",
             f"{r.gflops:.1f}",
             "" if r.pct_of_matmul_ceiling is None else f"{r.pct_of_matmul_ceiling:.0f}%",
         )

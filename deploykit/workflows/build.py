@@ -1,10 +1,12 @@
 """The TensorRT engine step, shared by the export's ``engine`` stage and ``deploykit build``: build the
 engine where TensorRT and a GPU exist, otherwise write ``build_engine.sh`` (the equivalent trtexec
-command) beside the ONNX file and say why."""
+command) beside the ONNX file and say why. An INT8 graph (``model.int8.onnx``: QuantizeLinear/
+DequantizeLinear pairs) is built like the others, strongly typed, into ``model.int8.engine``."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,18 +14,22 @@ from typing import Any
 import click
 
 from deploykit.core.config import BatchProfile, ExportConfig, load_config
-from deploykit.core.errors import EngineUnavailableError
+from deploykit.core.errors import ConfigError, EngineUnavailableError
 from deploykit.core.io import ensure_writable_dir
-from deploykit.core.onnx_io import load_onnx, onnx_precision
+from deploykit.core.onnx_io import load_onnx, onnx_precision, read_onnx_graph
 
 
 @dataclass(frozen=True)
 class EngineOutcome:
-    """What the engine step did: ``result`` (an EngineResult) when it built, else ``script`` and ``reason``."""
+    """What the engine step did: ``result`` (an EngineResult) when it built, else ``script`` and ``reason``.
+    ``extra``: the ``(source ONNX name, engine name)`` of each further build asked for, and
+    ``extra_results`` their EngineResults when they were built."""
 
     result: Any = None
     script: Path | None = None
     reason: str = ""
+    extra: tuple[tuple[str, str], ...] = ()
+    extra_results: tuple[Any, ...] = ()
 
 
 def build_or_script(
@@ -37,13 +43,27 @@ def build_or_script(
     input_chw: tuple[int, int, int],
     expect_fp16: bool,
     script_dir: Path | None = None,
+    extra_builds: Sequence[tuple[Path, Path]] = (),
 ) -> EngineOutcome:
     """``engine_path`` from ``source`` (strongly typed, one profile over ``config.batch``), or
     ``build_engine.sh`` in ``script_dir`` (default: beside ``source``) for a copy of ``source`` there when
-    this machine cannot build."""
+    this machine cannot build.
+
+    ``extra_builds``: further ``(source ONNX, engine path)`` pairs of the same export, in ``source``'s
+    folder (e.g. ``model.int8.onnx`` -> ``model.int8.engine``), built after the first with the same settings
+    (each FP16-gated only when its own graph is FP16; a Q/DQ graph is recorded ``int8``), or added to the
+    same ``build_engine.sh``."""
     from deploykit.engine.builder import build_engine, tensorrt_available
     from deploykit.engine.script import write_build_script
 
+    extra = tuple((Path(s), Path(e)) for s, e in extra_builds)
+    for extra_source, extra_engine in extra:
+        if extra_source.parent != source.parent or extra_engine.parent != engine_path.parent:
+            raise ConfigError(
+                f"{extra_source.name} -> {extra_engine.name}: extra builds stay beside {source.name} "
+                f"and {engine_path.name}"
+            )
+    names = tuple((s.name, e.name) for s, e in extra)
     ok, reason = tensorrt_available()
     if not ok:
         script = write_build_script(
@@ -56,25 +76,24 @@ def build_or_script(
             timing_cache_name=script_cache_name,
             engine_name=engine_path.name,
             reason=reason,
+            extra_builds=names,
         )
-        return EngineOutcome(script=script, reason=reason)
-    result = build_engine(
-        source,
-        engine_path,
-        batch=config.batch,
-        workspace_mib=config.workspace_mib,
-        opt_level=config.builder_optimization_level,
-        timing_cache=timing_cache,
-        expect_fp16=expect_fp16,
+        return EngineOutcome(script=script, reason=reason, extra=names)
+    settings = {
+        "batch": config.batch,
+        "workspace_mib": config.workspace_mib,
+        "opt_level": config.builder_optimization_level,
+        "timing_cache": timing_cache,
+    }
+    result = build_engine(source, engine_path, expect_fp16=expect_fp16, **settings)
+    extra_results = tuple(
+        build_engine(s, e, expect_fp16=onnx_precision(read_onnx_graph(s)) == "fp16", **settings)
+        for s, e in extra
     )
-    return EngineOutcome(result=result)
+    return EngineOutcome(result=result, extra=names, extra_results=extra_results)
 
 
-def export_engine_info(outcome: EngineOutcome, source: str) -> dict[str, Any]:
-    """The manifest's ``engine`` record for the export's engine stage."""
-    if outcome.result is None:
-        return {"status": f"skipped: {outcome.reason}", "script": outcome.script.name, "source": source}
-    result = outcome.result
+def _built_info(result: Any, source: str) -> dict[str, Any]:
     return {
         "status": "built",
         "source": source,
@@ -86,6 +105,24 @@ def export_engine_info(outcome: EngineOutcome, source: str) -> dict[str, Any]:
     }
 
 
+def export_engine_info(outcome: EngineOutcome, source: str) -> dict[str, Any]:
+    """The manifest's ``engine`` record for the export's engine stage; the further builds (``extra_builds``)
+    under ``"also"``, one record each (source, engine and, when built, what :func:`_built_info` says). When
+    built, ``"files"`` lists every engine and sidecar written, the first build's first, so the manifest
+    lists and publishes them all."""
+    if outcome.result is None:
+        info = {"status": f"skipped: {outcome.reason}", "script": outcome.script.name, "source": source}
+        also = [{"source": s, "engine": e} for s, e in outcome.extra]
+    else:
+        info = _built_info(outcome.result, source)
+        also = [{"engine": e, **_built_info(r, s)} for (s, e), r in zip(outcome.extra, outcome.extra_results)]
+    if also:
+        info["also"] = also
+        if outcome.result is not None:
+            info["files"] = [*info["files"], *(f for record in also for f in record["files"])]
+    return info
+
+
 def build_command(
     onnx_file: str,
     *,
@@ -94,7 +131,8 @@ def build_command(
     timing_cache: str | None = None,
     out_dir: str | None = None,
 ) -> None:
-    """``deploykit build``: the engine of ``onnx_file`` (FP16 when the graph is), or build_engine.sh and
+    """``deploykit build``: the engine of ``onnx_file`` (FP16 when the graph is; INT8 from a Q/DQ graph,
+    strongly typed: ``model.int8.onnx`` -> ``model.int8.engine``), or build_engine.sh and
     :class:`EngineUnavailableError` where TensorRT or a GPU is missing."""
     import dataclasses
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from deploykit.core.artifacts import VARIANT_DESCRIPTIONS, graph_variant, variant_precision
 from deploykit.core.io import atomic_write_text
 from deploykit.core.onnx_io import io_signature, load_onnx
 
@@ -37,7 +38,7 @@ def list_command(pattern: str | None) -> None:
 
 
 def inspect_command(onnx_file: str, json_out: str | None = None) -> None:
-    """Opset, I/O, op histogram, size, metadata and TensorRT-parser lint of ``onnx_file``."""
+    """Opset, I/O, op histogram, precision, size, metadata and TensorRT-parser lint of ``onnx_file``."""
     from deploykit.transforms.lint import format_report, lint_model
 
     proto = load_onnx(onnx_file)
@@ -46,6 +47,7 @@ def inspect_command(onnx_file: str, json_out: str | None = None) -> None:
     ops = Counter(n.op_type for n in proto.graph.node)
     sig = io_signature(proto)
     lint = lint_model(proto)
+    variant = graph_variant(proto, onnx_file)  # by its operators: a quantized graph keeps FP32 metadata
     click.echo(
         f"{onnx_file}: {size / 1e6:.2f} MB, {len(proto.graph.node)} nodes, "
         f"{len(proto.graph.initializer)} initializers, opsets {opsets}"
@@ -54,6 +56,7 @@ def inspect_command(onnx_file: str, json_out: str | None = None) -> None:
         for v in sig[kind]:
             click.echo(f"  {kind[:-1]:<6} {v['name']}: {v['dtype']} {v['shape']}")
     click.echo("  ops: " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
+    click.echo(f"  precision: {variant} ({VARIANT_DESCRIPTIONS.get(variant, variant)})")
     for p in proto.metadata_props:
         click.echo(f"  meta {p.key} = {p.value}")
     click.echo(
@@ -68,6 +71,8 @@ def inspect_command(onnx_file: str, json_out: str | None = None) -> None:
             "nodes": len(proto.graph.node),
             "opsets": opsets,
             "ops": dict(ops.most_common()),
+            "precision": variant_precision(variant),
+            "variant": variant,
             **sig,
             "metadata": {p.key: p.value for p in proto.metadata_props},
             "lint": lint.to_dict(),

@@ -23,7 +23,8 @@ def locate_failure(
     rewritten=None,
 ) -> LocateReport:
     """Locate a failed parity check: first the export rewrites (PyTorch against PyTorch, FP32
-    tolerances), then ``graph`` (the ONNX the failing candidate ran) against PyTorch with ``tol``.
+    tolerances), then ``graph`` (the ONNX the failing candidate ran) against the rewritten PyTorch model
+    it was exported from, with ``tol``.
 
     ``rewritten``: the rewritten model when the caller has it (the export pipeline); otherwise the
     registered rewrites are applied to ``model`` again.
@@ -34,4 +35,6 @@ def locate_failure(
     report = locate_in_torch(model, rewritten, picked, fp32, "rewrites")
     if report.first is not None or graph is None:
         return report
-    return locate_in_onnx(model, graph, picked, tol, stage)
+    # the graph was exported from the rewritten model: its module outputs are the rewritten modules' (a
+    # folded Conv+BN's conv already outputs what the BN did), which the first step proved equal to the model
+    return locate_in_onnx(rewritten, graph, picked, tol, stage)

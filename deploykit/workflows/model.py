@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from deploykit.core.config import ExportConfig
-from deploykit.core.errors import ConfigError
+from deploykit.core.errors import ConfigError, UnknownModelError, first_line
 from deploykit.models import create_model, get_preset
+from deploykit.models.checkpoints import jsonable_args
 from deploykit.models.pretrained import Checkpoint, load_checkpoint, model_family, read_pretrained
 from deploykit.models.registry import Preset, list_models
 from deploykit.models.shapes import InferredArgs, infer_model_args
@@ -41,7 +42,7 @@ class PreparedModel:
     spec: Preset
     weights_info: WeightsInfo | None = None
     #: the constructor arguments the preset was built with beyond its own: num_classes, image_size
-    model_args: dict[str, int] = field(default_factory=dict)
+    model_args: dict[str, Any] = field(default_factory=dict)
     inferred: InferredArgs | None = None
     labels: tuple[str, ...] | None = None
     #: where the weights came from: "file", "memory" (a model handed to the Python API) or "random"
@@ -86,25 +87,41 @@ def prepare_model(
     weights: str | Path | None = None,
     weights_format: str | None = None,
     labels: str | Path | Sequence[str] | None = None,
+    architecture: dict[str, Any] | None = None,
 ) -> PreparedModel:
     """Build ``preset`` (seeded with ``config.seed``) at the classes and resolution the config asks for
-    or the checkpoint says, load ``weights``, and resolve labels and preprocessing."""
+    or the checkpoint says, with ``architecture``'s (or a deploykit checkpoint's) constructor overrides,
+    load ``weights``, and resolve labels and preprocessing."""
     spec = get_preset(preset)
     checkpoint = (
         read_pretrained(weights, weights_format, family=spec.family, model=spec.name)
         if weights is not None
         else None
     )
-    inferred = infer_model_args(spec.name, checkpoint.state) if checkpoint is not None else None
+    architecture = dict(architecture or {})
+    if checkpoint is not None and checkpoint.record is not None:
+        spec = _recorded_preset(preset, spec, checkpoint)
+        recorded = {k: v for k, v in checkpoint.record.model_args.items() if k not in _SIZE_ARGS}
+        architecture = recorded | architecture
+    for key in _SIZE_ARGS:
+        architecture.pop(key, None)
+    try:
+        inferred = (
+            infer_model_args(spec.name, checkpoint.state, architecture) if checkpoint is not None else None
+        )
+    except TypeError as exc:  # an architecture argument the family's constructor does not take
+        raise ConfigError(f"{spec.name}: {first_line(exc)}") from None
     args = {
         "num_classes": _agree("num_classes", config.num_classes, inferred, "--num-classes"),
         "image_size": _agree("image_size", config.image_size, inferred, "--image-size"),
     }
     if args["image_size"] is None and checkpoint is not None and checkpoint.preprocessing:
         args["image_size"] = checkpoint.preprocessing.get("image_size")
+    if args["image_size"] is None and checkpoint is not None and checkpoint.record is not None:
+        args["image_size"] = checkpoint.record.model_args.get("image_size")  # the size it was trained at
     args = {k: v for k, v in args.items() if v is not None}
     torch.manual_seed(config.seed)
-    model = create_model(spec.name, **args).eval()
+    model = create_model(spec.name, **architecture, **args).eval()
     info = load_checkpoint(model, checkpoint) if checkpoint is not None else None
     prepared = PreparedModel(
         model.eval(),
@@ -118,8 +135,25 @@ def prepare_model(
     return prepared
 
 
-def _model_args(model: nn.Module) -> dict[str, int]:
-    return {"num_classes": int(model.num_classes), "image_size": int(model.image_size)}
+_SIZE_ARGS = ("num_classes", "image_size")
+
+
+def _recorded_preset(asked: str, spec: Preset, checkpoint: Checkpoint) -> Preset:
+    """The preset a deploykit checkpoint was saved from (with its recorded overrides it is the whole
+    architecture, so it wins over the preset named on the command line, which only picks the family)."""
+    try:
+        return get_preset(checkpoint.record.preset)
+    except UnknownModelError:
+        raise ConfigError(
+            f"{checkpoint.source} was saved from preset {checkpoint.record.preset!r}, which this deploykit "
+            "does not know"
+        ) from None
+
+
+def _model_args(model: nn.Module) -> dict[str, Any]:
+    """What rebuilds ``model`` from its preset: the constructor overrides it was built with, its classes
+    and resolution."""
+    return jsonable_args(model)
 
 
 def finish(

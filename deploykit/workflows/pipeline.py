@@ -23,6 +23,7 @@ from deploykit.core.errors import ConfigError
 from deploykit.core.interrupts import reraise_if_interrupted
 from deploykit.core.io import ensure_writable_dir, staging_dir
 from deploykit.models import get_preset
+from deploykit.workflows.int8 import Int8Options
 from deploykit.workflows.model import PreparedModel, family_of, from_memory, prepare_model
 from deploykit.workflows.publish import reject
 from deploykit.workflows.stages import STAGES
@@ -45,6 +46,7 @@ def run_export(
     engine: bool = False,
     timing_cache: str | Path | None = None,
     weights_format: str | None = None,
+    int8: bool | Int8Options = False,
 ) -> ExportResult:
     """Export ``model`` — a preset name (optionally with ``weights``) or an ``nn.Module`` of one of the
     five families held in memory — to ``<out_dir>/model.onnx`` (+ ``model.fp16.onnx`` with ``fp16``),
@@ -52,6 +54,8 @@ def run_export(
     :data:`STAGES` over one :class:`ExportState`. Raises ParityError if parity fails (nothing is published
     then; see the module doc); a bad model, checkpoint, flag or label file fails before anything is
     written."""
+    int8 = Int8Options() if int8 is True else (int8 or None)
+    fp16 = fp16 or int8 is not None  # the Q/DQ graph is built on the FP16 graph
     prepared, config = _prepare(model, config, weights=weights, weights_format=weights_format, labels=labels)
     spec = prepared.spec
     out = Path(out_dir) if out_dir is not None else Path("deploykit_out") / spec.name
@@ -70,6 +74,7 @@ def run_export(
         engine=engine,
         timing_cache=timing_cache,
         prepared=prepared,
+        int8=int8,
     )
     try:
         _run_stages(state, progress)
@@ -130,14 +135,21 @@ def export(
     inputs_dir: str | Path | None = None,
     engine: bool = False,
     progress: Progress | None = None,
+    int8: bool = False,
+    calib: str | Path | None = None,
+    calib_count: int | None = None,
+    calib_method: str = "entropy",
 ) -> ExportResult:
     """``deploykit.export``: the Python entry point of ``deploykit export``, for a preset name (with
     ``weights``) or a model held in memory (an ``nn.Module`` of one of the five families, e.g. built with
     :func:`deploykit.models.create_model` and trained). The same stages run — rewrites, parity after every
     transform, FP16, lint, manifest, atomic publish — and for the same weights the CLI writes the same
     ``model.onnx`` bytes. ``config``: an export TOML (path) or an :class:`ExportConfig`; ``image_size``,
-    ``num_classes`` and ``preprocessing`` (crop_pct, mean, std, interpolation) override it."""
+    ``num_classes`` and ``preprocessing`` (crop_pct, mean, std, interpolation) override it. ``int8``
+    also writes ``model.int8.onnx`` (TensorRT Q/DQ) and ``model.int8.cpu.onnx``, calibrated on ``calib``
+    (a folder of images or an ImageFolder; default: the bundled images) with ``calib_method``."""
     family = family_of(model)
+    options = _int8_options(int8, calib, calib_count, calib_method)
     base = config if isinstance(config, ExportConfig) else resolve_config(family, config)
     resolved = _override(base, image_size=image_size, num_classes=num_classes, preprocessing=preprocessing)
     return run_export(
@@ -152,6 +164,21 @@ def export(
         fp16=fp16,
         fp16_io=fp16_io,
         engine=engine,
+        int8=options or False,
+    )
+
+
+def _int8_options(int8: bool, calib, calib_count: int | None, calib_method: str | None) -> Int8Options | None:
+    """The INT8 options, or ``None`` without ``int8``; the calibration flags need it."""
+    if not int8:
+        given = [flag for flag, v in (("--calib", calib), ("--calib-count", calib_count)) if v is not None]
+        if given:
+            raise ConfigError(f"{given[0]} needs --int8")
+        return None
+    return Int8Options(
+        calib=str(calib) if calib is not None else None,
+        calib_count=calib_count,
+        calib_method=calib_method or "entropy",
     )
 
 
@@ -215,6 +242,10 @@ def export_command(
     mean: str | None = None,
     std: str | None = None,
     interpolation: str | None = None,
+    int8: bool = False,
+    calib: str | None = None,
+    calib_count: int | None = None,
+    calib_method: str | None = None,
 ) -> ExportResult:
     """``deploykit export``: resolve the preset and config, run the pipeline, print what was written
     (``mean``/``std``: comma-separated per-channel values, as on the command line)."""
@@ -232,8 +263,9 @@ def export_command(
         labels=labels,
         preprocessing=preprocessing,
     )
-    if fp16_io and not fp16:
+    if fp16_io and not (fp16 or int8):
         raise ConfigError("--fp16-io needs --fp16")
+    options = _int8_options(int8, calib, calib_count, calib_method)
     result = run_export(
         preset.name,
         out_dir,
@@ -246,8 +278,9 @@ def export_command(
         engine=not no_engine,
         timing_cache=timing_cache,
         weights_format=weights_format,
+        int8=options or False,
     )
-    for line in summary_lines(result, preset.name, fp16=fp16):
+    for line in summary_lines(result, preset.name, fp16=fp16 or int8):
         click.echo(line)
     return result
 
@@ -276,6 +309,8 @@ def summary_lines(result: ExportResult, preset: str, *, fp16: bool) -> list[str]
             f"{info['size_ratio']:.2f}x the fp32 file; {len(info['kept_fp32'])} nodes kept FP32; "
             f"lint violations {len(info['lint']['violations'])})"
         )
+    if "int8" in result.manifest:
+        lines.extend(_int8_lines(result))
     engine = result.manifest["engine"]
     if engine["status"].startswith("skipped"):
         lines.append(
@@ -289,4 +324,28 @@ def summary_lines(result: ExportResult, preset: str, *, fp16: bool) -> list[str]
             "weights: RANDOM (no --weights given): the export is checked, but its classes mean nothing; "
             "export with --weights CHECKPOINT for a model that predicts"
         )
+    return lines
+
+
+def _int8_lines(result: ExportResult) -> list[str]:
+    info = result.manifest["int8"]
+    accuracy = info.get("accuracy") or {}
+    lines = []
+    for key, name, part in (
+        ("int8", "model.int8.onnx", "tensorrt"),
+        ("int8-cpu", "model.int8.cpu.onnx", "cpu"),
+    ):
+        parity = result.parity[key]
+        kept = info[part]["kept_blocks"]
+        acc = accuracy.get("int8" if key == "int8" else "int8_cpu")
+        shown = f", accuracy {acc:.1%} (FP32 {accuracy['fp32']:.1%})" if acc is not None else ""
+        lines.append(
+            f"{key} -> {result.out_dir / name}  (cosine min {parity.worst_metric('cosine_min'):.4f}, top-1 "
+            f"{parity.worst_metric('top1'):.1%} ({parity.worst_metric('top1_decisive'):.1%} counting near-ties)"
+            f"{shown}; {info[part]['size_ratio']:.2f}x the fp32 file"
+            + (f"; kept in higher precision: {', '.join(k['block'] for k in kept)}" if kept else "")
+            + ")"
+        )
+    cal = info["calibration"]
+    lines.append(f"int8 calibration: {cal['method']} on {cal['source']}")
     return lines

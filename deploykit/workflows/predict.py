@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from deploykit.core.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES
+from deploykit.core.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES, onnx_variant
 from deploykit.core.errors import ArtifactError, ConfigError, InputError, NonFiniteOutputError
 from deploykit.runtime.base import Runner, run_batched
 from deploykit.runtime.postprocess import class_labels, softmax, topk_indices
@@ -67,6 +67,7 @@ class Predictor:
         max_batch: int | None = None,
         artifact: str = "",
         record: ArtifactRecord | None = None,
+        variant: str | None = None,
     ) -> None:
         self.runner = runner
         self.preprocessing = preprocessing
@@ -76,6 +77,16 @@ class Predictor:
         self.artifact = artifact
         #: what the artifact records about itself (preset, model args, labels, weights)
         self.record = record
+        #: which graph or engine it is: fp32, fp16, int8 (Q/DQ, TensorRT), int8-cpu (ONNX Runtime
+        #: dynamic quantization); None: unknown
+        self.variant = variant
+
+    @property
+    def precision(self) -> str | None:
+        """``fp32``, ``fp16`` or ``int8`` (both INT8 variants); None: unknown."""
+        from deploykit.core.artifacts import variant_precision
+
+        return variant_precision(self.variant) if self.variant else None
 
     @property
     def random_weights(self) -> bool:
@@ -182,11 +193,14 @@ def _loads(text: Any) -> Any:
         return None
 
 
-def _args(value: Any) -> dict[str, int] | None:
+def _args(value: Any) -> dict[str, Any] | None:
+    """Recorded model args: classes and resolution (ints) plus any architecture overrides."""
     if not isinstance(value, dict):
         return None
-    args = {k: value[k] for k in ("num_classes", "image_size") if isinstance(value.get(k), int)}
-    return args or None
+    sizes = {k: value[k] for k in ("num_classes", "image_size") if isinstance(value.get(k), int)}
+    if not sizes:
+        return None
+    return {k: v for k, v in value.items() if k not in ("num_classes", "image_size")} | sizes
 
 
 def _names(value: Any) -> tuple[str, ...] | None:
@@ -328,6 +342,40 @@ def artifact_record(
     )
 
 
+# ----------------------------------------------------------------------------------------------- variant
+
+
+@lru_cache(maxsize=8)
+def _graph_variant(path: str, mtime_ns: int, size: int) -> str:
+    from deploykit.core.artifacts import graph_variant
+    from deploykit.core.onnx_io import read_onnx_graph
+
+    return graph_variant(read_onnx_graph(path), path)
+
+
+def onnx_file_variant(path: str | Path, meta: Mapping[str, str] | None = None) -> str | None:
+    """``fp32``, ``fp16``, ``int8`` (Q/DQ, the TensorRT graph) or ``int8-cpu`` (ONNX Runtime's dynamic
+    quantization) of an ONNX file: from its operators (a quantized graph carries the FP32 graph's metadata);
+    without the onnx package (a device runtime) from the file name, else the ``deploykit.precision`` it
+    records (``meta``: its metadata, when read already). None: unknown."""
+    path = Path(path)
+    try:
+        import onnx  # noqa: F401
+
+        stat = path.stat()
+        return _graph_variant(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except (ImportError, ArtifactError):  # no onnx here, or a graph only the runtime reads
+        pass
+    named = onnx_variant(path)
+    if meta is None:
+        try:
+            meta = onnx_metadata(path)
+        except (ImportError, ArtifactError):
+            meta = {}
+    recorded = meta.get("deploykit.precision") or None
+    return named if named in ("int8", "int8-cpu") or recorded is None else recorded
+
+
 # ------------------------------------------------------------------------------------------------ load
 
 
@@ -351,7 +399,9 @@ def load(
         from deploykit.runtime.ort_runner import OrtRunner, default_providers
 
         runner = OrtRunner(path, providers=providers or default_providers(tensorrt=True))
-        record = artifact_record(path, meta=runner.session.get_modelmeta().custom_metadata_map)
+        meta = runner.session.get_modelmeta().custom_metadata_map
+        record = artifact_record(path, meta=meta)
+        variant = onnx_file_variant(path, meta)
         out_shape = runner.session.get_outputs()[0].shape
         max_batch = None  # the batch axis is dynamic
     elif path.suffix in ENGINE_SUFFIXES:
@@ -359,6 +409,7 @@ def load(
 
         runner = TensorRTRunner(path)
         record = artifact_record(path, sidecar=read_sidecar(path))
+        variant = getattr(runner, "precision", None)
         out_shape = runner.output_shape
         max_batch = runner.batch_range[1]
     else:
@@ -379,7 +430,7 @@ def load(
         raise ArtifactError(f"{path}: expected one output (batch, classes), found shape {out_shape}")
     num_classes = int(out_shape[-1])
     names = labels if labels is not None else record.labels
-    return Predictor(runner, preprocessing, num_classes, names, max_batch, str(path), record)
+    return Predictor(runner, preprocessing, num_classes, names, max_batch, str(path), record, variant)
 
 
 def random_weights_warning(artifact: str | Path) -> str:
@@ -414,7 +465,8 @@ def predict_command(
     results = predictor.predict(files, top_k=top_k, batch_size=batch_size)
     if predictor.random_weights:  # after the images were read: a bad input stays one error line
         click.echo(random_weights_warning(artifact), err=True)
-    table = Table(title=f"{artifact} ({predictor.runner.name})")
+    what = f", {predictor.variant}" if predictor.variant else ""
+    table = Table(title=f"{artifact} ({predictor.runner.name}{what})")
     table.add_column("image", overflow="fold")
     for col in ("#", "class", "label", "prob"):
         table.add_column(col, justify="left" if col == "label" else "right")

@@ -60,6 +60,7 @@ def stage_engine(state: ExportState) -> None:
 
     _artifacts(state)  # the engine is built from the staged file
     source = "model.fp16.onnx" if state.fp16 else "model.onnx"
+    int8 = state.staging / "model.int8.onnx"  # built too, strongly typed (explicit Q/DQ needs no calibrator)
     outcome = build_or_script(
         state.staging / source,
         engine_path=state.staging / "model.engine",
@@ -69,6 +70,7 @@ def stage_engine(state: ExportState) -> None:
         input_name=INPUT_NAME,
         input_chw=state.input_size,
         expect_fp16=state.fp16,
+        extra_builds=[(int8, state.staging / "model.int8.engine")] if int8.is_file() else [],
     )
     state.engine_info = export_engine_info(outcome, source)
 
@@ -77,8 +79,12 @@ def stage_engine(state: ExportState) -> None:
 DEPLOYKIT_FILES = (
     "model.onnx",
     "model.fp16.onnx",
+    "model.int8.onnx",
+    "model.int8.cpu.onnx",
     "model.engine",
     "model.engine.json",
+    "model.int8.engine",
+    "model.int8.engine.json",
     "build_engine.sh",
     REPORT_NAME,
     "locate.json",
@@ -112,7 +118,7 @@ def _published_files(out: Path) -> set[str]:
 
 def _finish(state: ExportState, graph: onnx.ModelProto, precision: str, lint_count: int) -> bytes:
     """The graph with deploykit's metadata, serialized."""
-    result = state.parity["fp16" if precision == "fp16" else "dynamic batch"]
+    result = state.parity[precision if precision in ("fp16", "int8", "int8-cpu") else "dynamic batch"]
     meta = {
         "deploykit.version": deploykit.__version__,
         "deploykit.preset": state.spec.name,
@@ -153,6 +159,13 @@ def _artifacts(state: ExportState) -> dict[str, bytes]:
             data = _finish(state, state.fp16_proto, "fp16", lint)
             state.artifacts["model.fp16.onnx"] = data
             state.fp16_info["size_ratio"] = round(len(data) / len(state.artifacts["model.onnx"]), 4)
+        if state.int8_proto is not None:
+            lint = len(state.int8_info["tensorrt"]["lint"]["violations"])
+            state.artifacts["model.int8.onnx"] = _finish(state, state.int8_proto, "int8", lint)
+            state.artifacts["model.int8.cpu.onnx"] = _finish(state, state.int8_cpu_proto, "int8-cpu", 0)
+            fp32 = len(state.artifacts["model.onnx"])
+            for key, name in (("tensorrt", "model.int8.onnx"), ("cpu", "model.int8.cpu.onnx")):
+                state.int8_info[key]["size_ratio"] = round(len(state.artifacts[name]) / fp32, 4)
         for name, data in state.artifacts.items():
             atomic_write_bytes(state.staging / name, data)
     return state.artifacts
@@ -195,6 +208,7 @@ def _manifest(state: ExportState) -> dict[str, Any]:
         "per_image": {k: per_sample(state.references[k], c) for k, c in state.candidates.items()},
         "lint": state.lint.to_dict(),
         **({"fp16": state.fp16_info} if state.fp16_proto is not None else {}),
+        **({"int8": state.int8_info} if state.int8_proto is not None else {}),
         "engine": state.engine_info,
         "artifacts": artifacts,
         "timings_s": state.timings,
@@ -224,9 +238,9 @@ def reject(state: ExportState) -> None:
 
     key = state.failed()
     result = state.parity[key]
-    images = state.fp16_images if key == "fp16" else state.images
+    images = state.fp16_images if key in ("fp16", "int8", "int8-cpu") else state.images
     if len(state.candidates[key]) == len(images):  # not "dynamic batch": its rows repeat images
-        tol = state.config.tolerances("fp16" if key == "fp16" else "fp32")
+        tol = state.config.tolerances(key if key in ("fp16", "int8", "int8-cpu") else "fp32")
         state.locate = locate_failure(
             state.model,
             images,

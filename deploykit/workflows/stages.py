@@ -25,6 +25,7 @@ from deploykit.transforms import rewrites
 from deploykit.transforms.onnx_export import export_onnx
 from deploykit.transforms.simplify import SimplifyResult, simplify_onnx
 from deploykit.validation import validation_batch
+from deploykit.workflows.int8 import stage_calibration, stage_int8
 from deploykit.workflows.publish import stage_engine, stage_manifest
 from deploykit.workflows.state import (
     BULK_BATCH,
@@ -221,6 +222,12 @@ def _describe_build(state: ExportState) -> str:
 
 STAGES: tuple[Stage, ...] = (
     Stage("build", stage_build, _describe_build),
+    Stage(
+        "calibration",
+        stage_calibration,
+        lambda s: f"INT8 calibration images ({s.int8.calib or 'bundled'})",
+        lambda s: s.int8 is not None,
+    ),
     Stage("rewrite", stage_rewrite, lambda s: "export-friendly module swaps"),
     Stage(
         "fp16-reference",
@@ -237,6 +244,13 @@ STAGES: tuple[Stage, ...] = (
         stage_fp16,
         lambda s: "mixed-precision graph with FP32 islands, sensitivity check",
         lambda s: s.fp16,
+    ),
+    Stage(
+        "int8",
+        stage_int8,
+        lambda s: f"Q/DQ graph for TensorRT and dynamic INT8 for CPUs, {s.int8.calib_method} calibration",
+        lambda s: s.int8 is not None,
+        True,
     ),
     Stage("engine", stage_engine, lambda s: "TensorRT strongly typed build", lambda s: s.engine, True),
     Stage("manifest", stage_manifest, lambda s: f"manifest.json, {REPORT_NAME}, publish", needs_parity=True),

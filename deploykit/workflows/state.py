@@ -110,6 +110,12 @@ class ExportState:
     fp16_images: np.ndarray | None = None
     fp16_rows: list[int | None] = field(default_factory=list)  # row of each FP16 image in images, or None
     fp16_reference: np.ndarray | None = None
+    # int8 (deploykit.workflows.int8): the options, the calibration set, both graphs and their record
+    int8: Any = None  # Int8Options, None: no INT8
+    calibration: Any = None  # CalibrationSet, None: the bundled images
+    int8_proto: onnx.ModelProto | None = None
+    int8_cpu_proto: onnx.ModelProto | None = None
+    int8_info: dict[str, Any] = field(default_factory=dict)
     # per check (key): the parity result, its reference and candidate logits, and the graph that ran
     parity: dict[str, ParityResult] = field(default_factory=dict)
     references: dict[str, np.ndarray] = field(default_factory=dict)

@@ -239,7 +239,13 @@ def rebuild_model(
         weights, weights_format = _recorded_weights(path, record, hint)
     what = f"--weights {weights}" if given else f"the recorded weights {weights}"
     try:
-        prepared = prepare_model(spec.name, config=wanted, weights=weights, weights_format=weights_format)
+        prepared = prepare_model(
+            spec.name,
+            config=wanted,
+            weights=weights,
+            weights_format=weights_format,
+            architecture={k: v for k, v in args.items() if k not in ("num_classes", "image_size")},
+        )
     except ConfigError as exc:
         if weights is None or "contradicts the checkpoint" not in str(exc):
             raise
