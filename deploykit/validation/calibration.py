@@ -26,9 +26,9 @@ DEFAULT_CALIB_COUNT = 64
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """``images`` (N, C, H, W) float32, preprocessed, to calibrate on; for a labelled folder also
-    ``eval_images`` and ``eval_labels`` (every image of the folder, up to :data:`MAX_EVAL_IMAGES`) to
-    measure accuracy on; ``source`` says what they are, for the manifest."""
+    """``images`` (N, C, H, W) float32, preprocessed, to calibrate on; ``eval_images`` (every image of
+    the folder, up to :data:`MAX_EVAL_IMAGES`) to check the INT8 graphs on and, for a labelled folder,
+    ``eval_labels`` to measure accuracy with; ``source`` says what they are, for the manifest."""
 
     images: np.ndarray
     source: str
@@ -44,7 +44,7 @@ class CalibrationSet:
             "source": self.source,
             "images": int(len(self.images)),
             "labelled": self.labelled,
-            "accuracy_images": int(len(self.eval_labels)) if self.labelled else 0,
+            "checked_images": int(len(self.eval_images)) if self.eval_images is not None else 0,
         }
 
 
@@ -109,17 +109,17 @@ def calibration_set(
     order = np.random.default_rng(seed).permutation(len(entries))
     picks = np.sort(order[:count])
     labelled = entries[0][1] is not None
-    wanted = set(picks.tolist()) | (set(np.sort(order[:MAX_EVAL_IMAGES]).tolist()) if labelled else set())
+    wanted = set(picks.tolist()) | set(np.sort(order[:MAX_EVAL_IMAGES]).tolist())
     pixels = {}
     for i in sorted(wanted):
         try:
             pixels[i] = preprocessing.crop(load_image(entries[i][0]))
         except DeployKitError as exc:
             raise InputError(f"calibration folder {folder}: {exc}") from None
-    evaluated = sorted(wanted) if labelled else []
+    evaluated = sorted(set(np.sort(order[:MAX_EVAL_IMAGES]).tolist()))
     return CalibrationSet(
         preprocessing.normalize(np.stack([pixels[i] for i in picks])),
         f"{folder} ({count} of {len(entries)} images{', labelled' if labelled else ''})",
-        preprocessing.normalize(np.stack([pixels[i] for i in evaluated])) if labelled else None,
+        preprocessing.normalize(np.stack([pixels[i] for i in evaluated])),
         np.array([entries[i][1] for i in evaluated], dtype=np.int64) if labelled else None,
     )

@@ -30,7 +30,7 @@ from deploykit.runtime.preprocess import Preprocessing
 from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.transforms import int8 as q
 from deploykit.transforms.onnx_export import OUTPUT_NAME
-from deploykit.validation.calibration import DEFAULT_CALIB_COUNT, CalibrationSet, calibration_set
+from deploykit.validation.calibration import DEFAULT_CALIB_COUNT, calibration_set
 from deploykit.validation.metrics import accuracy_check
 from deploykit.workflows.state import BULK_BATCH, ExportState, check_parity
 
@@ -87,11 +87,19 @@ def stage_calibration(state: ExportState) -> None:
 
 @dataclass
 class _Gate:
-    """One INT8 graph's gate: parity on the FP16 check's images, accuracy on labelled calibration images."""
+    """The INT8 graphs' gate: parity against PyTorch FP32 on ``images`` (the calibration folder's, where
+    the model will be deployed; else the FP16 check's) and, given ``labels``, the accuracy drop."""
 
     state: ExportState
-    calibration: CalibrationSet | None
-    fp32_accuracy: float | None
+    images: np.ndarray
+    reference: np.ndarray
+    labels: np.ndarray | None = None
+
+    @property
+    def fp32_accuracy(self) -> float | None:
+        if self.labels is None:
+            return None
+        return float((self.reference.argmax(1) == self.labels).mean())
 
     def logits(self, proto: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
         return run_batched(OrtRunner(serialize(proto)), images, BULK_BATCH * 4)
@@ -99,12 +107,12 @@ class _Gate:
     def evaluate(self, proto: onnx.ModelProto) -> tuple[bool, dict]:
         state = self.state
         tol = state.config.tolerances("int8")
-        logits = self.logits(proto, state.fp16_images)
-        parity = check_parity("int8", state.fp16_reference, logits, tol)
+        logits = self.logits(proto, self.images)
+        parity = check_parity("int8", self.reference, logits, tol)
         found: dict = {"parity": parity, "logits": logits}
-        if self.calibration is not None and self.calibration.labelled:
-            predicted = self.logits(proto, self.calibration.eval_images).argmax(1)
-            accuracy = float((predicted == self.calibration.eval_labels).mean())
+        if self.labels is not None:
+            predicted = logits.argmax(1)
+            accuracy = float((predicted == self.labels).mean())
             found["accuracy"] = accuracy
             found["accuracy_check"] = accuracy_check(
                 OUTPUT_NAME, self.fp32_accuracy, accuracy, tol.max_accuracy_drop, len(predicted)
@@ -118,8 +126,8 @@ _PASS = type("_Pass", (), {"passed": True})()
 
 def _damage(gate: _Gate, proto: onnx.ModelProto) -> float:
     """How far a graph's logits are from PyTorch FP32: 1 - the worst cosine similarity."""
-    logits = gate.logits(proto, gate.state.fp16_images)
-    ref = gate.state.fp16_reference
+    logits = gate.logits(proto, gate.images)
+    ref = gate.reference
     cos = np.sum(ref * logits, axis=1) / (
         np.linalg.norm(ref, axis=1) * np.linalg.norm(logits, axis=1) + 1e-12
     )
@@ -212,14 +220,16 @@ def stage_int8(state: ExportState) -> None:
     t = time.perf_counter()
     calib = state.calibration
     images = calib.images if calib is not None else state.fp16_images[: options.calib_count or None]
-    fp32_accuracy = None
-    if calib is not None and calib.labelled:
+    if calib is not None:  # checked where it will run: on the user's images, against PyTorch FP32
         torch_logits = run_batched(TorchRunner(state.model), calib.eval_images, state.config.batch.max)
-        fp32_accuracy = float((torch_logits.argmax(1) == calib.eval_labels).mean())
+        gate = _Gate(state, calib.eval_images, torch_logits, calib.eval_labels)
+    else:
+        gate = _Gate(state, state.fp16_images, state.fp16_reference)
+    fp32_accuracy = gate.fp32_accuracy
+    state.int8_images = gate.images
     with _quiet_onnxruntime_quantization():
         amax = q.calibrate(state.proto, images, options.calib_method)
         timings["calibrate"] = round(time.perf_counter() - t, 3)
-        gate = _Gate(state, calib, fp32_accuracy)
         blocks = q.group_by_block(q.node_blocks(state.fp16_proto))
 
         def build_qdq(exclude: Collection[str]) -> onnx.ModelProto:
@@ -237,15 +247,10 @@ def stage_int8(state: ExportState) -> None:
         t = time.perf_counter()
         cpu, cpu_info, cpu_found = _gated("int8-cpu", build_cpu, cpu_blocks, gate)
         timings["cpu graph"] = round(time.perf_counter() - t, 3)
-    label = f"int8 (onnxruntime, {len(state.fp16_images)} images)"
-    state.check("int8", label, qdq_found["logits"], qdq, state.fp16_reference, "int8")
+    where = f"{len(gate.images)} {'calibration-folder' if calib is not None else 'validation'} images"
+    state.check("int8", f"int8 (onnxruntime, {where})", qdq_found["logits"], qdq, gate.reference, "int8")
     state.check(
-        "int8-cpu",
-        f"int8-cpu (onnxruntime, {len(state.fp16_images)} images)",
-        cpu_found["logits"],
-        cpu,
-        state.fp16_reference,
-        "int8",
+        "int8-cpu", f"int8-cpu (onnxruntime, {where})", cpu_found["logits"], cpu, gate.reference, "int8"
     )
     for key, found in (("int8", qdq_found), ("int8-cpu", cpu_found)):
         if "accuracy_check" in found:

@@ -238,7 +238,9 @@ def reject(state: ExportState) -> None:
 
     key = state.failed()
     result = state.parity[key]
-    images = state.fp16_images if key in ("fp16", "int8", "int8-cpu") else state.images
+    images = {"fp16": state.fp16_images, "int8": state.int8_images, "int8-cpu": state.int8_images}.get(
+        key, state.images
+    )
     if len(state.candidates[key]) == len(images):  # not "dynamic batch": its rows repeat images
         tol = state.config.tolerances(key if key in ("fp16", "int8", "int8-cpu") else "fp32")
         state.locate = locate_failure(

@@ -116,6 +116,7 @@ class ExportState:
     int8_proto: onnx.ModelProto | None = None
     int8_cpu_proto: onnx.ModelProto | None = None
     int8_info: dict[str, Any] = field(default_factory=dict)
+    int8_images: np.ndarray | None = None  # the images both INT8 checks ran on
     # per check (key): the parity result, its reference and candidate logits, and the graph that ran
     parity: dict[str, ParityResult] = field(default_factory=dict)
     references: dict[str, np.ndarray] = field(default_factory=dict)
