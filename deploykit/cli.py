@@ -206,6 +206,13 @@ def inspect_cmd(onnx_file: str, json_out: str | None) -> None:
     help="Baseline JSON: exit 1 when a metric regresses past [validation] baseline_factor of it.",
 )
 @click.option("--update-baseline", is_flag=True, help="Write the metrics to --baseline instead of comparing.")
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False),
+    help="A golden reference.npz (default: the one beside ARTIFACT). Without --model, or without torch, "
+    "the artifact is checked against its stored PyTorch outputs; with --model the outputs are recomputed "
+    "on its images.",
+)
 @_handle_errors
 def validate_cmd(artifact: str, **options: Any) -> None:
     """Check ARTIFACT (.onnx, or a TensorRT .engine) against the PyTorch model it was exported from.

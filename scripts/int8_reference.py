@@ -7,8 +7,9 @@ For each family: ``deploykit export FAMILY --weights tests/data/reference/FAMILY
 
 - held-out accuracy (360 digits never trained on) of model.onnx, model.int8.onnx (the TensorRT Q/DQ graph,
   run by ONNX Runtime) and model.int8.cpu.onnx, and their top-1 agreement with the FP32 file;
-- ONNX Runtime CPU latency, p50 of ``--iters`` interleaved rounds (the three files in turn, same process,
-  2 threads), batch 1 and 8, as a ratio to model.onnx.
+- ONNX Runtime CPU latency from ``deploykit bench DIR --runtime onnxruntime --batch 1,8 --iters N`` (the
+  files interleaved in one process, each timed run after 50 ms of untimed runs of the same case): p50 as a
+  ratio to model.onnx's.
 
 Prints a Markdown table (the one in docs/int8.md) and the CPU it ran on. Timings are this machine's, this
 run's: compare ratios, not milliseconds across days.
@@ -17,7 +18,9 @@ run's: compare ratios, not milliseconds across days.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,18 +62,31 @@ def sessions(folder: Path) -> dict[str, ort.InferenceSession]:
     return {name: ort.InferenceSession(str(folder / name), options) for name in FILES}
 
 
-def latency(runs: dict[str, ort.InferenceSession], batch: int, iters: int) -> dict[str, float]:
-    x = np.random.default_rng(0).standard_normal((batch, 3, 64, 64)).astype(np.float32)
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(5):
-        for s in runs.values():
-            s.run(None, {"input": x})
-    for _ in range(iters):
-        for name, s in runs.items():
-            t = time.perf_counter()
-            s.run(None, {"input": x})
-            times[name].append(time.perf_counter() - t)
-    return {name: float(np.median(v)) for name, v in times.items()}
+def latency(folder: Path, iters: int) -> dict[tuple[str, int], float]:
+    """``deploykit bench``'s p50 ratio to model.onnx per (file, batch)."""
+    report = folder / "bench.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploykit",
+            "bench",
+            str(folder),
+            "--runtime",
+            "onnxruntime",
+            "--batch",
+            "1,8",
+            "--iters",
+            str(iters),
+            "--json",
+            str(report),
+            "--quiet",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    rows = json.loads(report.read_text())["results"]
+    return {(r["artifact"], r["batch"]): r["ratio_to_fp32"] for r in rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", action="append", choices=["convit", "ceit", "deepvit", "cvt", "hvt"])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--iters", type=int, default=100)
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="int8-reference-"))
     images, labels = heldout()
@@ -96,23 +112,29 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - t
         runs = sessions(result.out_dir)
         predicted = {
-            n: np.concatenate([s.run(None, {"input": images[i : i + 60]})[0] for i in range(0, 360, 60)]).argmax(1)
+            n: np.concatenate(
+                [s.run(None, {"input": images[i : i + 60]})[0] for i in range(0, 360, 60)]
+            ).argmax(1)
             for n, s in runs.items()
         }
         acc = {n: float((p == labels).mean()) for n, p in predicted.items()}
         agree = {n: float((p == predicted["model.onnx"]).mean()) for n, p in predicted.items()}
-        b1, b8 = latency(runs, 1, args.iters), latency(runs, 8, args.iters)
+        ratio = latency(result.out_dir, args.iters)
+        p50 = json.loads((result.out_dir / "bench.json").read_text())["results"]
+        fp32_ms = next(r["p50_ms"] for r in p50 if r["artifact"] == "model.onnx" and r["batch"] == 1)
         kept = result.manifest["int8"]["tensorrt"]["kept_blocks"]
         rows.append(
             f"| {family} | {acc['model.onnx']:.1%} | {acc['model.int8.onnx']:.1%} "
             f"({agree['model.int8.onnx']:.1%}) | {acc['model.int8.cpu.onnx']:.1%} ({agree['model.int8.cpu.onnx']:.1%}) "
-            f"| {b1['model.onnx'] * 1e3:.2f} ms | {b1['model.int8.cpu.onnx'] / b1['model.onnx']:.2f} / "
-            f"{b8['model.int8.cpu.onnx'] / b8['model.onnx']:.2f} | {b1['model.int8.onnx'] / b1['model.onnx']:.2f} / "
-            f"{b8['model.int8.onnx'] / b8['model.onnx']:.2f} | {', '.join(k['block'] for k in kept) or 'none'} "
+            f"| {fp32_ms:.2f} ms | {ratio['model.int8.cpu.onnx', 1]:.2f} / {ratio['model.int8.cpu.onnx', 8]:.2f} "
+            f"| {ratio['model.int8.onnx', 1]:.2f} / {ratio['model.int8.onnx', 8]:.2f} "
+            f"| {', '.join(k['block'] for k in kept) or 'none'} "
             f"| {seconds:.0f} s |"
         )
         print(rows[-1], flush=True)
-    print(f"\n{cpu_name()}, ONNX Runtime {ort.__version__}, 2 threads, p50 of {args.iters} interleaved rounds\n")
+    print(
+        f"\n{cpu_name()}, ONNX Runtime {ort.__version__}, deploykit bench p50 of {args.iters} interleaved rounds\n"
+    )
     print(
         "| family | FP32 accuracy | TensorRT Q/DQ graph accuracy (agreement) | CPU INT8 accuracy (agreement) "
         "| FP32 p50, batch 1 | CPU INT8 / FP32, batch 1 / 8 | Q/DQ graph on ORT / FP32, batch 1 / 8 "

@@ -154,3 +154,18 @@ def test_timing_cache_reuse_makes_the_second_build_faster(engine_export, tmp_pat
     assert second.timing_cache_loaded
     # build_seconds times build_serialized_network only: the tactic timing the cache skips
     assert second.build_seconds < first.build_seconds, (first.build_seconds, second.build_seconds)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_a_real_engine_validates_against_the_golden_reference(engine_export):
+    """The device recipe: an engine built from the export's model.onnx, checked torch-free against the
+    export's reference.npz (its sidecar records the reference's sha256)."""
+    from deploykit.workflows.validate import validate_with_reference
+
+    result, config = engine_export
+    built = build_engine(result.onnx_path, result.out_dir / "model.engine", batch=config.batch)
+    sidecar = json.loads(built.sidecar_path.read_text())
+    assert sidecar["reference_sha256"] == result.manifest["reference"]["sha256"]
+    report = validate_with_reference(built.engine_path)
+    assert report.passed, report.summary()

@@ -541,6 +541,7 @@ def model_identity(meta: dict[str, str]) -> dict[str, Any]:
         "labels": labels if isinstance(labels, list) else None,
         "weights_state_sha256": sha,
         "random_weights": sha is None if isinstance(args, dict) else None,
+        "reference_sha256": meta.get("deploykit.reference_sha256") or None,
     }
 
 

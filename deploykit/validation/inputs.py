@@ -146,7 +146,8 @@ def _generated_images(
     for i in range(n_noise):
         rng = np.random.default_rng([seed, 2, i])
         names.append(f"noise-{i}")
-        pixels.append(rng.random((height, width, channels), dtype=np.float32))
+        # uint8 steps like every other image (a golden reference stores the pixels as uint8)
+        pixels.append(rng.integers(0, 256, (height, width, channels)).astype(np.float32) / 255.0)
     return names, pixels
 
 

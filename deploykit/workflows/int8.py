@@ -226,7 +226,7 @@ def stage_int8(state: ExportState) -> None:
     else:
         gate = _Gate(state, state.fp16_images, state.fp16_reference)
     fp32_accuracy = gate.fp32_accuracy
-    state.int8_images = gate.images
+    state.int8_images, state.int8_reference = gate.images, gate.reference
     with _quiet_onnxruntime_quantization():
         amax = q.calibrate(state.proto, images, options.calib_method)
         timings["calibrate"] = round(time.perf_counter() - t, 3)

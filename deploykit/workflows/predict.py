@@ -159,6 +159,8 @@ class ArtifactRecord:
     weights_file: dict[str, Any] | None = None
     seed: int | None = None
     preprocessing: dict[str, Any] | None = None
+    #: sha256 of the golden reference (reference.npz) the export wrote beside it
+    reference_sha256: str | None = None
     #: the manifest.json the record was completed from (None: none beside it, or another export's)
     manifest: Path | None = None
 
@@ -235,6 +237,7 @@ def _from_metadata(path: Path, meta: Mapping[str, str]) -> ArtifactRecord:
         # an export that records its model args records the weights' hash whenever it had weights
         weights_source="random" if args is not None and sha is None else None,
         preprocessing=_loads(meta.get("deploykit.preprocessing")),
+        reference_sha256=meta.get("deploykit.reference_sha256") or None,
     )
 
 
@@ -248,6 +251,7 @@ def _from_sidecar(path: Path, sidecar: Mapping[str, Any]) -> ArtifactRecord:
         weights_state_sha256=sidecar.get("weights_state_sha256") or None,
         weights_source="random" if random is True else None,
         preprocessing=sidecar.get("preprocessing") or None,
+        reference_sha256=sidecar.get("reference_sha256") or None,
     )
 
 
@@ -292,6 +296,9 @@ def _from_manifest(path: Path, manifest: dict[str, Any]) -> ArtifactRecord:
         seed=seed if isinstance(seed, int) else None,
         preprocessing=manifest.get("preprocessing")
         if isinstance(manifest.get("preprocessing"), dict)
+        else None,
+        reference_sha256=(manifest.get("reference") or {}).get("sha256")
+        if isinstance(manifest.get("reference"), dict)
         else None,
         manifest=path.parent / "manifest.json",
     )

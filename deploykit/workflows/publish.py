@@ -4,12 +4,14 @@ with the first diverging module (``locate.json``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
@@ -20,6 +22,7 @@ from deploykit.core.onnx_io import io_signature, serialize, set_metadata
 from deploykit.transforms.onnx_export import INPUT_NAME
 from deploykit.transforms.simplify import SimplifyResult
 from deploykit.validation.metrics import per_sample
+from deploykit.validation.reference import REFERENCE_NAME, pixels_u8, reference_bytes
 from deploykit.workflows.model import model_record
 from deploykit.workflows.state import REPORT_NAME, ExportState
 
@@ -86,6 +89,7 @@ DEPLOYKIT_FILES = (
     "model.int8.engine",
     "model.int8.engine.json",
     "build_engine.sh",
+    REFERENCE_NAME,
     REPORT_NAME,
     "locate.json",
 )
@@ -114,6 +118,10 @@ def _published_files(out: Path) -> set[str]:
         listed = set()
     names = {n for n in listed if isinstance(n, str) and "/" not in n and n not in ("", ".", "..")}
     return {n for n in names | set(DEPLOYKIT_FILES) if (out / n).is_file()}
+
+
+#: INT8 images (from the calibration folder) the golden reference keeps besides the validation images
+REFERENCE_INT8_IMAGES = 16
 
 
 def _finish(state: ExportState, graph: onnx.ModelProto, precision: str, lint_count: int) -> bytes:
@@ -146,6 +154,7 @@ def _finish(state: ExportState, graph: onnx.ModelProto, precision: str, lint_cou
         }
     )
     meta["deploykit.lint_violations"] = str(lint_count)
+    meta["deploykit.reference_sha256"] = state.reference_info["sha256"]
     set_metadata(graph, meta)
     return serialize(graph)
 
@@ -153,6 +162,7 @@ def _finish(state: ExportState, graph: onnx.ModelProto, precision: str, lint_cou
 def _artifacts(state: ExportState) -> dict[str, bytes]:
     """The ONNX files with their metadata, serialized and staged once."""
     if not state.artifacts:
+        golden = _golden_reference(state)  # first: every ONNX file records its sha256
         state.artifacts["model.onnx"] = _finish(state, state.proto, "fp32", len(state.lint.violations))
         if state.fp16_proto is not None:
             lint = len(state.fp16_info["lint"]["violations"])
@@ -166,9 +176,54 @@ def _artifacts(state: ExportState) -> dict[str, bytes]:
             fp32 = len(state.artifacts["model.onnx"])
             for key, name in (("tensorrt", "model.int8.onnx"), ("cpu", "model.int8.cpu.onnx")):
                 state.int8_info[key]["size_ratio"] = round(len(state.artifacts[name]) / fp32, 4)
+        state.artifacts[REFERENCE_NAME] = golden
         for name, data in state.artifacts.items():
             atomic_write_bytes(state.staging / name, data)
     return state.artifacts
+
+
+def _golden_reference(state: ExportState) -> bytes:
+    """``reference.npz`` (:mod:`deploykit.validation.reference`): the FP32 validation images as uint8 after
+    resize and crop with their PyTorch FP32 outputs (and, for INT8 with a calibration folder, up to
+    :data:`REFERENCE_INT8_IMAGES` of its images), the tolerances per precision and the model's identity."""
+    from deploykit.runtime.base import run_batched
+    from deploykit.runtime.preprocess import Preprocessing
+    from deploykit.runtime.torch_runner import TorchRunner
+
+    data_config = _jsonable(vars(state.model.data_config))
+    pre = Preprocessing.from_dict(data_config)
+    pixels = pixels_u8(state.images, pre)
+    outputs = state.reference
+    if not np.array_equal(pre.normalize(pixels.astype(np.float32) / 255.0), state.images):
+        # images that are not whole uint8 steps (none today): the reference is computed on what is stored
+        stored = pre.normalize(pixels.astype(np.float32) / 255.0)
+        outputs = run_batched(TorchRunner(state.model), stored, state.config.batch.max)
+    int8 = None
+    if state.calibration is not None and state.int8_images is not None:
+        n = REFERENCE_INT8_IMAGES
+        int8 = (pixels_u8(state.int8_images[:n], pre), state.int8_reference[:n])
+    record = model_record(state.prepared)
+    identity = {
+        "preset": state.spec.name,
+        "family": state.spec.family,
+        "model_args": record["model_args"],
+        "weights_state_sha256": record["weights_state_sha256"],
+        "random_weights": state.prepared.random_weights,
+        "input": {"name": INPUT_NAME, "shape": ["batch", *state.input_size]},
+        "preprocessing": data_config,
+    }
+    tolerances = {p: dataclasses.asdict(state.config.tolerances(p)) for p in ("fp32", "fp16", "int8")}
+    data = reference_bytes(
+        pixels, outputs, tolerances=tolerances, identity=identity, names=list(state.batch.names), int8=int8
+    )
+    state.reference_info = {
+        "file": REFERENCE_NAME,
+        "sha256": sha256_bytes(data),
+        "bytes": len(data),
+        "images": len(pixels),
+        "int8_images": 0 if int8 is None else len(int8[0]),
+    }
+    return data
 
 
 def _manifest(state: ExportState) -> dict[str, Any]:
@@ -210,6 +265,7 @@ def _manifest(state: ExportState) -> dict[str, Any]:
         **({"fp16": state.fp16_info} if state.fp16_proto is not None else {}),
         **({"int8": state.int8_info} if state.int8_proto is not None else {}),
         "engine": state.engine_info,
+        "reference": state.reference_info,
         "artifacts": artifacts,
         "timings_s": state.timings,
         "passed": state.failed() is None,

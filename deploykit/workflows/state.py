@@ -117,6 +117,7 @@ class ExportState:
     int8_cpu_proto: onnx.ModelProto | None = None
     int8_info: dict[str, Any] = field(default_factory=dict)
     int8_images: np.ndarray | None = None  # the images both INT8 checks ran on
+    int8_reference: np.ndarray | None = None  # their PyTorch FP32 outputs
     # per check (key): the parity result, its reference and candidate logits, and the graph that ran
     parity: dict[str, ParityResult] = field(default_factory=dict)
     references: dict[str, np.ndarray] = field(default_factory=dict)
@@ -126,6 +127,7 @@ class ExportState:
     # engine, manifest
     artifacts: dict[str, bytes] = field(default_factory=dict)
     engine_info: dict[str, Any] = field(default_factory=lambda: {"status": "not requested"})
+    reference_info: dict[str, Any] = field(default_factory=dict)  # reference.npz: file, sha256, bytes
     manifest: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 

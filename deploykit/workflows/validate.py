@@ -22,7 +22,7 @@ import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -31,16 +31,16 @@ from deploykit.core.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from deploykit.core.config import ExportConfig, default_config, resolve_config
 from deploykit.core.errors import ArtifactError, ConfigError, DeployKitError
 from deploykit.core.io import atomic_write_text, sha256_file
-from deploykit.models import get_preset
-from deploykit.models.registry import Preset
 from deploykit.runtime.base import run_batched
-from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.validation.baseline import compare_baseline, read_baseline, regression_dict, write_baseline
 from deploykit.validation.inputs import validation_batch
 from deploykit.validation.locate import LocateReport
 from deploykit.validation.metrics import Check, ParityResult, compare_outputs
-from deploykit.workflows.locate import locate_failure
+from deploykit.validation.reference import REFERENCE_NAME, GoldenReference, check_reference, read_reference
 from deploykit.workflows.predict import ArtifactRecord, artifact_record
+
+if TYPE_CHECKING:
+    from deploykit.models.registry import Preset
 
 
 def locate_check(locate: LocateReport) -> Check:
@@ -100,6 +100,9 @@ class ValidationReport:
             f"top-5 {p.worst_metric('top5'):.1%} over {self.facts['images']} images"
         )
         lines = [head]
+        ref = self.facts.get("reference")
+        if ref:
+            lines.append(f"reference: {ref['file']} (sha256 {ref['sha256'][:12]}), outputs {ref['outputs']}")
         checks, worst = self.checks, self._worst()
         if worst is not None:
             lines.append(f"worst: {worst.describe()}")
@@ -160,6 +163,8 @@ def _short(sha: str | None) -> str:
 
 def artifact_preset(path: str | Path, record: ArtifactRecord | None, model: str | None = None) -> Preset:
     """The preset ``path`` was exported from: its record's; ``model`` (``--model``) must name the same."""
+    from deploykit.models import get_preset
+
     if model is not None:
         spec = get_preset(model)
         recorded = record.preset if record is not None else None
@@ -313,11 +318,15 @@ def validate_artifact(
     config: ExportConfig | None = None,
     weights_format: str | None = None,
     locate: bool = False,
+    reference: str | Path | None = None,
 ) -> ValidationReport:
     """Parity of ``artifact`` against the PyTorch model it was exported from (its recorded preset, model
     args and weights; ``preset`` and ``weights``, when given, must agree with the record: see
     :func:`rebuild_model`); with ``locate``, a failure is traced to the first diverging module (no extra
-    work when parity holds)."""
+    work when parity holds). With ``reference`` (a golden ``reference.npz``) the model's outputs are
+    recomputed on the reference's images, which the report names."""
+    from deploykit.runtime.torch_runner import TorchRunner
+
     path = Path(artifact)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
@@ -334,20 +343,28 @@ def validate_artifact(
 
         runner = TensorRTRunner(path)
         precision, runtime, graph = runner.precision, runner.name, None
-    count = config.num_images if precision == "fp32" else max(config.num_images, 64)
-    batch = validation_batch(model.data_config, count, config.seed, inputs_dir)
-    reference = run_batched(TorchRunner(model), batch.images, config.batch.max)
-    candidate = run_batched(runner, batch.images, config.batch.max)
+    golden = None
+    if reference is not None:
+        golden = _golden(path, record, reference)
+        if inputs_dir is not None:
+            raise ConfigError("--inputs and --reference both choose the images: give one")
+        images = golden.batch(precision)[0]
+    else:
+        count = config.num_images if precision == "fp32" else max(config.num_images, 64)
+        images = validation_batch(model.data_config, count, config.seed, inputs_dir).images
+    reference_out = run_batched(TorchRunner(model), images, config.batch.max)
+    candidate = run_batched(runner, images, config.batch.max)
     parity = compare_outputs(
-        {"logits": reference},
+        {"logits": reference_out},
         {"logits": candidate.astype(np.float32)},
         config.tolerances(precision),
         stage=f"{precision} artifact",
     )
     facts = {
         "sha256": sha256_file(path),
-        "images": len(batch),
-        "inputs": str(inputs_dir) if inputs_dir else "built-in",
+        "images": len(images),
+        "inputs": str(inputs_dir) if inputs_dir else "built-in" if golden is None else "reference",
+        "reference": None if golden is None else _reference_fact(golden, "recomputed with PyTorch"),
         "weights": weights_info.to_dict() if weights_info else None,
         "model_args": dict(prepared.model_args),
         "random_weights": prepared.random_weights,
@@ -361,8 +378,8 @@ def validate_artifact(
             path,
             graph=graph,
             precision=precision,
-            images=batch.images,
-            reference=reference,
+            images=images,
+            reference=reference_out,
             candidate=candidate,
             config=config,
         )
@@ -375,6 +392,8 @@ def _locate(
     stage = "fp16" if precision == "fp16" else "onnx"
     if path.suffix in ENGINE_SUFFIXES:
         graph, stage = _engine_source(path), "onnx (the engine's source)"
+    from deploykit.workflows.locate import locate_failure
+
     report = locate_failure(
         model, images, reference, candidate, config.fp32, config.tolerances(precision), graph, stage
     )
@@ -387,6 +406,92 @@ def _locate(
             else "the engine's source ONNX is not beside it; an engine exposes no intermediate tensors"
         )
     return report
+
+
+# ------------------------------------------------------------------------------- golden references
+def torch_available() -> bool:
+    """Whether PyTorch imports here (a device install has no torch)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _golden(path: Path, record: ArtifactRecord, reference: str | Path | None) -> GoldenReference:
+    """The golden reference of ``path``: ``reference``, else the one beside it; checked against what the
+    artifact records (its sha256, else its identity)."""
+    ref_path = Path(reference) if reference is not None else path.parent / REFERENCE_NAME
+    if reference is None and not ref_path.is_file():
+        raise ConfigError(
+            f"no {REFERENCE_NAME} beside {path} and PyTorch is not installed: copy the export's {REFERENCE_NAME} "
+            "next to the artifact, pass --reference FILE, or install torch to recompute"
+        )
+    golden = read_reference(ref_path)
+    check_reference(
+        golden,
+        str(path),
+        {
+            "reference_sha256": record.reference_sha256,
+            "preset": record.preset,
+            "model_args": record.model_args,
+            "weights_state_sha256": record.weights_state_sha256,
+        },
+    )
+    return golden
+
+
+def _reference_fact(golden: GoldenReference, outputs: str) -> dict[str, Any]:
+    return {"file": golden.path, "sha256": golden.sha256, "outputs": outputs}
+
+
+def validate_with_reference(
+    artifact: str | Path, *, reference: str | Path | None = None, batch: int = 32
+) -> ValidationReport:
+    """Parity of ``artifact`` against the PyTorch FP32 outputs its export stored in its golden reference
+    (``reference``, else ``reference.npz`` beside it), on the reference's images, with the reference's
+    tolerances for the artifact's precision: no PyTorch needed. ONNX files run on ONNX Runtime, engines on
+    the torch-free TensorRT runner."""
+    path = Path(artifact)
+    if not path.is_file():
+        raise ArtifactError(f"artifact not found: {path}")
+    record, proto = _read_artifact(path)
+    golden = _golden(path, record, reference)
+    shape = (golden.identity.get("input") or {}).get("shape") or []
+    if proto is not None:
+        runner, precision, _ = _onnx_runner(path, proto, tuple(int(d) for d in shape[1:]))
+    else:
+        from deploykit.engine.runner import TensorRTRunner
+
+        runner = TensorRTRunner(path)
+        precision = runner.precision
+    images, outputs = golden.batch(precision)
+    candidate = run_batched(runner, images, batch)
+    parity = compare_outputs(
+        {"logits": outputs.astype(np.float32)},
+        {"logits": candidate.astype(np.float32)},
+        golden.tolerances(precision),
+        stage=f"{precision} artifact",
+    )
+    facts = {
+        "sha256": sha256_file(path),
+        "images": len(images),
+        "inputs": "reference",
+        "reference": _reference_fact(golden, "stored (PyTorch FP32 at export)"),
+        "family": str(golden.identity.get("family") or ""),
+        "weights": None,
+        "model_args": golden.identity.get("model_args"),
+        "random_weights": golden.identity.get("random_weights"),
+    }
+    preset = str(golden.identity.get("preset") or record.preset or "?")
+    return ValidationReport(
+        artifact=str(path),
+        preset=preset,
+        precision=precision,
+        runtime=runner.name,
+        parity=parity,
+        facts=facts,
+    )
 
 
 def write_json(report: ValidationReport, path: str | Path) -> None:
@@ -433,20 +538,41 @@ def validate_command(
     locate: bool = False,
     baseline_path: str | Path | None = None,
     update_baseline: bool = False,
+    reference: str | Path | None = None,
 ) -> int:
     """``deploykit validate``: validate, write the requested reports, print the summary; the exit code.
-    ``model``: the preset, by default the one the artifact records."""
+    ``model``: the preset, by default the one the artifact records. Without PyTorch (or with
+    ``reference`` and no ``model``/``weights``) the artifact is checked against its golden reference's
+    stored outputs; with PyTorch the model is rebuilt and run (on the reference's images when given)."""
     if update_baseline and not baseline_path:
         raise ConfigError("--update-baseline needs --baseline FILE")
     path = Path(artifact)
+    if not torch_available() or (reference is not None and model is None and weights is None):
+        if not torch_available() and (model is not None or weights is not None or locate):
+            given = "--model" if model is not None else "--weights" if weights is not None else "--locate"
+            raise ConfigError(
+                f"{given} runs the PyTorch model, which is not installed here; without it validate checks "
+                f"against the export's {REFERENCE_NAME}"
+            )
+        if inputs_dir is not None or locate:
+            raise ConfigError(
+                f"{'--inputs' if inputs_dir is not None else '--locate'} needs the PyTorch model (--model); "
+                f"the stored reference has its own images"
+            )
+        report = validate_with_reference(artifact, reference=reference)
+        config = resolve_config(report.facts["family"], config_path)
+        return _finish_report(
+            report, config.baseline_factor, baseline_path, update_baseline, json_out, junit_out
+        )
     if model is None:
         if not path.is_file():
             raise ArtifactError(f"artifact not found: {path}")
         preset = artifact_preset(path, artifact_record(path))
     else:
+        from deploykit.models import get_preset
+
         preset = get_preset(model)  # checked against the artifact's record by validate_artifact
     config = resolve_config(preset.family, config_path)
-    baseline = read_baseline(baseline_path) if baseline_path and not update_baseline else None
     report = validate_artifact(
         artifact,
         model if model is not None else preset.name,
@@ -455,9 +581,23 @@ def validate_command(
         config=config,
         weights_format=weights_format,
         locate=locate,
+        reference=reference,
     )
+    return _finish_report(report, config.baseline_factor, baseline_path, update_baseline, json_out, junit_out)
+
+
+def _finish_report(
+    report: ValidationReport,
+    factor: float,
+    baseline_path: str | Path | None,
+    update_baseline: bool,
+    json_out: str | Path | None,
+    junit_out: str | Path | None,
+) -> int:
+    """The baseline comparison, the JSON and JUnit files and the summary of ``report``; its exit code."""
+    baseline = read_baseline(baseline_path) if baseline_path and not update_baseline else None
     if baseline is not None:
-        report.baseline = compare_baseline(report, baseline, config.baseline_factor)
+        report.baseline = compare_baseline(report, baseline, factor)
     if json_out:
         write_json(report, json_out)
     if junit_out:
