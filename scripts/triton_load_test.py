@@ -12,7 +12,11 @@ requests dynamic batching merged), the batch sizes it ran, queue and compute tim
 Inputs: a model with an image-bytes input (``TYPE_STRING``, e.g. the ``NAME_classify`` ensemble) gets the
 files of ``--images`` (default: scikit-image's bundled photographs); a tensor model gets seeded random
 float32 batches of its configured shape. ``--verify-onnx FILE`` runs every input through ONNX Runtime too
-and reports the largest absolute difference of the outputs. Exit 0 when every request succeeded, 1
+and reports the largest absolute difference of the outputs. ``--verify-reference reference.npz`` (the
+export's golden reference) sends the reference's stored images to a tensor model instead and checks every
+served answer against the PyTorch FP32 outputs stored at export, with the stored tolerances of
+``--reference-precision`` (what the server runs: fp32, fp16 or int8) — a deployed server checked against
+PyTorch's numbers without PyTorch. Exit 0 when every request succeeded (and the reference check passed), 1
 otherwise.
 """
 
@@ -138,7 +142,7 @@ def _load(module, args, io: tuple[dict, list[dict]], inputs: list[np.ndarray]) -
                     errors.append(f"{type(exc).__name__}: {first_line(exc)}")
                 continue
             latencies[w].append((time.perf_counter() - t0) * 1e3)
-            if args.verify_onnx:
+            if args.verify_onnx or args.verify_reference:
                 with lock:
                     results[i] = value
 
@@ -192,7 +196,13 @@ def run(args: argparse.Namespace) -> dict:
     module = client_module(args.protocol)
     io = model_io(module, args.url, args.model, args.protocol)
     total = args.concurrency * args.requests
-    inputs = make_inputs(io[0], total, args.batch, args.images, args.seed)
+    golden = _golden(args, io[0])
+    if golden is not None:  # the reference's images, in order, cycled over the requests
+        images = golden.batch(args.reference_precision)[0]
+        order = [[(i * args.batch + j) % len(images) for j in range(args.batch)] for i in range(total)]
+        inputs = [images[rows] for rows in order]
+    else:
+        inputs = make_inputs(io[0], total, args.batch, args.images, args.seed)
     http_url = args.http_url or (args.url if args.protocol == "http" else None)
     before = scrape(args.metrics_url, args.model) if args.metrics_url else None
     latencies, errors, results, wall = _load(module, args, io, inputs)
@@ -225,7 +235,61 @@ def run(args: argparse.Namespace) -> dict:
         diffs = [float(np.abs(runner.run(inputs[i]) - results[i]).max()) for i in sorted(results)]
         report["max_abs_vs_onnxruntime"] = max(diffs)
         report["verified_requests"] = len(diffs)
+    if golden is not None:
+        report["reference"] = _verify_reference(golden, args, order, results, total)
     return report
+
+
+def _golden(args: argparse.Namespace, input_cfg: dict):
+    """The golden reference of ``--verify-reference``, for a tensor model of its input shape."""
+    if args.verify_reference is None:
+        return None
+    from deploykit.validation.reference import read_reference
+
+    golden = read_reference(args.verify_reference)
+    if input_cfg["data_type"] == "TYPE_STRING":
+        raise SystemExit(
+            f"--verify-reference needs the tensor model (e.g. {args.model.removesuffix('_classify')}), not an "
+            "image-bytes model: resizing would change the reference's pixels"
+        )
+    shape = [int(d) for d in (golden.identity.get("input") or {}).get("shape", [])[1:]]
+    dims = [int(d) for d in input_cfg["dims"]]
+    if shape and dims != shape:
+        raise SystemExit(f"--verify-reference: the reference's input is {shape}, the model takes {dims}")
+    return golden
+
+
+def _verify_reference(
+    golden, args, order: list[list[int]], results: dict[int, np.ndarray], total: int
+) -> dict:
+    """Every served answer against the stored PyTorch FP32 output of its image, gated like ``validate``."""
+    from deploykit.validation.metrics import compare_outputs
+
+    _, outputs = golden.batch(args.reference_precision)
+    served = [(order[i][j], results[i][j]) for i in sorted(results) for j in range(len(order[i]))]
+    if not served:
+        return {"passed": False, "answers": 0, "failures": ["no answer came back"]}
+    rows = np.array([row for row, _ in served])
+    candidate = np.stack([value for _, value in served]).astype(np.float32)
+    parity = compare_outputs(
+        {"logits": outputs[rows].astype(np.float32)},
+        {"logits": candidate},
+        golden.tolerances(args.reference_precision),
+        stage=f"served ({args.reference_precision})",
+    )
+    return {
+        "file": str(args.verify_reference),
+        "sha256": golden.sha256,
+        "precision": args.reference_precision,
+        "answers": len(served),
+        "requests": len(results),
+        "of_requests": total,
+        "passed": parity.passed and len(results) == total,
+        "max_abs": parity.worst_metric("max_abs"),
+        "cosine_min": parity.worst_metric("cosine_min"),
+        "top1": parity.worst_metric("top1"),
+        "failures": [c.describe() for c in parity.failures],
+    }
 
 
 def print_report(r: dict) -> None:
@@ -249,6 +313,16 @@ def print_report(r: dict) -> None:
         )
         if "batch_sizes_since_start" in server:
             print(f"  batch sizes run (since start): {server['batch_sizes_since_start']}")
+    ref = r.get("reference")
+    if ref:
+        verdict = "PASS" if ref["passed"] else "FAIL"
+        print(
+            f"  reference {verdict}: {ref['answers']} answers vs PyTorch FP32 ({ref['precision']} tolerances): "
+            f"max abs {ref.get('max_abs', float('nan')):.3g}, cosine min {ref.get('cosine_min', float('nan')):.6f}, "
+            f"top-1 {ref.get('top1', float('nan')):.1%}"
+        )
+        for failure in ref["failures"]:
+            print(f"  reference failed: {failure}")
     if "max_abs_vs_onnxruntime" in r:
         print(
             f"  max abs difference vs ONNX Runtime: {r['max_abs_vs_onnxruntime']:.3g} ({r['verified_requests']} requests)"
@@ -272,6 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-url", help="HOST:PORT of HTTP for /stats when --protocol grpc")
     ap.add_argument("--verify-onnx", type=Path, help="compare every output with ONNX Runtime on this file")
     ap.add_argument(
+        "--verify-reference",
+        type=Path,
+        help="send the export's reference.npz images and check the answers against its stored outputs",
+    )
+    ap.add_argument(
+        "--reference-precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="which stored tolerances the served model is held to (default fp32)",
+    )
+    ap.add_argument(
         "--timeout", type=float, default=30.0, help="seconds per request before it counts as failed"
     )
     ap.add_argument("--seed", type=int, default=0)
@@ -288,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if report["errors"] == 0 else 1
+    failed = report["errors"] or (report.get("reference") and not report["reference"]["passed"])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -168,6 +168,7 @@ def test_fp16_export_with_and_without_fork_is_byte_identical(tmp_path, monkeypat
         "manifest.json",
         "model.fp16.onnx",
         "model.onnx",
+        "reference.npz",
         "report.html",
     ]
     monkeypatch.setattr(background, "fork_available", lambda: False)

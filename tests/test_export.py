@@ -147,7 +147,12 @@ def test_interrupted_export_leaves_previous_artifact(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_export("hvt_ti_1", out, small_config("hvt_ti_1", 64, exporter="torchscript"))
     assert sha(out / "model.onnx") == before
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "model.onnx",
+        "reference.npz",
+        "report.html",
+    ]
 
 
 def _cli(*args):

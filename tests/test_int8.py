@@ -257,3 +257,23 @@ def test_reference_checkpoints_rebuild_their_architecture():
         assert prepared.labels == tuple(str(i) for i in range(10))
         assert prepared.model.data_config.crop_pct == 1.0
     assert sum(p.stat().st_size for p in REFERENCES.glob("*.safetensors")) <= 20e6
+
+
+def test_int8_files_validate_without_torch(int8_exports):
+    """The golden reference carries images of the calibration folder for the INT8 files: both validate
+    with torch unimportable, on those images, with the stored INT8 tolerances."""
+    import subprocess
+    import sys
+
+    from deploykit.validation.reference import read_reference
+
+    out = int8_exports["ceit"].out_dir
+    golden = read_reference(out / "reference.npz")
+    assert golden.int8_images is not None and golden.int8_images.shape == (16, 64, 64, 3)
+    code = "import sys; sys.modules['torch'] = None; from deploykit.cli import main; sys.argv[0] = 'deploykit'; main()"
+    for name in ("model.int8.onnx", "model.int8.cpu.onnx"):
+        run = subprocess.run(
+            [sys.executable, "-c", code, "validate", str(out / name)], capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "(int8" in run.stdout and "over 16 images" in run.stdout

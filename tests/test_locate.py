@@ -155,12 +155,11 @@ def test_a_wrong_rewrite_is_located_in_its_block(exported, tmp_path, monkeypatch
 
 
 def test_clean_artifact_with_locate_passes_without_an_extra_run(exported, tmp_path, monkeypatch):
-    import deploykit.workflows.validate as gate
-
     def must_not_run(*args, **kwargs):
         raise AssertionError("locate ran for a passing artifact")
 
-    monkeypatch.setattr(gate, "locate_failure", must_not_run)
+    # validate imports it when it needs it (the torch-free path never does)
+    monkeypatch.setattr("deploykit.workflows.locate.locate_failure", must_not_run)
     from deploykit.runtime.ort_runner import OrtRunner
 
     runs = []

@@ -279,6 +279,41 @@ def test_concurrent_load_batches_and_matches_onnxruntime(server, repo, protocol)
     assert 0 < report["p50_ms"] <= report["p99_ms"]
 
 
+def test_served_answers_match_the_golden_reference(server, export, tmp_path):
+    """--verify-reference: the export's stored images through the served model, every answer against the
+    PyTorch FP32 outputs stored at export (no torch in the load test's checks); a reference whose outputs
+    are not the model's fails with exit 1."""
+    from deploykit.validation.reference import read_reference, reference_bytes
+
+    reference = export.out_dir / "reference.npz"
+    rc, report, output = _load(
+        server, "--model", "hvt_s_4", "--concurrency", 4, "--requests", 4, "--batch", 2,
+        "--verify-reference", reference,
+    )  # fmt: skip
+    assert rc == 0, output
+    ref = report["reference"]
+    assert ref["passed"] and ref["answers"] == 32 and ref["requests"] == 16, ref
+    assert ref["max_abs"] < 1e-4 and ref["cosine_min"] > 0.99999
+    assert "reference PASS: 32 answers" in output
+
+    golden = read_reference(reference)
+    wrong = tmp_path / "wrong.npz"
+    wrong.write_bytes(
+        reference_bytes(
+            golden.images, golden.outputs[::-1].copy(), tolerances=golden.record["tolerances"],
+            identity=golden.identity, names=golden.record["names"],
+        )
+    )  # fmt: skip
+    rc, report, output = _load(
+        server, "--model", "hvt_s_4", "--concurrency", 2, "--requests", 2, "--verify-reference", wrong
+    )
+    assert rc == 1 and not report["reference"]["passed"] and "reference failed: logits" in output, output
+    rc, _, output = _load(
+        server, "--model", "hvt_s_4_classify", "--requests", 1, "--verify-reference", reference
+    )
+    assert rc != 0 and "needs the tensor model" in output
+
+
 def test_classify_ensemble_matches_deploykit_predict(server, export):
     import tritonclient.http as http
 

@@ -130,6 +130,8 @@ def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
     opset = _default_opset(proto)
     report = LintReport(tensorrt_version=table["tensorrt_version"], opset=opset)
     lo, hi = table["opset_range"]["min"], table["opset_range"]["max"]
+    targets = {k: v["max"] for k, v in table.get("opset_by_target", {}).items() if isinstance(v, dict)}
+    oldest = min(targets, key=targets.get) if targets else None
     if opset is not None and not lo <= opset <= hi:
         report.violations.append(
             Violation(
@@ -138,6 +140,16 @@ def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
                 "opset-range",
                 f"default-domain opset {opset} is outside the opset {lo}-{hi} range "
                 f"TensorRT {table['tensorrt_version']} documents",
+            )
+        )
+    elif opset is not None and oldest is not None and opset > targets[oldest]:
+        report.violations.append(
+            Violation(
+                MODEL_NODE,
+                "opset_import",
+                "opset-range",
+                f"default-domain opset {opset} is above opset {targets[oldest]}, the highest TensorRT "
+                f"{oldest}'s parser documents (deploykit targets TensorRT 10.3+ and 11.x)",
             )
         )
     graph = _GraphFacts(_infer_shapes(proto).graph, opset)
