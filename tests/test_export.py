@@ -238,7 +238,7 @@ def test_weights_roundtrip_through_export(tmp_path):
 def test_inspect_reports_graph_facts(exported, tmp_path):
     r = _cli("inspect", str(exported["cvt_13"].onnx_path), "--json", str(tmp_path / "i.json"))
     assert r.exit_code == 0
-    assert "opsets {'ai.onnx': 18}" in r.output and "input  input: float ['batch', 3, 64, 64]" in r.output
+    assert "opsets {'ai.onnx': 20}" in r.output and "input  input: float ['batch', 3, 64, 64]" in r.output
     facts = json.loads((tmp_path / "i.json").read_text())
     assert facts["ops"]["Conv"] >= 3 and "Einsum" not in facts["ops"]
     assert facts["lint"]["violations"] == []

@@ -105,7 +105,7 @@ class BatchProfile:
 @dataclass(frozen=True)
 class ExportConfig:
     family: str
-    opset: int = 18
+    opset: int = 20  # the highest opset TensorRT 10.3's parser documents (trt_operators.json opset_by_target)
     exporter: str = "dynamo"
     simplify: bool = True
     image_size: int | None = None
