@@ -206,6 +206,20 @@ def test_dft_is_supported_but_its_opset20_axis_must_be_build_time():
     assert v.node == "dft_dyn" and "`axis` must be a build-time constant" in v.message
 
 
+@pytest.mark.parametrize("opset, flagged", [(20, False), (21, True), (24, True)])
+def test_opset_above_the_oldest_supported_parser_is_flagged(opset, flagged):
+    """deploykit targets TensorRT 10.3+ and 11.x: one file must parse on 10.3, whose parser documents
+    opsets up to 20 (trt_operators.json opset_by_target)."""
+    model = _model(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        [("x", F32, [2, 3])],
+        [("y", F32, None)],
+        opset=opset,
+    )
+    rules = [v.rule for v in lint_model(model).violations]
+    assert rules == (["opset-range"] if flagged else [])
+
+
 def test_ops_new_or_widened_in_11_2_are_clean():
     # Swish (opset 24) is new in the 11.2 table; STFT gained FP16/BF16 and GridSample BF16.
     f16, bf16 = TensorProto.FLOAT16, TensorProto.BFLOAT16
@@ -215,7 +229,10 @@ def test_ops_new_or_widened_in_11_2_are_clean():
         [("y", F32, None)],
         opset=24,
     )
-    assert lint_model(swish).ok, format_report(lint_model(swish))
+    # the op is clean in the 11.2 table; opset 24 itself is above what TensorRT 10.3's parser documents
+    report = lint_model(swish)
+    assert [v.rule for v in report.violations] == ["opset-range"], format_report(report)
+    assert "TensorRT 10.3" in report.violations[0].message
     stft = _model(
         [helper.make_node("STFT", ["sig", "step", "win"], ["out"], name="stft", onesided=1)],
         [("sig", f16, [1, 64, 1])],
