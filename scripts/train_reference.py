@@ -5,7 +5,7 @@ initialised model has nearly flat logits, so "top-1 still agrees after INT8" wou
 trains a small configuration of each family on scikit-learn's bundled ``digits`` (1,797 8x8 images, 10
 classes), upsampled to 64x64 RGB, deterministically (seeded, one split), in minutes on 2 CPU cores:
 
-    pip install scikit-learn
+    pip install -e ".[train]"                       # scikit-learn
     python scripts/train_reference.py                 # all five families
     python scripts/train_reference.py --family convit --epochs 14
 
