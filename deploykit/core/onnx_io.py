@@ -83,3 +83,12 @@ def onnx_precision(proto: onnx.ModelProto) -> str:
         return meta[PRECISION_KEY]
     half = sum(1 for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
     return "fp16" if half > len(proto.graph.initializer) / 2 else "fp32"
+
+
+def node_attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of attribute ``name`` of ``node`` (strings decoded), else ``default``."""
+    for attr in node.attribute:
+        if attr.name == name:
+            value = onnx.helper.get_attribute_value(attr)
+            return value.decode() if isinstance(value, bytes) else value
+    return default

@@ -11,8 +11,6 @@ flag.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 from deploykit.core.errors import ConfigError, WeightsError
+from deploykit.core.io import atomic_write_bytes
 
 PRESET_KEY = "deploykit.preset"
 ARGS_KEY = "deploykit.model_args"
@@ -69,7 +68,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` (built with :func:`deploykit.models.create_model`) as a safetensors checkpoint that
     records how to rebuild it; floating tensors are stored as ``dtype``. The file is replaced atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     preset = getattr(model, "preset_name", None)
     if not preset:
@@ -87,17 +86,7 @@ def save_checkpoint(
         meta[LABELS_KEY] = json.dumps([str(n) for n in labels])
     if preprocessing:
         meta[PREPROCESSING_KEY] = json.dumps(preprocessing, sort_keys=True)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, save(state, metadata=meta))
 
 
 def _json(meta: dict[str, str], key: str, path: Path) -> Any:

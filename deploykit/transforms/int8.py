@@ -37,7 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from deploykit.core.errors import ExportError, first_line
-from deploykit.core.onnx_io import serialize
+from deploykit.core.onnx_io import node_attribute, serialize
 from deploykit.core.scopes import node_scopes
 
 #: the op types that get Q/DQ (when their weight is a constant)
@@ -82,7 +82,7 @@ def quantizable(proto: onnx.ModelProto) -> list[Target]:
         if node.op_type == "Conv" and rank >= 3:
             axis = 0
         elif node.op_type == "Gemm" and rank == 2:
-            axis = 0 if _attr(node, "transB", 0) else 1
+            axis = 0 if node_attribute(node, "transB", 0) else 1
         elif node.op_type == "MatMul" and rank == 2:
             axis = 1
         else:
@@ -91,19 +91,32 @@ def quantizable(proto: onnx.ModelProto) -> list[Target]:
     return found
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 # ---------------------------------------------------------------------------------------------- blocks
 def node_blocks(proto: onnx.ModelProto) -> dict[str, str]:
     """The transformer block (``encoder.blocks.3``, ``stage2.blocks.0``) or, outside the blocks, the
     top-level module (``patch_embed``, ``head``) of every quantizable node. A node the simplifier rebuilt
     without scopes takes the block of the nearest producer upstream that has one."""
-    return _blocks_of(proto, [t.node for t in quantizable(proto)])
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    nodes = {n.name: n for n in proto.graph.node}
+    cache: dict[str, str] = {}
+
+    def block_of(node: onnx.NodeProto, depth: int = 0) -> str:
+        if node.name in cache:
+            return cache[node.name]
+        scopes = node_scopes(node)
+        found = next((s for s in reversed(scopes) if _BLOCK.search(s)), None) or (
+            scopes[0] if scopes else None
+        )
+        if found is None and depth < 64:
+            for name in node.input:
+                if name in producer:
+                    found = block_of(producer[name], depth + 1)
+                    if found != "(graph)":
+                        break
+        cache[node.name] = found or "(graph)"
+        return cache[node.name]
+
+    return {t.node: block_of(nodes[t.node]) for t in quantizable(proto)}
 
 
 def group_by_block(blocks: dict[str, str]) -> dict[str, list[str]]:
@@ -298,14 +311,11 @@ def make_qdq(
         nodes.append(node)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
-    kept = [i for i in out.graph.initializer if uses.get(i.name, 0) > 0 or i.name in _graph_outputs(out)]
+    outputs = {o.name for o in out.graph.output}
+    kept = [i for i in out.graph.initializer if uses.get(i.name, 0) > 0 or i.name in outputs]
     del out.graph.initializer[:]
     out.graph.initializer.extend([*kept, *new_inits])
     return out, sorted(targets)
-
-
-def _graph_outputs(proto: onnx.ModelProto) -> set[str]:
-    return {o.name for o in proto.graph.output}
 
 
 def _with_meta(node: onnx.NodeProto, meta: Iterable) -> onnx.NodeProto:
@@ -351,27 +361,3 @@ def make_cpu_int8(proto32: onnx.ModelProto, *, exclude: Collection[str] = ()) ->
 
 def qdq_nodes(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-
-
-def _blocks_of(proto: onnx.ModelProto, names: Collection[str]) -> dict[str, str]:
-    producer = {out: node for node in proto.graph.node for out in node.output}
-    nodes = {n.name: n for n in proto.graph.node}
-    cache: dict[str, str] = {}
-
-    def block_of(node: onnx.NodeProto, depth: int = 0) -> str:
-        if node.name in cache:
-            return cache[node.name]
-        scopes = node_scopes(node)
-        found = next((s for s in reversed(scopes) if _BLOCK.search(s)), None) or (
-            scopes[0] if scopes else None
-        )
-        if found is None and depth < 64:
-            for name in node.input:
-                if name in producer:
-                    found = block_of(producer[name], depth + 1)
-                    if found != "(graph)":
-                        break
-        cache[node.name] = found or "(graph)"
-        return cache[node.name]
-
-    return {name: block_of(nodes[name]) for name in names}

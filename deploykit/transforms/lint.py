@@ -46,7 +46,7 @@ import onnx
 import onnx.inliner
 from onnx import TensorProto, numpy_helper
 
-from deploykit.core.onnx_io import read_onnx_graph
+from deploykit.core.onnx_io import node_attribute, read_onnx_graph
 
 TABLE_PATH = Path(__file__).with_name("trt_operators.json")
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -329,20 +329,12 @@ def _data_tensors(node: onnx.NodeProto, opset: int | None) -> list[str]:
     return [node.input[0]]
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for attr in node.attribute:
-        if attr.name == name:
-            value = onnx.helper.get_attribute_value(attr)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
-
-
 def _input(node: onnx.NodeProto, index: int) -> str:
     return node.input[index] if index < len(node.input) else ""
 
 
 def _check_pool_rank(node, check, graph):
-    kernel = _attr(node, "kernel_shape")
+    kernel = node_attribute(node, "kernel_shape")
     if kernel is not None:
         rank, what = len(kernel), f"kernel_shape {list(kernel)}"
     else:  # kernel_shape is required by the spec; fall back on the input's rank
@@ -353,7 +345,7 @@ def _check_pool_rank(node, check, graph):
 
 
 def _check_dilations(node, check, graph):
-    dilations = _attr(node, "dilations")
+    dilations = node_attribute(node, "dilations")
     if dilations and any(d != 1 for d in dilations):
         yield "dilations", f"`dilations` must be empty or all ones, got {list(dilations)}"
 
@@ -385,7 +377,7 @@ def _check_const_input(node, check, graph):
 
 
 def _check_attr_in(node, check, graph):
-    value = _attr(node, check["attr"], check["default"])
+    value = node_attribute(node, check["attr"], check["default"])
     if value not in check["allowed"]:
         allowed = ", ".join(str(a) for a in check["allowed"])
         yield "attr-value", f"`{check['attr']}`={value!r} is unsupported (supported: {allowed})"
@@ -483,7 +475,7 @@ def _check_scale_shape(node, check, graph):
             yield "scale-shape", f"per-channel `{name}` needs opset 13 or newer (model: {graph.opset})"
             return
         dims = graph.dims.get(node.input[0])
-        axis = _attr(node, "axis", 1)
+        axis = node_attribute(node, "axis", 1)
         if dims is None or not -len(dims) <= axis < len(dims):
             return  # unknown rank, or qdq-axis
         size, count = dims[axis], graph.dims[scale][0]
@@ -507,7 +499,7 @@ def _check_qdq_axis(node, check, graph):
     if not _per_channel(node, check, graph):
         return  # ONNX ignores `axis` for per-tensor scales
     dims = graph.dims.get(node.input[0])
-    axis = _attr(node, "axis", 1)
+    axis = node_attribute(node, "axis", 1)
     if dims is not None and not -len(dims) <= axis < len(dims):
         yield "qdq-axis", f"`axis`={axis} is outside [{-len(dims)}, {len(dims) - 1}] for `{node.input[0]}`"
 

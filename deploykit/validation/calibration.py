@@ -109,14 +109,14 @@ def calibration_set(
     order = np.random.default_rng(seed).permutation(len(entries))
     picks = np.sort(order[:count])
     labelled = entries[0][1] is not None
-    wanted = set(picks.tolist()) | set(np.sort(order[:MAX_EVAL_IMAGES]).tolist())
+    evaluated = sorted(order[:MAX_EVAL_IMAGES].tolist())
+    wanted = set(picks.tolist()) | set(evaluated)
     pixels = {}
     for i in sorted(wanted):
         try:
             pixels[i] = preprocessing.crop(load_image(entries[i][0]))
         except DeployKitError as exc:
             raise InputError(f"calibration folder {folder}: {exc}") from None
-    evaluated = sorted(set(np.sort(order[:MAX_EVAL_IMAGES]).tolist()))
     return CalibrationSet(
         preprocessing.normalize(np.stack([pixels[i] for i in picks])),
         f"{folder} ({count} of {len(entries)} images{', labelled' if labelled else ''})",

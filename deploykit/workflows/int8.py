@@ -22,7 +22,7 @@ import click
 import numpy as np
 import onnx
 
-from deploykit.core.errors import ParityError
+from deploykit.core.errors import ConfigError, ParityError
 from deploykit.core.onnx_io import serialize
 from deploykit.runtime.base import run_batched
 from deploykit.runtime.ort_runner import OrtRunner
@@ -31,7 +31,7 @@ from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.transforms import int8 as q
 from deploykit.transforms.onnx_export import OUTPUT_NAME
 from deploykit.validation.calibration import DEFAULT_CALIB_COUNT, calibration_set
-from deploykit.validation.metrics import accuracy_check
+from deploykit.validation.metrics import accuracy_check, sample_cosine
 from deploykit.workflows.state import BULK_BATCH, ExportState, check_parity
 
 #: what the warning says when no --calib folder is given
@@ -52,8 +52,6 @@ class Int8Options:
     weight_scale: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from deploykit.core.errors import ConfigError
-
         if self.calib_method not in q.CALIB_METHODS:
             raise ConfigError(
                 f"--calib-method must be one of {', '.join(q.CALIB_METHODS)}, got {self.calib_method!r}"
@@ -72,9 +70,7 @@ def stage_calibration(state: ExportState) -> None:
         click.echo(BUNDLED_WARNING, err=True)
         state.calibration = None
         return
-    pre = Preprocessing.from_dict(
-        {k: list(v) if isinstance(v, tuple) else v for k, v in vars(model.data_config).items()}
-    )
+    pre = Preprocessing.from_dict(vars(model.data_config))
     state.calibration = calibration_set(
         options.calib,
         pre,
@@ -117,21 +113,14 @@ class _Gate:
             found["accuracy_check"] = accuracy_check(
                 OUTPUT_NAME, self.fp32_accuracy, accuracy, tol.max_accuracy_drop, len(predicted)
             )
-        passed = parity.passed and found.get("accuracy_check", _PASS).passed
-        return passed, found
-
-
-_PASS = type("_Pass", (), {"passed": True})()
+        found["passed"] = parity.passed and ("accuracy_check" not in found or found["accuracy_check"].passed)
+        return found["passed"], found
 
 
 def _damage(gate: _Gate, proto: onnx.ModelProto) -> float:
     """How far a graph's logits are from PyTorch FP32: 1 - the worst cosine similarity."""
     logits = gate.logits(proto, gate.images)
-    ref = gate.reference
-    cos = np.sum(ref * logits, axis=1) / (
-        np.linalg.norm(ref, axis=1) * np.linalg.norm(logits, axis=1) + 1e-12
-    )
-    return float(1.0 - np.min(cos))
+    return float(1.0 - np.min(sample_cosine(gate.reference, logits)))
 
 
 def sensitivity(
@@ -168,7 +157,6 @@ def sensitivity(
 
 
 def _gated(
-    name: str,
     build: Callable[[Collection[str]], onnx.ModelProto],
     blocks: dict[str, list[str]],
     gate: _Gate,
@@ -176,7 +164,6 @@ def _gated(
     proto = build(())
     passed, found = gate.evaluate(proto)
     info: dict = {"kept_blocks": [], "first_try": _summary(found)}
-    del name
     if not passed:
         try:
             proto, info["kept_blocks"], found = sensitivity(build, blocks, gate)
@@ -189,7 +176,7 @@ def _gated(
 def _summary(found: dict) -> dict:
     parity = found["parity"]
     out = {
-        "passed": parity.passed and found.get("accuracy_check", _PASS).passed,
+        "passed": found["passed"],
         "cosine_min": parity.worst_metric("cosine_min"),
         "top1": parity.worst_metric("top1"),
         "max_abs": parity.worst_metric("max_abs"),
@@ -236,16 +223,18 @@ def stage_int8(state: ExportState) -> None:
             return q.make_qdq(state.fp16_proto, amax, exclude=exclude, weight_scale=options.weight_scale)[0]
 
         t = time.perf_counter()
-        qdq, qdq_info, qdq_found = _gated("int8", build_qdq, blocks, gate)
+        qdq, qdq_info, qdq_found = _gated(build_qdq, blocks, gate)
         timings["tensorrt graph"] = round(time.perf_counter() - t, 3)
-        cpu_blocks = {b: [n for n in nodes if _is_matmul(state.proto, n)] for b, nodes in blocks.items()}
+        # the CPU graph quantizes MatMul/Gemm only (ONNX Runtime's CPU provider has no fast ConvInteger)
+        matmuls = {n.name for n in state.proto.graph.node if n.op_type in ("MatMul", "Gemm")}
+        cpu_blocks = {b: [n for n in nodes if n in matmuls] for b, nodes in blocks.items()}
         cpu_blocks = {b: nodes for b, nodes in cpu_blocks.items() if nodes}
 
         def build_cpu(exclude: Collection[str]) -> onnx.ModelProto:
             return q.make_cpu_int8(state.proto, exclude=exclude)
 
         t = time.perf_counter()
-        cpu, cpu_info, cpu_found = _gated("int8-cpu", build_cpu, cpu_blocks, gate)
+        cpu, cpu_info, cpu_found = _gated(build_cpu, cpu_blocks, gate)
         timings["cpu graph"] = round(time.perf_counter() - t, 3)
     where = f"{len(gate.images)} {'calibration-folder' if calib is not None else 'validation'} images"
     state.check("int8", f"int8 (onnxruntime, {where})", qdq_found["logits"], qdq, gate.reference, "int8")
@@ -281,7 +270,3 @@ def stage_int8(state: ExportState) -> None:
         "blocks": sorted(blocks),
         "timings_s": timings,
     }
-
-
-def _is_matmul(proto: onnx.ModelProto, name: str) -> bool:
-    return any(n.name == name and n.op_type in ("MatMul", "Gemm") for n in proto.graph.node)

@@ -194,9 +194,9 @@ def _golden_reference(state: ExportState) -> bytes:
     pre = Preprocessing.from_dict(data_config)
     pixels = pixels_u8(state.images, pre)
     outputs = state.reference
-    if not np.array_equal(pre.normalize(pixels.astype(np.float32) / 255.0), state.images):
+    stored = pre.normalize(pixels.astype(np.float32) / 255.0)
+    if not np.array_equal(stored, state.images):
         # images that are not whole uint8 steps (none today): the reference is computed on what is stored
-        stored = pre.normalize(pixels.astype(np.float32) / 255.0)
         outputs = run_batched(TorchRunner(state.model), stored, state.config.batch.max)
     int8 = None
     if state.calibration is not None and state.int8_images is not None:

@@ -354,12 +354,7 @@ def validate_artifact(
         images = validation_batch(model.data_config, count, config.seed, inputs_dir).images
     reference_out = run_batched(TorchRunner(model), images, config.batch.max)
     candidate = run_batched(runner, images, config.batch.max)
-    parity = compare_outputs(
-        {"logits": reference_out},
-        {"logits": candidate.astype(np.float32)},
-        config.tolerances(precision),
-        stage=f"{precision} artifact",
-    )
+    parity = _artifact_parity(reference_out, candidate, config.tolerances(precision), precision)
     facts = {
         "sha256": sha256_file(path),
         "images": len(images),
@@ -406,6 +401,18 @@ def _locate(
             else "the engine's source ONNX is not beside it; an engine exposes no intermediate tensors"
         )
     return report
+
+
+def _artifact_parity(
+    reference: np.ndarray, candidate: np.ndarray, tolerances, precision: str
+) -> ParityResult:
+    """The artifact's logits against the PyTorch FP32 ones (recomputed, or stored in a reference)."""
+    return compare_outputs(
+        {"logits": reference.astype(np.float32)},
+        {"logits": candidate.astype(np.float32)},
+        tolerances,
+        stage=f"{precision} artifact",
+    )
 
 
 # ------------------------------------------------------------------------------- golden references
@@ -467,12 +474,7 @@ def validate_with_reference(
         precision = runner.precision
     images, outputs = golden.batch(precision)
     candidate = run_batched(runner, images, batch)
-    parity = compare_outputs(
-        {"logits": outputs.astype(np.float32)},
-        {"logits": candidate.astype(np.float32)},
-        golden.tolerances(precision),
-        stage=f"{precision} artifact",
-    )
+    parity = _artifact_parity(outputs, candidate, golden.tolerances(precision), precision)
     facts = {
         "sha256": sha256_file(path),
         "images": len(images),
