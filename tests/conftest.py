@@ -1,10 +1,15 @@
 import dataclasses
+import os
 
 import pytest
 import torch
 
 from deploykit.core.config import default_config
 from deploykit.models import get_preset
+
+# the trace cache (deploykit.transforms.trace_cache) stays out of the tests' way — a test's export traces,
+# as it always did — except in tests/test_trace_cache.py, which turns it on with a folder of its own
+os.environ["DEPLOYKIT_TRACE_CACHE"] = "off"
 
 # one preset of every family, at reduced resolution for speed (cvt_13 also runs at 224 in test_export)
 FAMILY_CASES = {"convit_tiny": 64, "ceit_tiny": 64, "deepvit_s": 64, "cvt_13": 64, "hvt_s_4": 128}

@@ -18,7 +18,7 @@ from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.transforms.fp16 import SCREEN_LIMIT
 from deploykit.validation import validation_batch
 from deploykit.validation.metrics import Tolerances
-from deploykit.workflows.background import Worker, fork_available, one_thread
+from deploykit.workflows.background import Worker, collect, fork_available, one_thread
 from deploykit.workflows.pipeline import run_export
 from deploykit.workflows.stages import fp16_inputs
 from deploykit.workflows.state import BULK_BATCH, build_model
@@ -149,6 +149,50 @@ def test_close_kills_a_busy_child_at_once(tmp_path):
     assert pid not in _children() and worker.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not a zombie
+
+
+def test_collect_runs_what_the_child_has_not_started_in_the_main_process(tmp_path):
+    """While the child is busy, the jobs it has not reached run in the main process (last first), once
+    each: the child skips a job the main process claimed; a job the child started stays the child's."""
+    started_r, started_w = os.pipe()
+    worker = Worker(tmp_path, {})
+    try:
+        quick = worker.submit(_pid)
+        assert quick.result() == worker.pid and quick.where == "background"
+        busy = worker.submit(_held_in_child, os.getpid(), started_w)
+        assert _readable(started_r) and os.read(started_r, 1) == b"!"  # the child is on it, for good
+        first, second = worker.submit(_pid), worker.submit(_echo, 3.0)
+        assert collect(first, second) == [os.getpid(), 3.0]
+        assert first.where == second.where == "main process" and first.note is None
+        assert first.steal() and first.result() == os.getpid()  # collected once, kept
+        assert sorted(p.suffix for p in tmp_path.iterdir()) == [".claim"] * 4
+        assert busy.where == "background"
+    finally:
+        worker.close()
+        os.close(started_r)
+        os.close(started_w)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_child_skips_a_job_the_main_process_claimed(tmp_path):
+    started_r, started_w = os.pipe()
+    worker = Worker(tmp_path, {})
+    try:
+        gate = worker.submit(_wait_for_byte, started_r)  # the child waits until we let it go
+        taken, after = worker.submit(_pid), worker.submit(_pid)
+        assert taken.steal() and taken.result() == os.getpid()
+        os.write(started_w, b"!")
+        assert gate.result() == "released"
+        assert after.result() == worker.pid and after.where == "background"  # the child went past it
+    finally:
+        worker.close()
+        os.close(started_r)
+        os.close(started_w)
+
+
+def _wait_for_byte(context, fd: int) -> str:
+    os.read(fd, 1)
+    return "released"
 
 
 def test_fp16_export_with_and_without_fork_is_byte_identical(tmp_path, monkeypatch):

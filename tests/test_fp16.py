@@ -197,3 +197,40 @@ def test_engine_stage_without_tensorrt(exported, tmp_path):
     text = (tmp_path / "b" / "build_engine.sh").read_text()
     assert "--minShapes=input:1x3x128x128" in text and "--optShapes=input:4x3x128x128" in text
     assert "--maxShapes=input:16x3x128x128" in text
+
+
+def test_weights_to_fp16_is_the_libraries_conversion_bit_for_bit(exported):
+    """deploykit's one-pass weight conversion (patched into onnxconverter-common for speed) gives the
+    library's own values bit for bit — on the edge cases of its clipping and on a whole model."""
+    import warnings
+
+    from onnxconverter_common import float16
+
+    from deploykit.transforms.fp16 import _name_nodes, convert, weights_to_fp16
+
+    edges = [0.0, -0.0, 1e-7, -1e-7, 5e-8, -5e-8, 1e-45, -1e-45, np.inf, -np.inf, np.nan]
+    edges += [1e4, -1e4, 2e4, -2e4, 65504.0, 7e4, -7e4, 3.4e38, -3.4e38]
+    rng = np.random.default_rng(0)
+    spread = rng.standard_normal(50_000) * 10.0 ** rng.integers(-12, 9, 50_000)
+    for values in (np.array(edges, np.float32), spread.astype(np.float32), np.zeros(5, np.float32)):
+        for limit in (1e4, 65504.0):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                theirs = float16.convert_np_to_float16(values.copy(), 1e-7, limit)
+            ours = weights_to_fp16(values.copy(), 1e-7, limit)
+            assert ours.dtype == np.float16 and np.array_equal(ours.view(np.uint16), theirs.view(np.uint16))
+    proto = onnx.load(str(exported["hvt_s_4"].onnx_path))
+    _name_nodes(proto)
+    patched = convert(proto, set())
+    assert float16.convert_np_to_float16 is not weights_to_fp16  # the patch ends with convert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = float16.convert_float_to_float16(
+            onnx.load_from_string(serialize(proto)),
+            keep_io_types=True,
+            op_block_list=list(FP32_OPS),
+            node_block_list=[],
+            max_finite_val=65504.0,
+            disable_shape_infer=True,
+        )
+    assert serialize(patched) == serialize(plain)

@@ -281,14 +281,39 @@ def range_blocks(proto: onnx.ModelProto, peaks: dict[str, float]) -> list[dict]:
     return list(kept.values())
 
 
+def weights_to_fp16(
+    values: np.ndarray, min_positive_val: float = 1e-7, max_finite_val: float = 1e4
+) -> np.ndarray:
+    """onnxconverter-common's ``convert_np_to_float16``, bit for bit, in one pass: nonzero magnitudes below
+    ``min_positive_val`` become ``min_positive_val``, finite magnitudes above ``max_finite_val`` become
+    ``max_finite_val`` (sign kept; 0, -0, inf and NaN unchanged), then FP16. The library's version
+    computes its warnings' statistics with four boolean-indexed copies and four ``np.where`` passes per
+    tensor — 0.9 s of CvT-13's 1.0 s conversion (20 M weights) here; this one is ~20× faster."""
+    magnitude = np.abs(values)
+    tiny = (magnitude < min_positive_val) & (magnitude > 0)
+    huge = (magnitude > max_finite_val) & np.isfinite(magnitude)
+    if tiny.any() or huge.any():
+        values = values.copy()
+        values[tiny] = np.copysign(min_positive_val, values[tiny])
+        values[huge] = np.copysign(max_finite_val, values[huge])
+    return values.astype(np.float16)
+
+
 def convert(proto: onnx.ModelProto, block_nodes: set[str], fp16_io: bool = False) -> onnx.ModelProto:
+    from unittest import mock
+
     from onnxconverter_common import float16
 
     from deploykit.core.scopes import types_declared
 
     src = onnx.ModelProto()
     src.CopyFrom(proto)
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+        # the library's own per-tensor conversion, replaced by the same values computed in one pass
+        mock.patch.object(float16, "convert_np_to_float16", weights_to_fp16),
+    ):
         warnings.simplefilter("ignore")
         out = float16.convert_float_to_float16(
             src,

@@ -1,12 +1,15 @@
-"""Work of the FP16 stage done ahead, in a forked child process, on the core the FP32 stages leave idle.
+"""An export's PyTorch work done ahead, in a forked child process, on the core the ONNX export leaves idle.
 
-The ONNX export (dynamo tracing, most of an export's time) keeps one core of two busy. The FP16 check
-needs work that does not depend on the graph: its >= 64 validation images and their PyTorch FP32
+The ONNX export (dynamo tracing, most of an export's time) keeps one core of two busy. Much of the rest
+does not depend on the graph: the PyTorch FP32 reference of the validation images, the rewritten model's
+logits on them (the rewrite parity check), and for ``--fp16`` the FP16 check's >= 64 images with their
 reference (48 more images than the FP32 stages use) and the range check's PyTorch screen (max |x| over
 every op output). :class:`Worker` forks one child that inherits the built models and the FP32 stages'
 images (copy-on-write, nothing is pickled), runs the submitted jobs one after the other with **one**
-thread, and leaves each result in a file of the staging directory; :meth:`Job.result` collects it when
-the FP16 stage needs it.
+thread, and leaves each result in a file of the staging directory; :func:`collect` gathers results when
+a stage needs them. A job the child has not started by then is the main process's to run (one claim
+file per job decides who runs it; the main process takes the last ones while the child finishes the
+earlier), so the two cores share what is left instead of the main process waiting for the queue.
 
 Only work that overlaps single-threaded phases pays off here: two single-threaded ONNX Runtime runs side
 by side are much slower than one alone on two cores, so a range check run in the child while the main
@@ -41,6 +44,8 @@ import torch
 from deploykit.core.processes import die_with_parent
 
 _HEADER = struct.Struct("<Q")
+#: the child's report for a job the main process claimed first (it ran there)
+_TAKEN = "taken by the main process"
 #: the child's scheduling priority below the main process
 NICENESS = 10
 
@@ -93,7 +98,8 @@ class Job:
 
     def __init__(self, worker: Worker, number: int, fn: Callable[..., Any], args: tuple) -> None:
         self.worker, self.number, self.fn, self.args = worker, number, fn, args
-        self.note: str | None = None  # why it ran in-process, if it did
+        self.note: str | None = None  # why it ran in-process, if the child failed it
+        self.where = "background"  # or "main process" (claimed first there, or the child failed)
 
     def result(self) -> Any:
         """The value (computed in-process, with one thread, when the child could not); kept, so a second
@@ -101,6 +107,24 @@ class Job:
         if not hasattr(self, "_value"):
             self._value = self._collect()
         return self._value
+
+    def steal(self) -> bool:
+        """Run the job here (one thread) if the child has not started it; False if the child has it (or
+        there is no child: :meth:`result` then says why it ran here)."""
+        if hasattr(self, "_value"):
+            return True
+        if self.worker.pid is None or not self.worker._claim(self.number):
+            return False
+        self.where = "main process"
+        self._value = self._run_here()
+        return True
+
+    def _run_here(self) -> Any:
+        t0 = time.perf_counter()
+        with one_thread():
+            value = self.fn(self.worker.context, *self.args)
+        self.worker.seconds[self.number] = round(time.perf_counter() - t0, 3)
+        return value
 
     def _collect(self) -> Any:
         failure = self.worker._wait(self.number)
@@ -111,11 +135,8 @@ class Job:
             path.unlink()
             return value
         self.note = f"{self.fn.__name__} ran in-process: {failure}"
-        t0 = time.perf_counter()
-        with one_thread():
-            value = self.fn(self.worker.context, *self.args)
-        self.worker.seconds[self.number] = round(time.perf_counter() - t0, 3)
-        return value
+        self.where = "main process"
+        return self._run_here()
 
     @property
     def seconds(self) -> float | None:
@@ -161,6 +182,14 @@ class Worker:
     def _result_path(self, number: int) -> Path:
         return self.workdir / f".background-job-{number}.pickle"
 
+    def _claim(self, number: int) -> bool:
+        """Whoever creates job ``number``'s claim file first (the child or the main process) runs it."""
+        try:
+            os.close(os.open(self._result_path(number).with_suffix(".claim"), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True
+
     def _serve(self, jobs: int, done: int) -> None:
         """The child: run jobs until the parent closes the pipe, then leave without the parent's cleanup."""
         code = 1
@@ -171,6 +200,9 @@ class Worker:
             os.nice(NICENESS)  # the main process's critical path goes first when both want a core
             while (message := _receive(jobs)) is not None:
                 number, fn, args = message
+                if not self._claim(number):
+                    _send(done, (number, _TAKEN, 0.0))
+                    continue
                 t0 = time.perf_counter()
                 try:
                     value = fn(self.context, *args)
@@ -207,8 +239,9 @@ class Worker:
             if message is None:
                 code = self._reap()
                 return f"the background process ended (exit {code}) before finishing"
-            self._done[message[0]] = message[1]
-            self.seconds[message[0]] = round(message[2], 3)
+            if message[1] != _TAKEN:
+                self._done[message[0]] = message[1]
+                self.seconds[message[0]] = round(message[2], 3)
         return self._done.pop(number)
 
     def _reap(self) -> int | None:
@@ -229,5 +262,15 @@ class Worker:
                 os.kill(self.pid, signal.SIGKILL)
             self._reap()
         for number in range(1, self._jobs + 1):
-            self._result_path(number).unlink(missing_ok=True)
-            self._result_path(number).with_suffix(".tmp").unlink(missing_ok=True)
+            for suffix in (".pickle", ".tmp", ".claim"):
+                self._result_path(number).with_suffix(suffix).unlink(missing_ok=True)
+
+
+def collect(*jobs: Job) -> list[Any]:
+    """The results of ``jobs`` (in submission order). The main process first runs, last first, those
+    the child has not started, while the child works through the earlier ones; then it waits for the
+    child's."""
+    for job in reversed(jobs):
+        if not job.steal():
+            break
+    return [job.result() for job in jobs]

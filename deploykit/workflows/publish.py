@@ -243,6 +243,7 @@ def _manifest(state: ExportState) -> dict[str, Any]:
         "opset": config.opset,
         "exporter": config.exporter,
         "exporter_notes": state.exporter_notes,
+        "trace_cache": state.trace_cache.to_dict() if state.trace_cache else None,
         "weights": state.weights_info.to_dict() if state.weights_info else None,
         "model": {
             **model_record(state.prepared),
@@ -268,6 +269,7 @@ def _manifest(state: ExportState) -> dict[str, Any]:
         "reference": state.reference_info,
         "artifacts": artifacts,
         "timings_s": state.timings,
+        "background": {k: {"seconds": job.seconds, "ran": job.where} for k, job in state.jobs.items()},
         "passed": state.failed() is None,
     }
     if state.locate is not None:

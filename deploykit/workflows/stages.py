@@ -1,9 +1,10 @@
-"""The export pipeline's stages, in order (:data:`STAGES`): build -> rewrite -> [fp16-reference] -> onnx ->
-simplify -> validate -> lint -> [fp16] -> [engine] -> manifest. Each is a plain function over one
-:class:`~deploykit.workflows.state.ExportState`; its name is its progress line and its key in the manifest.
-``fp16-reference`` hands the FP16 check's images, their PyTorch reference and the range screen to a
-background process (:mod:`deploykit.workflows.background`) that ``fp16`` later collects: the two run only
-together, in this order."""
+"""The export pipeline's stages, in order (:data:`STAGES`): build -> [calibration] -> rewrite ->
+[fp16-reference] -> onnx -> simplify -> validate -> lint -> [fp16] -> [int8] -> [engine] -> manifest. Each
+is a plain function over one :class:`~deploykit.workflows.state.ExportState`; its name is its progress line
+and its key in the manifest. ``rewrite`` starts a background process (:mod:`deploykit.workflows.background`)
+with the PyTorch work that needs no graph — the FP32 reference and the rewritten model's logits, which
+``onnx`` collects after tracing; ``fp16-reference`` adds the FP16 check's images, their reference and the
+range screen, which ``fp16`` collects."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from deploykit.runtime.base import run_batched
 from deploykit.runtime.ort_runner import OrtRunner
 from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.transforms import rewrites
-from deploykit.transforms.onnx_export import export_onnx
+from deploykit.transforms.trace_cache import export_cached
 from deploykit.transforms.simplify import SimplifyResult, simplify_onnx
 from deploykit.validation import validation_batch
 from deploykit.workflows.int8 import stage_calibration, stage_int8
@@ -38,11 +39,16 @@ from deploykit.workflows.state import (
 
 
 def stage_build(state: ExportState) -> None:
-    """The preset (with weights), the validation images and the PyTorch FP32 reference logits."""
+    """The preset (with weights) and the validation images (their PyTorch reference: :func:`stage_rewrite`)."""
     config = state.config
     state.model, state.weights_info = state.prepared.model, state.prepared.weights_info
     state.batch = validation_batch(state.model.data_config, config.num_images, config.seed, state.inputs_dir)
-    state.reference = run_batched(TorchRunner(state.model), state.images, config.batch.max)
+
+
+def torch_logits(context: dict, which: str, batch: int) -> np.ndarray:
+    """A background job: PyTorch FP32 logits of the FP32 stages' images through ``context[which]``
+    (``model``: the reference; ``rewritten``: the rewrite parity check)."""
+    return run_batched(TorchRunner(context[which]), context["images"], batch)
 
 
 def fp16_inputs(context: dict, count: int, seed: int, inputs_dir, batch: int) -> tuple:
@@ -65,14 +71,10 @@ def fp16_screen(context: dict, picks: np.ndarray) -> float:
 
 
 def stage_fp16_reference(state: ExportState) -> None:
-    """Start the background process (:mod:`deploykit.workflows.background`) with the FP16 stage's work that
+    """Queue in the background process (:mod:`deploykit.workflows.background`) the FP16 stage's work that
     needs no graph, on the core the ONNX export leaves idle: the FP16 check's >= :data:`FP16_IMAGES` images
     with the PyTorch reference of those the FP32 stages do not have, then the range check's screen."""
-    from deploykit.workflows.background import Worker
-
     config = state.config
-    context = {"model": state.model, "rewritten": state.rewritten, "images": state.images}
-    state.worker = Worker(state.staging, context)
     count = max(FP16_IMAGES, config.num_images)
     state.jobs["inputs"] = state.worker.submit(fp16_inputs, count, config.seed, state.inputs_dir, BULK_BATCH)
     state.jobs["screen"] = state.worker.submit(fp16_screen, _range_picks(state))
@@ -84,30 +86,54 @@ def _range_picks(state: ExportState) -> np.ndarray:
 
 
 def stage_rewrite(state: ExportState) -> None:
-    """Export-friendly module swaps, checked in PyTorch."""
+    """Export-friendly module swaps; the background process starts on the PyTorch reference and the
+    rewritten model's logits (checked by :func:`stage_onnx`, after tracing)."""
+    from deploykit.workflows.background import Worker
+
     state.rewritten, state.records = rewrites.apply_rewrites(state.model)
-    logits = run_batched(TorchRunner(state.rewritten), state.images, state.config.batch.max)
+    context = {"model": state.model, "rewritten": state.rewritten, "images": state.images}
+    state.worker = Worker(state.staging, context)
+    for which, key in (("model", "reference"), ("rewritten", "rewrites")):
+        state.jobs[key] = state.worker.submit(torch_logits, which, state.config.batch.max)
+
+
+def _collect_references(state: ExportState) -> None:
+    """The PyTorch reference and the rewrite check, from the background process (or run here)."""
+    from deploykit.workflows.background import collect
+
+    state.reference, logits = collect(state.jobs["reference"], state.jobs["rewrites"])
     state.check("rewrites", "rewrites (torch)", logits, None)
 
 
 def stage_onnx(state: ExportState) -> None:
-    """torch.onnx.export (dynamo; the TorchScript exporter when dynamo fails, recorded in the manifest)."""
+    """torch.onnx.export (dynamo; the TorchScript exporter when dynamo fails, recorded in the manifest),
+    through the trace cache (:mod:`deploykit.transforms.trace_cache`): a cached graph that fails its parity
+    check is traced afresh."""
+    proto = _export(state)
+    state.exported = state.proto = proto
+    logits = state.logits(proto)  # first: the background process may still be on the references
+    _collect_references(state)
+    result = state.check("onnx", "onnx (onnxruntime)", logits, proto)
+    if state.trace_cache.status == "hit" and not result.passed:
+        notes = [*state.trace_cache.notes, "the cached graph failed its parity check: traced afresh"]
+        state.exported = state.proto = proto = _export(state, fresh=True)
+        state.trace_cache.notes[:0] = notes
+        state.check("onnx", "onnx (onnxruntime)", state.logits(proto), proto)
+
+
+def _export(state: ExportState, fresh: bool = False):
     config = state.config
+    args = (state.rewritten, state.input_size, config.opset)
     try:
-        proto = export_onnx(
-            state.rewritten, state.input_size, config.opset, config.exporter, config.batch.max
-        )
+        proto, state.trace_cache = export_cached(*args, config.exporter, config.batch.max, fresh=fresh)
     except ExportError as exc:
         reraise_if_interrupted(exc)  # never a fallback after an interrupt
         if config.exporter != "dynamo":
             raise
         state.exporter_notes.append(f"dynamo failed ({first_line(exc)}); fell back to torchscript")
         state.config = config = dataclasses.replace(config, exporter="torchscript")
-        proto = export_onnx(
-            state.rewritten, state.input_size, config.opset, config.exporter, config.batch.max
-        )
-    state.exported = state.proto = proto
-    state.check("onnx", "onnx (onnxruntime)", state.logits(proto), proto)
+        proto, state.trace_cache = export_cached(*args, config.exporter, config.batch.max, fresh=fresh)
+    return proto
 
 
 def stage_simplify(state: ExportState) -> None:
@@ -153,10 +179,11 @@ def stage_fp16(state: ExportState) -> None:
     from deploykit.transforms.fp16 import make_fp16
     from deploykit.transforms.lint import lint_model
 
+    from deploykit.workflows.background import collect
+
     t = time.perf_counter()
     inputs, screen = state.jobs["inputs"], state.jobs["screen"]
-    state.fp16_images, state.fp16_rows, computed = inputs.result()
-    peak = screen.result()
+    (state.fp16_images, state.fp16_rows, computed), peak = collect(inputs, screen)
     computed = iter(computed)
     state.fp16_reference = np.stack(
         [state.reference[row] if row is not None else next(computed) for row in state.fp16_rows]
@@ -228,11 +255,15 @@ STAGES: tuple[Stage, ...] = (
         lambda s: f"INT8 calibration images ({s.int8.calib or 'bundled'})",
         lambda s: s.int8 is not None,
     ),
-    Stage("rewrite", stage_rewrite, lambda s: "export-friendly module swaps"),
+    Stage(
+        "rewrite",
+        stage_rewrite,
+        lambda s: "export-friendly module swaps; PyTorch reference and rewrite check in a background process",
+    ),
     Stage(
         "fp16-reference",
         stage_fp16_reference,
-        lambda s: "FP16 check's images, PyTorch reference and range screen, in a background process",
+        lambda s: "FP16 check's images, PyTorch reference and range screen, queued in the background process",
         lambda s: s.fp16,
     ),
     Stage("onnx", stage_onnx, lambda s: f"{s.config.exporter} exporter, opset {s.config.opset}"),

@@ -98,6 +98,7 @@ class ExportState:
     rewritten: nn.Module | None = None
     records: list = field(default_factory=list)
     exporter_notes: list[str] = field(default_factory=list)
+    trace_cache: Any = None  # deploykit.transforms.trace_cache.TraceCacheInfo of the onnx stage
     exported: onnx.ModelProto | None = None
     proto: onnx.ModelProto | None = None  # the FP32 graph as it stands
     simplify: SimplifyResult | None = None
@@ -106,7 +107,7 @@ class ExportState:
     fp16_proto: onnx.ModelProto | None = None
     fp16_info: dict[str, Any] = field(default_factory=dict)
     worker: Any = None  # the background process (deploykit.workflows.background.Worker)
-    jobs: dict[str, Any] = field(default_factory=dict)  # its jobs: "inputs", "screen"
+    jobs: dict[str, Any] = field(default_factory=dict)  # "reference", "rewrites" [, "inputs", "screen"]
     fp16_images: np.ndarray | None = None
     fp16_rows: list[int | None] = field(default_factory=list)  # row of each FP16 image in images, or None
     fp16_reference: np.ndarray | None = None
