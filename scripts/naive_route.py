@@ -14,10 +14,12 @@ For every family, the FP32 ``model.onnx`` of ``deploykit export`` against what a
 
 ONNX Runtime CPU, 2 threads, batch 1 and 8, the files' runs interleaved in a rotating order (each timed
 run after 50 ms of untimed runs of the same file, so ONNX Runtime's spinning worker threads do not slow the
-other); p50 of ``--iters`` timed runs. A third session of the naive file runs in the same rotation: its ratio to the
-naive file (A/A: the same graph against itself) is the run's noise floor. Prints a Markdown table of latency
-ratios (deploykit / naive: <= 1.0 means deploykit is not slower), the A/A ratios, the node counts, and the
-largest logit difference between the two files (the same model).
+other); p50 of ``--iters`` rotations. A ratio is the median over rotations of the two files' times in the same rotation
+(paired: the machine's drift cancels out of each pair), with the quartiles in brackets. A third session of
+the naive file runs in the same rotation: its ratio to the naive file (A/A: the same graph against itself)
+is the run's noise floor. Prints a Markdown table of latency ratios (deploykit / naive: <= 1.0 means
+deploykit is not slower), the A/A ratios, the p50 milliseconds, the node counts, and the largest logit
+difference between the two files (the same model).
 Needs the peers (``pip install -e ".[peers]"``) for ConViT and CvT.
 """
 
@@ -101,7 +103,7 @@ def session(proto_or_path) -> ort.InferenceSession:
     return ort.InferenceSession(data, options)
 
 
-def interleaved(sessions: dict[str, ort.InferenceSession], x: np.ndarray, iters: int) -> dict[str, float]:
+def interleaved(sessions: dict[str, ort.InferenceSession], x: np.ndarray, iters: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in sessions}
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     for _ in range(3):
@@ -118,7 +120,19 @@ def interleaved(sessions: dict[str, ort.InferenceSession], x: np.ndarray, iters:
             t = time.perf_counter()
             s.run(None, feeds[k])
             times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return times
+
+
+def paired(times: dict[str, list[float]], a: str, b: str) -> str:
+    """Median over rotations of ``a``'s time over ``b``'s in the same rotation (a drift of the machine
+    cancels out of each pair), with the rotations' quartiles."""
+    ratios = np.array(times[a]) / np.array(times[b])
+    q1, median, q3 = np.percentile(ratios, [25, 50, 75])
+    return f"{median:.2f} [{q1:.2f}-{q3:.2f}]"
+
+
+def ms(times: list[float]) -> str:
+    return f"{np.median(times) * 1e3:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,30 +156,25 @@ def main(argv: list[str] | None = None) -> int:
         runs = {"deploykit": session(result.onnx_path), "naive": session(theirs), "naive again": session(theirs)}
         x1 = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
         x8 = np.random.default_rng(1).standard_normal((8, 3, size, size)).astype(np.float32)
-        same = max(
-            float(
-                np.abs(
-                    runs["deploykit"].run(None, {"input": x8})[0]
-                    - runs["naive"].run(None, {runs["naive"].get_inputs()[0].name: x8})[0]
-                ).max()
-            )
-            for _ in range(1)
-        )
+        theirs_out = runs["naive"].run(None, {runs["naive"].get_inputs()[0].name: x8})[0]
+        same = float(np.abs(runs["deploykit"].run(None, {"input": x8})[0] - theirs_out).max())
         b1, b8 = interleaved(runs, x1, args.iters), interleaved(runs, x8, args.iters)
         opset = next(o.version for o in ours.opset_import if o.domain in ("", "ai.onnx"))
         naive_opset = next(o.version for o in theirs.opset_import if o.domain in ("", "ai.onnx"))
+        source = "timm" if family == "convit" else "Hugging Face" if family == "cvt" else "deploykit"
         rows.append(
-            f"| {PRESETS[family]} ({'timm' if family == 'convit' else 'Hugging Face' if family == 'cvt' else 'deploykit'}) "
-            f"| {b1['deploykit'] / b1['naive']:.2f} ({b1['deploykit'] * 1e3:.1f} / {b1['naive'] * 1e3:.1f} ms) "
-            f"| {b8['deploykit'] / b8['naive']:.2f} ({b8['deploykit'] * 1e3:.1f} / {b8['naive'] * 1e3:.1f} ms) "
-            f"| {b1['naive again'] / b1['naive']:.2f} / {b8['naive again'] / b8['naive']:.2f} "
+            f"| {PRESETS[family]} ({source}) "
+            f"| {paired(b1, 'deploykit', 'naive')} ({ms(b1['deploykit'])} / {ms(b1['naive'])} ms) "
+            f"| {paired(b8, 'deploykit', 'naive')} ({ms(b8['deploykit'])} / {ms(b8['naive'])} ms) "
+            f"| {paired(b1, 'naive again', 'naive')} / {paired(b8, 'naive again', 'naive')} "
             f"| {len(ours.graph.node)} (opset {opset}) / {len(theirs.graph.node)} (opset {naive_opset}) | {same:.1e} |"
         )
         print(rows[-1], flush=True)
     from deploykit.workflows.bench_measure import cpu_model
 
     print(
-        f"\n{cpu_model()}, ONNX Runtime {ort.__version__}, 2 threads, p50 of {args.iters} interleaved runs\n"
+        f"\n{cpu_model()}, ONNX Runtime {ort.__version__}, 2 threads, {args.iters} rotations (median [quartiles] of "
+        "paired ratios; p50 ms)\n"
     )
     print(
         "| model (naive route's source) | batch 1: deploykit / naive | batch 8: deploykit / naive "
