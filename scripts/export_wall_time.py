@@ -26,7 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-PRESETS = {"convit": "convit_tiny", "ceit": "ceit_tiny", "deepvit": "deepvit_16b", "cvt": "cvt_13", "hvt": "hvt_ti_1"}
+PRESETS = {
+    "convit": "convit_tiny",
+    "ceit": "ceit_tiny",
+    "deepvit": "deepvit_16b",
+    "cvt": "cvt_13",
+    "hvt": "hvt_ti_1",
+}
 
 NAIVE = """
 import io, sys, torch, onnx, onnxsim
@@ -77,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base = dict(os.environ, DEPLOYKIT_CACHE_DIR=str(root / "cache"))
-        envs = {"cold": dict(base, DEPLOYKIT_TRACE_CACHE="off"), "warm": dict(base, DEPLOYKIT_TRACE_CACHE="on")}
+        envs = {
+            "cold": dict(base, DEPLOYKIT_TRACE_CACHE="off"),
+            "warm": dict(base, DEPLOYKIT_TRACE_CACHE="on"),
+        }
 
         def export(kind: str, out: str) -> float:
             cmd = ["deploykit", "export", args.family, "--out", str(root / out), "--no-engine", "--quiet"]
@@ -87,14 +96,27 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeat):
             walls["cold"].append(export("cold", f"cold-{i}"))
             walls["warm"].append(export("warm", f"warm-{i}"))
-            naive = [sys.executable, "-c", NAIVE, args.family, PRESETS[args.family], str(root / f"naive-{i}.onnx")]
+            naive = [
+                sys.executable,
+                "-c",
+                NAIVE,
+                args.family,
+                PRESETS[args.family],
+                str(root / f"naive-{i}.onnx"),
+            ]
             walls["naive"].append(timed(naive, base))
             print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in walls.items()), flush=True)
     median = {k: statistics.median(v) for k, v in walls.items()}
-    print(f"\n`deploykit export {args.family}` (medians of {args.repeat}, fresh processes, `--no-engine --quiet`):")
+    print(
+        f"\n`deploykit export {args.family}` (medians of {args.repeat}, fresh processes, `--no-engine --quiet`):"
+    )
     print("| route | wall time | / naive route |")
     print("|---|---|---|")
-    for kind, label in (("cold", "deploykit, trace cache off"), ("warm", "deploykit, trace cache warm"), ("naive", "naive route (export + onnxsim, no checks)")):
+    for kind, label in (
+        ("cold", "deploykit, trace cache off"),
+        ("warm", "deploykit, trace cache warm"),
+        ("naive", "naive route (export + onnxsim, no checks)"),
+    ):
         print(f"| {label} | {median[kind]:.1f} s | {median[kind] / median['naive']:.2f}x |")
     return 0
 

@@ -103,7 +103,9 @@ def session(proto_or_path) -> ort.InferenceSession:
     return ort.InferenceSession(data, options)
 
 
-def interleaved(sessions: dict[str, ort.InferenceSession], x: np.ndarray, iters: int) -> dict[str, list[float]]:
+def interleaved(
+    sessions: dict[str, ort.InferenceSession], x: np.ndarray, iters: int
+) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in sessions}
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
     for _ in range(3):
@@ -153,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         ours = onnx.load(str(result.onnx_path))
         size = int(ours.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
         theirs = naive_export(model, size)
-        runs = {"deploykit": session(result.onnx_path), "naive": session(theirs), "naive again": session(theirs)}
+        runs = {
+            "deploykit": session(result.onnx_path),
+            "naive": session(theirs),
+            "naive again": session(theirs),
+        }
         x1 = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
         x8 = np.random.default_rng(1).standard_normal((8, 3, size, size)).astype(np.float32)
         theirs_out = runs["naive"].run(None, {runs["naive"].get_inputs()[0].name: x8})[0]

@@ -1,5 +1,6 @@
-"""The FP16 stage's background process: results bitwise equal to the in-process computation, a failing or
-killed child falls back, an ended export leaves no process and no file behind."""
+"""The export's background process (PyTorch references, the FP16 check's work): results bitwise equal to
+the in-process computation, a failing or killed child falls back, jobs the child has not started run in
+the export process, an ended export leaves no process and no file behind."""
 
 import os
 import select
@@ -218,7 +219,11 @@ def test_fp16_export_with_and_without_fork_is_byte_identical(tmp_path, monkeypat
     monkeypatch.setattr(background, "fork_available", lambda: False)
     in_process = run_export("hvt_ti_1", tmp_path / "b", config, fp16=True)
     assert [n for n in in_process.manifest["fp16"]["background"]["notes"]] and not _children()
-    for name in ("model.onnx", "model.fp16.onnx"):
+    jobs = {"reference", "rewrites", "inputs", "screen"}
+    assert set(forked.manifest["background"]) == set(in_process.manifest["background"]) == jobs
+    assert {job["ran"] for job in in_process.manifest["background"].values()} == {"main process"}
+    # the PyTorch references (reference.npz) too: one thread in the child and in-process alike
+    for name in ("model.onnx", "model.fp16.onnx", "reference.npz"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert forked.manifest["parity"]["fp16"] == in_process.manifest["parity"]["fp16"]
     assert forked.manifest["fp16"]["kept_fp32"] == in_process.manifest["fp16"]["kept_fp32"]

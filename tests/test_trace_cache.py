@@ -30,7 +30,9 @@ def cache(tmp_path, monkeypatch):
 def _model(seed: int):
     torch.manual_seed(seed)
     # three blocks (one pooling) instead of twelve: a quarter of the tracing, the same kinds of layers
-    return create_model("hvt_ti_1", image_size=SIZE, num_classes=10, num_encoder_blocks=3, hvt_pool=[1]).eval()
+    return create_model(
+        "hvt_ti_1", image_size=SIZE, num_classes=10, num_encoder_blocks=3, hvt_pool=[1]
+    ).eval()
 
 
 def _config():
@@ -71,7 +73,12 @@ def test_another_architecture_misses(cache, tmp_path):
     model.encoder.blocks[0].attn.num_heads = 1  # a plain attribute the forward reads
     assert trace_cache.trace_key(model, (3, SIZE, SIZE), 20, "dynamo", 64, 2) != key
     base = {"input_shape": (3, SIZE, SIZE), "opset": 20, "exporter": "dynamo", "max_batch": 64}
-    for change in ({"input_shape": (3, SIZE, 2 * SIZE)}, {"opset": 18}, {"exporter": "torchscript"}, {"max_batch": 8}):
+    for change in (
+        {"input_shape": (3, SIZE, 2 * SIZE)},
+        {"opset": 18},
+        {"exporter": "torchscript"},
+        {"max_batch": 8},
+    ):
         assert trace_cache.trace_key(_model(1), **{**base, **change}, example_batch=2) != key
 
 

@@ -23,6 +23,7 @@ be read or written is skipped with a note, never an error: it only saves time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -128,7 +129,12 @@ def _module_tree(model: nn.Module) -> list:
 
 
 def trace_key(
-    model: nn.Module, input_shape: tuple[int, ...], opset: int, exporter: str, max_batch: int, example_batch: int
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    opset: int,
+    exporter: str,
+    max_batch: int,
+    example_batch: int,
 ) -> str:
     from deploykit import __version__
 
@@ -161,17 +167,18 @@ def load(folder: Path, key: str, model: nn.Module, info: TraceCacheInfo) -> onnx
         proto = onnx.load_from_string(data)
         for init in proto.graph.initializer:
             array = tensors[init.name].detach().cpu().contiguous().numpy()
-            if list(init.dims) != list(array.shape) or onnx.helper.tensor_dtype_to_np_dtype(init.data_type) != array.dtype:
+            if (
+                list(init.dims) != list(array.shape)
+                or onnx.helper.tensor_dtype_to_np_dtype(init.data_type) != array.dtype
+            ):
                 raise ValueError(f"initializer {init.name} does not match the module's tensor")
             init.raw_data = array.tobytes()
     except Exception as exc:  # a corrupt or foreign file: drop it and trace
         info.notes.append(f"cache entry unusable, traced instead ({type(exc).__name__}: {exc})")
         path.unlink(missing_ok=True)
         return None
-    try:
+    with contextlib.suppress(OSError):
         os.utime(path)  # most recently used
-    except OSError:
-        pass
     return proto
 
 
@@ -203,7 +210,13 @@ def store(folder: Path, key: str, proto: onnx.ModelProto, model: nn.Module, info
 
 
 def export_cached(
-    model: nn.Module, input_shape: tuple[int, int, int], opset: int, exporter: str, max_batch: int, *, fresh: bool = False
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    opset: int,
+    exporter: str,
+    max_batch: int,
+    *,
+    fresh: bool = False,
 ) -> tuple[onnx.ModelProto, TraceCacheInfo]:
     """:func:`~deploykit.transforms.onnx_export.export_onnx` through the cache: a hit fills the cached
     graph with ``model``'s tensors; a miss (or ``fresh``: trace even if cached) traces and stores."""

@@ -23,8 +23,8 @@ from deploykit.runtime.base import run_batched
 from deploykit.runtime.ort_runner import OrtRunner
 from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.transforms import rewrites
-from deploykit.transforms.trace_cache import export_cached
 from deploykit.transforms.simplify import SimplifyResult, simplify_onnx
+from deploykit.transforms.trace_cache import export_cached
 from deploykit.validation import validation_batch
 from deploykit.workflows.int8 import stage_calibration, stage_int8
 from deploykit.workflows.publish import stage_engine, stage_manifest
@@ -178,7 +178,6 @@ def stage_fp16(state: ExportState) -> None:
     the FP32 stages' images, spread over their kinds (photos first, noise last)."""
     from deploykit.transforms.fp16 import make_fp16
     from deploykit.transforms.lint import lint_model
-
     from deploykit.workflows.background import collect
 
     t = time.perf_counter()
