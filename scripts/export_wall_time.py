@@ -7,8 +7,9 @@
 Each round runs, as fresh processes one after the other: ``deploykit export MODEL --no-engine --quiet``
 with the trace cache off (cold: it traces), the same with the cache primed (warm: it fills the cached
 graph), and the naive route — a script that imports torch, builds the peer model (Hugging Face CvT-13 for
-``cvt``, timm ``convit_tiny`` for ``convit``, else deploykit's own preset), exports it with
-``torch.onnx.export(..., dynamo=True)`` and simplifies it with onnxsim, and checks nothing. Prints each
+``cvt``, timm ``convit_tiny`` for ``convit``, else deploykit's own preset: ``naive_route.peer``), exports it
+with ``torch.onnx.export(..., dynamo=True)`` and simplifies it with onnxsim (``naive_route.naive_export``),
+and checks nothing. Prints each
 round and the medians, and the ratio of each deploykit route to the naive one: the machine's speed
 cancels out of the ratio (these machines change CPU from day to day), the seconds do not.
 
@@ -26,45 +27,19 @@ import tempfile
 import time
 from pathlib import Path
 
-PRESETS = {
-    "convit": "convit_tiny",
-    "ceit": "ceit_tiny",
-    "deepvit": "deepvit_16b",
-    "cvt": "cvt_13",
-    "hvt": "hvt_ti_1",
-}
+FAMILIES = ["ceit", "convit", "cvt", "deepvit", "hvt"]
 
+#: the naive route in a fresh process: naive_route.py's peer model and bare export (+ onnxsim), saved
 NAIVE = """
-import io, sys, torch, onnx, onnxsim
-family, preset = sys.argv[1], sys.argv[2]
-torch.manual_seed(0)
-if family == "cvt":
-    from transformers import CvtConfig, CvtForImageClassification
+import sys
+from pathlib import Path
 
-    class Logits(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
+sys.path.insert(0, sys.argv[1])
+import onnx
+from naive_route import naive_export, peer
 
-        def forward(self, x):
-            return self.model(pixel_values=x).logits
-
-    model = Logits(CvtForImageClassification(CvtConfig(num_labels=1000)))
-elif family == "convit":
-    import timm
-
-    model = timm.create_model("convit_tiny", pretrained=False)
-else:
-    from deploykit.models import create_model
-
-    model = create_model(preset)
-model = model.eval()
-x = torch.randn(2, 3, 224, 224)
-program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},))
-buffer = io.BytesIO()
-program.save(buffer)
-simplified, ok = onnxsim.simplify(onnx.load_from_string(buffer.getvalue()))
-onnx.save(simplified if ok else onnx.load_from_string(buffer.getvalue()), sys.argv[3])
+model, _ = peer(sys.argv[2], Path(sys.argv[3]).parent)
+onnx.save(naive_export(model, 224), sys.argv[3])
 """
 
 
@@ -76,7 +51,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("family", nargs="?", default="cvt", choices=sorted(PRESETS))
+    ap.add_argument("family", nargs="?", default="cvt", choices=FAMILIES)
     ap.add_argument("--repeat", type=int, default=3, help="rounds (medians)")
     args = ap.parse_args(argv)
     walls: dict[str, list[float]] = {"cold": [], "warm": [], "naive": []}
@@ -96,14 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeat):
             walls["cold"].append(export("cold", f"cold-{i}"))
             walls["warm"].append(export("warm", f"warm-{i}"))
-            naive = [
-                sys.executable,
-                "-c",
-                NAIVE,
-                args.family,
-                PRESETS[args.family],
-                str(root / f"naive-{i}.onnx"),
-            ]
+            folder = root / f"naive-{i}"
+            folder.mkdir()
+            scripts = str(Path(__file__).resolve().parent)
+            naive = [sys.executable, "-c", NAIVE, scripts, args.family, str(folder / "model.onnx")]
             walls["naive"].append(timed(naive, base))
             print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in walls.items()), flush=True)
     median = {k: statistics.median(v) for k, v in walls.items()}
