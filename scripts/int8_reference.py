@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,16 +31,6 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 FILES = ("model.onnx", "model.int8.onnx", "model.int8.cpu.onnx")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def heldout():
@@ -132,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| {seconds:.0f} s |"
         )
         print(rows[-1], flush=True)
+    from deploykit.workflows.bench_measure import cpu_model
+
     print(
-        f"\n{cpu_name()}, ONNX Runtime {ort.__version__}, deploykit bench p50 of {args.iters} interleaved rounds\n"
+        f"\n{cpu_model()}, ONNX Runtime {ort.__version__}, deploykit bench p50 of {args.iters} interleaved rounds\n"
     )
     print(
         "| family | FP32 accuracy | TensorRT Q/DQ graph accuracy (agreement) | CPU INT8 accuracy (agreement) "

@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         theirs_out = runs["naive"].run(None, {runs["naive"].get_inputs()[0].name: x8})[0]
         same = float(np.abs(runs["deploykit"].run(None, {"input": x8})[0] - theirs_out).max())
         b1, b8 = interleaved(runs, x1, args.iters), interleaved(runs, x8, args.iters)
-        opset = next(o.version for o in ours.opset_import if o.domain in ("", "ai.onnx"))
-        naive_opset = next(o.version for o in theirs.opset_import if o.domain in ("", "ai.onnx"))
+        opset, naive_opset = (
+            next(o.version for o in p.opset_import if o.domain in ("", "ai.onnx")) for p in (ours, theirs)
+        )
         source = "timm" if family == "convit" else "Hugging Face" if family == "cvt" else "deploykit"
         rows.append(
             f"| {PRESETS[family]} ({source}) "
