@@ -12,9 +12,10 @@ For every family, the FP32 ``model.onnx`` of ``deploykit export`` against what a
   ``save_pretrained``; deploykit exports that directory;
 - CeiT, DeepViT, HVT (no maintained peer package): deploykit's own preset model, exported bare.
 
-ONNX Runtime CPU, 2 threads, batch 1 and 8, the files' runs interleaved in a rotating order (each timed
-run after 50 ms of untimed runs of the same file, so ONNX Runtime's spinning worker threads do not slow the
-other); p50 of ``--iters`` rotations. A ratio is the median over rotations of the two files' times in the same rotation
+ONNX Runtime CPU, 2 threads, batch 1 and 8, the files' runs interleaved in a rotating order: in each
+rotation every file takes a turn of 50 ms of untimed runs (so ONNX Runtime's spinning worker threads of the
+file before do not slow it), then ``--runs`` timed runs of which the fastest counts; p50 of ``--iters``
+rotations. A ratio is the median over rotations of the two files' times in the same rotation
 (paired: the machine's drift cancels out of each pair), with the quartiles in brackets. A third session of
 the naive file runs in the same rotation: its ratio to the naive file (A/A: the same graph against itself)
 is the run's noise floor. Prints a Markdown table of latency ratios (deploykit / naive: <= 1.0 means
@@ -104,7 +105,7 @@ def session(proto_or_path) -> ort.InferenceSession:
 
 
 def interleaved(
-    sessions: dict[str, ort.InferenceSession], x: np.ndarray, iters: int
+    sessions: dict[str, ort.InferenceSession], x: np.ndarray, iters: int, runs: int = 3
 ) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in sessions}
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
@@ -119,9 +120,12 @@ def interleaved(
             settle = time.perf_counter() + 0.05
             while time.perf_counter() < settle:
                 s.run(None, feeds[k])
-            t = time.perf_counter()
-            s.run(None, feeds[k])
-            times[k].append(time.perf_counter() - t)
+            turn = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                s.run(None, feeds[k])
+                turn.append(time.perf_counter() - t)
+            times[k].append(min(turn))  # a turn's fastest run: an interruption lengthens one run, not all
     return times
 
 
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", action="append", choices=sorted(PRESETS))
-    parser.add_argument("--iters", type=int, default=40)
+    parser.add_argument("--iters", type=int, default=40, help="rotations")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per turn (the fastest counts)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="naive-route-"))
@@ -155,16 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         ours = onnx.load(str(result.onnx_path))
         size = int(ours.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
         theirs = naive_export(model, size)
-        runs = {
+        sessions = {
             "deploykit": session(result.onnx_path),
             "naive": session(theirs),
             "naive again": session(theirs),
         }
         x1 = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
         x8 = np.random.default_rng(1).standard_normal((8, 3, size, size)).astype(np.float32)
-        theirs_out = runs["naive"].run(None, {runs["naive"].get_inputs()[0].name: x8})[0]
-        same = float(np.abs(runs["deploykit"].run(None, {"input": x8})[0] - theirs_out).max())
-        b1, b8 = interleaved(runs, x1, args.iters), interleaved(runs, x8, args.iters)
+        naive = sessions["naive"]
+        theirs_out = naive.run(None, {naive.get_inputs()[0].name: x8})[0]
+        same = float(np.abs(sessions["deploykit"].run(None, {"input": x8})[0] - theirs_out).max())
+        b1, b8 = (interleaved(sessions, x, args.iters, args.runs) for x in (x1, x8))
         opset, naive_opset = (
             next(o.version for o in p.opset_import if o.domain in ("", "ai.onnx")) for p in (ours, theirs)
         )
@@ -180,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     from deploykit.workflows.bench_measure import cpu_model
 
     print(
-        f"\n{cpu_model()}, ONNX Runtime {ort.__version__}, 2 threads, {args.iters} rotations (median [quartiles] of "
-        "paired ratios; p50 ms)\n"
+        f"\n{cpu_model()}, ONNX Runtime {ort.__version__}, 2 threads, {args.iters} rotations of {args.runs} timed "
+        "runs per file, the fastest counting (median [quartiles] of paired ratios; p50 ms)\n"
     )
     print(
         "| model (naive route's source) | batch 1: deploykit / naive | batch 8: deploykit / naive "

@@ -1,7 +1,8 @@
 """Each export rewrite: original vs rewritten on random input (max abs diff <= 1e-5), on whole models, and
 whether its kind is true of the exported graphs: a ``required`` rewrite's original fails to export or is
 reported by the TensorRT-parser lint; an ``optimization`` rewrite's original exports and lints clean, and the
-rewritten graph is smaller and lacks the ops the rewrite claims to remove."""
+rewritten graph lacks the ops the rewrite claims to remove and is smaller (or, simplified as the pipeline
+ships it, at most :data:`GROWS` nodes larger, for a rewrite whose point is a faster op)."""
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from deploykit.transforms.rewrites import (
     apply_rewrites,
     randomize_batchnorm_,
 )
+from deploykit.transforms.simplify import simplify_onnx
 
 RULES = {r.name: r for r in REWRITES.values()}
 REQUIRED = sorted(n for n, r in RULES.items() if r.kind is RewriteKind.REQUIRED)
@@ -31,11 +33,14 @@ REMOVES = {
     "ceit-i2t-folded-batchnorm": {"BatchNormalization"},
     "ceit-leff-folded-batchnorm": {"BatchNormalization"},
     "cvt-depthwise-projection-folded-batchnorm": {"BatchNormalization"},
-    "reattention-folded-batchnorm": {"BatchNormalization", "Mul"},
+    "reattention-folded-batchnorm": {"BatchNormalization", "Mul", "Conv"},
     "cnn-stem-folded-batchnorm": {"BatchNormalization"},
     "unfold-patchify-as-strided-conv": {"Pad", "Range", "Gather"},
     "gpsa-constant-positional-attention": {"Sigmoid", "ReduceSum", "Div"},
 }
+#: optimization rewrite -> how many nodes larger its simplified graph may be, because it trades a slow op
+#: for faster ones (the reason is in the rewrite's ``fixes``; the timing in docs/measured.md)
+GROWS = {"reattention-folded-batchnorm": 1}  # Conv (BN, Mul folded) -> Reshape, MatMul, Reshape, Add
 
 
 def _example(rule: Rewrite) -> tuple[nn.Module, nn.Module, torch.Tensor]:
@@ -105,7 +110,11 @@ def test_optimization_rewrite_original_deploys_and_rewrite_is_smaller(name, expo
     assert not isinstance(original, ExportError), f"{name} is marked optimization, yet: {original}"
     assert lint_model(original).ok, f"{name} is marked optimization, yet: {lint_model(original).violations}"
     assert lint_model(rewritten).ok
-    assert len(rewritten.graph.node) < len(original.graph.node)
+    if name in GROWS:  # counted as shipped (simplified: its Reshape targets fold to constants)
+        (small_original, _), (small_rewritten, _) = simplify_onnx(original), simplify_onnx(rewritten)
+        assert len(small_rewritten.graph.node) <= len(small_original.graph.node) + GROWS[name]
+    else:
+        assert len(rewritten.graph.node) < len(original.graph.node)
     assert REMOVES[name] <= _ops(original)
     assert not REMOVES[name] & _ops(rewritten)
 
@@ -162,3 +171,45 @@ def test_linear_patchify_rewrite_on_cv_layout_model():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert (model(x) - rewritten(x)).abs().max().item() <= 1e-5
+
+
+def _ort_optimized(proto, tmp_path) -> list:
+    """The nodes ONNX Runtime CPU actually runs: its optimized graph (all levels, NCHWc layout included)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return list(onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_token_pool_needs_no_transposes(exported):
+    """The (k, 1) pool over the (B, 1, N, d) token map: the tokens are never transposed (the (1, k) form
+    over (B, d, 1, N) paid a 4-D transpose that ONNX Runtime ran ten times slower than a plain one)."""
+    _, rewritten = exported("token-maxpool-as-2d-pool")
+    assert "MaxPool" in _ops(rewritten) and "Transpose" not in _ops(rewritten)
+    (pool,) = (n for n in rewritten.graph.node if n.op_type == "MaxPool")
+    kernel = next(a.ints for a in pool.attribute if a.name == "kernel_shape")
+    assert list(kernel) == [RULES["token-maxpool-as-2d-pool"].example()[0].kernel_size, 1]
+
+
+def test_leff_token_map_transposes_fold_into_onnxruntime_reorders(tmp_path):
+    """LeFF's tokens enter and leave the conv map channels-last, so ONNX Runtime's NCHWc pass folds both
+    transposes into its reorders: the graph it runs has no Transpose left (the original form kept two).
+    Channels are a multiple of every NCHWc block size (8 with AVX2, 16 with AVX-512)."""
+    from deploykit.models.ceit import LeFF
+
+    module = randomize_batchnorm_(
+        LeFF(32, expand_ratio=4, kernel_size=3, padding=1, separable=False, out_act=False)
+    )
+    with torch.no_grad():
+        new = RULES["ceit-leff-folded-batchnorm"].convert(module.eval())
+    runs = {}
+    for name, m in (("original", module), ("rewritten", new)):
+        simplified, _ = simplify_onnx(export_onnx(m.eval(), (17, 32), OPSET))
+        runs[name] = [n.op_type for n in _ort_optimized(simplified, tmp_path)]
+    if "ReorderInput" not in runs["original"]:
+        pytest.skip("ONNX Runtime's NCHWc layout is not used on this CPU")
+    assert runs["original"].count("Transpose") == 2, runs["original"]
+    assert "Transpose" not in runs["rewritten"] and "ReorderInput" in runs["rewritten"], runs["rewritten"]

@@ -40,7 +40,7 @@ class TokenPool(nn.Module):
     """Max-pool over the token axis: ``(B, N, d) -> (B, floor((N - k) / s) + 1, d)``, no padding.
 
     Kept as its own module so that an export rewrite can swap it for the equivalent 2-D pool
-    (``MaxPool2d((1, k), (1, s))`` on ``(B, d, 1, N)``) that TensorRT accepts.
+    (``MaxPool2d((k, 1), (s, 1))`` on ``(B, 1, N, d)``) that TensorRT accepts.
     """
 
     def __init__(self, kernel_size: int = POOL_KERNEL, stride: int = POOL_STRIDE) -> None:

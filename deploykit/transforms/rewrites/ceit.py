@@ -50,11 +50,13 @@ class LeFFFolded(nn.Module):
         B, N1, C = x.shape
         side = math.isqrt(N1 - 1)
         cls, tokens = x[:, :1], x[:, 1:]
-        t = tokens.transpose(1, 2).reshape(B, C, side, side)  # (B, d, h, w)
+        # reshape before the transpose (and transpose before the reshape on the way back): ONNX Runtime's
+        # NCHWc layout pass folds a channels-last Transpose next to a convolution into its reorder
+        t = tokens.reshape(B, side, side, C).permute(0, 3, 1, 2)  # (B, d, h, w)
         t = self.act(self.conv1(t))
         t = self.act(self.pointwise(self.conv2(t)))
         t = self.out_act(self.conv3(t))  # (B, d, h, w)
-        return torch.cat([cls, t.flatten(2).transpose(1, 2)], dim=1)  # (B, 1 + N, d)
+        return torch.cat([cls, t.permute(0, 2, 3, 1).reshape(B, side * side, C)], dim=1)  # (B, 1 + N, d)
 
 
 register_rewrite(
@@ -96,9 +98,11 @@ register_rewrite(
         fixes=(
             "Optimization: LeFF runs three convolutions each followed by BatchNorm2d on the token map; "
             "TensorRT's ONNX parser supports BatchNormalization, so the original deploys. Folding removes "
-            "three BatchNormalization nodes per block (36 in ceit_tiny). Equivalent: eval-mode BatchNorm is a"
-            " per-channel affine map and folds exactly into the preceding conv (the pointwise conv when the "
-            "depthwise-separable option is on)."
+            "three BatchNormalization nodes per block (36 in ceit_tiny), and the tokens enter and leave the "
+            "map channels-last (reshape, then transpose), a form ONNX Runtime folds into its NCHWc reorders "
+            "(two Transposes fewer per block). Equivalent: eval-mode BatchNorm is a per-channel affine map "
+            "and folds exactly into the preceding conv (the pointwise conv when the depthwise-separable "
+            "option is on); the token order is the same row-major grid either way."
         ),
         source=LeFF,
         convert=LeFFFolded,
