@@ -68,12 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             return timed(cmd, envs[kind])
 
         export("warm", "prime")  # stores the trace (untimed)
+        scripts = str(Path(__file__).resolve().parent)  # naive_route.py's folder, for the naive process
         for i in range(args.repeat):
             walls["cold"].append(export("cold", f"cold-{i}"))
             walls["warm"].append(export("warm", f"warm-{i}"))
             folder = root / f"naive-{i}"
             folder.mkdir()
-            scripts = str(Path(__file__).resolve().parent)
             naive = [sys.executable, "-c", NAIVE, scripts, args.family, str(folder / "model.onnx")]
             walls["naive"].append(timed(naive, base))
             print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in walls.items()), flush=True)

@@ -12,6 +12,7 @@ from conftest import FAMILY_CASES, small_config
 
 from deploykit.cli import cli
 from deploykit.core.errors import ParityError
+from deploykit.core.onnx_io import node_attribute
 from deploykit.validation import Tolerances
 from deploykit.workflows.pipeline import run_export
 
@@ -36,8 +37,7 @@ def test_family_exports_and_matches_pytorch(exported, name):
     assert "Einsum" not in ops and "BatchNormalization" not in ops
     for node in proto.graph.node:
         if node.op_type in ("MaxPool", "AveragePool"):
-            kernel = next(a.ints for a in node.attribute if a.name == "kernel_shape")
-            assert len(kernel) == 2, f"1-D pool {node.name}"
+            assert len(node_attribute(node, "kernel_shape")) == 2, f"1-D pool {node.name}"
     assert manifest["lint"]["violations"] == []
     assert not (result.out_dir / "model.onnx.data").exists()
     assert manifest["artifacts"]["model.onnx"]["sha256"] == sha(result.onnx_path)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from deploykit.core.errors import ConfigError, ExportError
+from deploykit.core.onnx_io import node_attribute
 from deploykit.models import create_model
 from deploykit.transforms.lint import lint_model
 from deploykit.transforms.onnx_export import export_onnx
@@ -190,8 +191,10 @@ def test_token_pool_needs_no_transposes(exported):
     _, rewritten = exported("token-maxpool-as-2d-pool")
     assert "MaxPool" in _ops(rewritten) and "Transpose" not in _ops(rewritten)
     (pool,) = (n for n in rewritten.graph.node if n.op_type == "MaxPool")
-    kernel = next(a.ints for a in pool.attribute if a.name == "kernel_shape")
-    assert list(kernel) == [RULES["token-maxpool-as-2d-pool"].example()[0].kernel_size, 1]
+    assert list(node_attribute(pool, "kernel_shape")) == [
+        RULES["token-maxpool-as-2d-pool"].example()[0].kernel_size,
+        1,
+    ]
 
 
 def test_leff_token_map_transposes_fold_into_onnxruntime_reorders(tmp_path):
