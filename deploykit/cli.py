@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from deploykit import __version__
-from deploykit.core.errors import DeployKitError
+from deploykit.core.errors import DeployKitError, one_line
 from deploykit.core.interrupts import Terminated, handle_signals
 
 #: the layouts of ``deploykit.models.pretrained.FORMATS``, spelled out so that ``--help`` imports no torch
@@ -32,7 +32,9 @@ WEIGHTS_FORMATS = (
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn DeployKitError (and OSError) into one clear line on stderr and the error's exit code."""
+    """Turn DeployKitError (and OSError) into one clear line on stderr and the error's exit code. The line
+    is the last defence of the one-line rule: a line break or terminal escape in a message (a file name,
+    a value read from a file) is printed escaped (``\\n``), so no error can span two lines or fake one."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -42,12 +44,12 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except DeployKitError as exc:
             if verbose:
                 traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
             sys.exit(exc.exit_code)
         except OSError as exc:
             if verbose:
                 traceback.print_exc()
-            click.echo(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+            click.echo(one_line(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")), err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was published", err=True)
@@ -428,7 +430,7 @@ def _run() -> int:
                 if getattr(exc, "ctx", None) and exc.ctx.parent
                 else ""
             )
-            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            click.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
             return exc.exit_code
         except click.Abort:
             click.echo("interrupted: nothing was published", err=True)

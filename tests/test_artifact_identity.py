@@ -209,21 +209,21 @@ def test_triton_repository_takes_dims_and_names_from_the_artifact(exports, tmp_p
     main = config(tmp_path / "r1", PRESET)
     assert list(main.input[0].dims) == [3, 160, 160] and list(main.output[0].dims) == [7]
     assert list(config(tmp_path / "r1", f"{PRESET}_postprocess").input[0].dims) == [7]
-    labels = (tmp_path / "r1" / f"{PRESET}_postprocess" / "1" / "labels.txt").read_text().splitlines()
+    labels = json.loads((tmp_path / "r1" / f"{PRESET}_postprocess" / "1" / "labels.json").read_text())
     assert labels == [f"class {i}" for i in range(7)]
 
     r = _cli("triton", exports["named"].out_dir, "--repo", tmp_path / "r2", "--top-k", 3)
     assert r.exit_code == 0, r.output
     assert list(config(tmp_path / "r2", PRESET).input[0].dims) == [3, 64, 64]
-    labels_file = tmp_path / "r2" / f"{PRESET}_postprocess" / "1" / "labels.txt"
-    assert labels_file.read_text().splitlines() == NAMES
+    labels_file = tmp_path / "r2" / f"{PRESET}_postprocess" / "1" / "labels.json"
+    assert json.loads(labels_file.read_text()) == NAMES
 
     mine = tmp_path / "mine.txt"  # --labels still wins
     mine.write_text("".join(f"mine-{i}\n" for i in range(7)))
     r = _cli("triton", exports["named"].out_dir, "--repo", tmp_path / "r3", "--labels", mine)
     assert r.exit_code == 0, r.output
-    labels_file = tmp_path / "r3" / f"{PRESET}_postprocess" / "1" / "labels.txt"
-    assert labels_file.read_text().splitlines() == [f"mine-{i}" for i in range(7)]
+    labels_file = tmp_path / "r3" / f"{PRESET}_postprocess" / "1" / "labels.json"
+    assert json.loads(labels_file.read_text()) == [f"mine-{i}" for i in range(7)]
 
 
 def test_engine_sidecar_records_the_model(exports, tmp_path, monkeypatch):

@@ -305,7 +305,7 @@ def test_triton_serves_the_int8_cpu_artifact(export, tmp_path, backend):
         == pb2.DataType.Name(post.input[0].data_type)
         == "TYPE_FP32"
     )
-    labels = (repo / "convit_tiny_postprocess" / "1" / "labels.txt").read_text().splitlines()
+    labels = json.loads((repo / "convit_tiny_postprocess" / "1" / "labels.json").read_text())
     assert labels == [str(i) for i in range(10)]
     # serve's own checks: configs parse, the served ONNX's names, dims and types are the config's
     assert check_repository(repo) == sorted(result.models)

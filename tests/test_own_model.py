@@ -419,7 +419,7 @@ def test_family_triton_repository_gets_shape_and_labels(family_pair, tmp_path):
     assert list(inp.dims) == [3, size, size] and list(out.dims) == [7]
     post = parse(f"{preset}_postprocess")
     assert post.name == f"{preset}_postprocess"
-    assert (repo / f"{preset}_postprocess" / "1" / "labels.txt").read_text().splitlines() == SEVEN
+    assert json.loads((repo / f"{preset}_postprocess" / "1" / "labels.json").read_text()) == SEVEN
     pre = parse(f"{preset}_preprocess")
     assert json.loads(pre.parameters["preprocessing"].string_value)["input_size"] == [3, size, size]
 

@@ -96,7 +96,7 @@ def test_repository_layout_and_configs(export, repo):
         ("PROBS", [5]),
         ("LABELS", [5]),
     ]
-    labels = (repo / f"{name}_postprocess" / "1" / "labels.txt").read_text().splitlines()
+    labels = json.loads((repo / f"{name}_postprocess" / "1" / "labels.json").read_text(encoding="utf-8"))
     assert len(labels) == 1000 and labels[285] == "Egyptian cat"
     ensemble = configs[f"{name}_classify"]
     assert ensemble.platform == "ensemble" and (repo / f"{name}_classify" / "1").is_dir()

@@ -8,6 +8,7 @@ file and the key. ``--config FILE`` takes any such file.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -206,6 +207,43 @@ class ExportConfig:
 
 #: PIL resampling filters a recorded preprocessing may name
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+#: the longest side of a model input (a preprocessing record's ``input_size``)
+MAX_INPUT_SIDE = 8192
+#: the smallest ``crop_pct``: the eval transform resizes to ``size / crop_pct`` before the centre crop
+#: (timm's presets use 0.875-1.0, a few go down to about 0.5); 0.05 is a 20x zoom-out, far past any of
+#: them, and keeps a 224-px input's resize at 4480 px
+MIN_CROP_PCT = 0.05
+#: the longest side the resize may ask for (``floor(size / crop_pct)``), whatever the input size
+MAX_RESIZE_SIDE = 16384
+
+
+def crop_pct_problem(value: Any, size: int | None = None) -> str | None:
+    """What ``crop_pct`` must be when ``value`` is not that (``None``: it is): a finite number in
+    [:data:`MIN_CROP_PCT`, 1] and, for an input of ``size`` pixels, one that resizes to at most
+    :data:`MAX_RESIZE_SIDE` pixels. The one rule for the flag, a config file, ``deploykit.export`` and
+    every recorded preprocessing."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not MIN_CROP_PCT <= value <= 1
+    ):
+        return f"a number in [{MIN_CROP_PCT}, 1]"
+    if size is not None and math.floor(size / value) > MAX_RESIZE_SIDE:
+        return (
+            f"at least {size / MAX_RESIZE_SIDE:.4g} for a {size}-px input (the image is resized to "
+            f"size / crop_pct, at most {MAX_RESIZE_SIDE} px)"
+        )
+    return None
+
+
+def check_crop_pct(value: Any, name: str = "crop_pct", size: int | None = None) -> float:
+    """``value`` as a float when it is a valid ``crop_pct`` (:func:`crop_pct_problem`), else a one-line
+    :class:`ConfigError` naming ``name``."""
+    problem = crop_pct_problem(value, size)
+    if problem is not None:
+        raise ConfigError(f"{name} must be {problem}, got {value!r}")
+    return float(value)
 
 
 def _channels(name: str, value: Any, positive: bool) -> tuple[float, ...]:
@@ -222,14 +260,12 @@ def _channels(name: str, value: Any, positive: bool) -> tuple[float, ...]:
 
 
 def check_preprocessing(values: dict[str, Any]) -> dict[str, Any]:
-    """Validated preprocessing overrides (``crop_pct`` in (0, 1], ``mean``/``std`` per channel,
-    ``interpolation`` a PIL filter name); an unknown key is a :class:`ConfigError`."""
+    """Validated preprocessing overrides (``crop_pct`` in [:data:`MIN_CROP_PCT`, 1], ``mean``/``std`` per
+    channel, ``interpolation`` a PIL filter name); an unknown key is a :class:`ConfigError`."""
     out: dict[str, Any] = {}
     for key, value in dict(values).items():
         if key == "crop_pct":
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-                raise ConfigError(f"preprocessing.crop_pct must be a number in (0, 1], got {value!r}")
-            out[key] = float(value)
+            out[key] = check_crop_pct(value, "preprocessing.crop_pct")
         elif key in ("mean", "std"):
             out[key] = _channels(key, value, positive=key == "std")
         elif key == "interpolation":

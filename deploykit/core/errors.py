@@ -14,6 +14,31 @@ def first_line(exc: BaseException | str) -> str:
     return "" if isinstance(exc, str) else type(exc).__name__
 
 
+def one_line(text: object) -> str:
+    """``text`` with every character that is not printable (line breaks of every kind, tabs, terminal
+    escapes) written as its Python escape (``\\n``, ``\\x1b``): a file name or a message can never span
+    two lines, nor fake a line of its own (``"x\\nerror: ..."``). Printable text (also non-ASCII) is kept."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def display_path(path: object) -> str:
+    """A file name as an error message shows it: one line (:func:`one_line`), whatever its name holds."""
+    return one_line(path)
+
+
+def distinct_prefixes(ours: str, theirs: str, length: int = 12) -> tuple[str, str]:
+    """Prefixes of two different hashes that differ: ``length`` characters, or as many more as it takes
+    (a message saying ``sha256 0a1b2c3d4e5f`` is not ``sha256 0a1b2c3d4e5f`` would say nothing)."""
+    ours, theirs = str(ours), str(theirs)
+    n = length
+    while n < max(len(ours), len(theirs)) and ours[:n] == theirs[:n]:
+        n += 4
+    return ours[:n], theirs[:n]
+
+
 class DeployKitError(Exception):
     """Base class of every error deploykit raises on purpose."""
 

@@ -62,16 +62,20 @@ def ordinary_mode(executable: bool = False) -> int:
     return (0o777 if executable else 0o666) & ~current_umask()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, executable: bool = False) -> Path:
+def atomic_write_bytes(
+    path: str | Path, data: bytes, executable: bool = False, *, private: bool = False
+) -> Path:
     """Write ``data`` to a temp file beside ``path``, fsync, then rename over ``path``.
 
     A failure or interruption leaves the previous ``path`` (if any) untouched and no partial file behind.
-    The file gets the mode a plain ``open()`` would give it (see :func:`ordinary_mode`).
+    The file gets the mode a plain ``open()`` would give it (see :func:`ordinary_mode`), or 0600 with
+    ``private`` (the temp file is created 0600, so it is never readable by others, not even briefly).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600, O_EXCL
     try:
-        os.fchmod(fd, ordinary_mode(executable))
+        if not private:
+            os.fchmod(fd, ordinary_mode(executable))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -34,6 +34,7 @@ from deploykit.core.config import BatchProfile
 from deploykit.core.errors import ArtifactError, DeployKitError, EngineUnavailableError, first_line
 from deploykit.core.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from deploykit.core.onnx_io import onnx_precision, read_onnx_graph
+from deploykit.core.schema import read_metadata
 
 if TYPE_CHECKING:
     import onnx
@@ -381,6 +382,7 @@ def build_engine(
     trt = require_tensorrt()
     proto = read_onnx_graph(onnx_path)
     input_name, chw, meta = onnx_facts(onnx_path, proto)
+    read_metadata(meta, onnx_path)  # what the sidecar will carry is checked before the build, not after
     int8 = onnx_precision(proto) == "int8"
     request = _Request(onnx_path, input_name, chw, meta, batch, workspace_mib, opt_level, cache_path, int8)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -509,39 +511,31 @@ def _sidecar(
         "timing_cache": {"file": cache_path.name, "loaded": built.cache_loaded} if cache_path else None,
         "source_onnx": {"file": request.onnx_path.name, "sha256": sha256_file(request.onnx_path)},
         # the preset's data_config recorded at export: `deploykit predict` runs the engine on its own
-        "preprocessing": json.loads(meta["deploykit.preprocessing"])
-        if "deploykit.preprocessing" in meta
-        else None,
+        "preprocessing": read_metadata(meta, request.onnx_path).get("deploykit.preprocessing"),
         # what the model is (preset, classes, resolution, names, whether its weights were random)
-        **model_identity(meta),
+        **model_identity(meta, request.onnx_path),
         "engine": {"bytes": len(built.data), "sha256": sha256_bytes(built.data)},
         "build_seconds": built.seconds,
         "notes": built.notes,
     }
 
 
-def _json_value(text: str | None) -> Any:
-    try:
-        return json.loads(text) if text is not None else None
-    except ValueError:
-        return None
-
-
-def model_identity(meta: dict[str, str]) -> dict[str, Any]:
+def model_identity(meta: dict[str, str], where: str | Path = "ONNX metadata") -> dict[str, Any]:
     """What an exported ONNX file's metadata says about its model, for the engine's sidecar: ``preset``,
     ``model_args`` ({"num_classes", "image_size"}), ``labels`` (class names or None),
     ``weights_state_sha256`` and ``random_weights`` (None when the file does not say: an export that
-    records its model args records the weights' hash whenever it had weights)."""
-    args = _json_value(meta.get("deploykit.model_args"))
-    labels = _json_value(meta.get("deploykit.labels"))
-    sha = meta.get("deploykit.weights_state_sha256") or None
+    records its model args records the weights' hash whenever it had weights). The metadata is checked
+    (:func:`deploykit.core.schema.read_metadata`): a value of the wrong kind is one ArtifactError line."""
+    record = read_metadata(meta, where)
+    args = record.get("deploykit.model_args")
+    sha = record.get("deploykit.weights_state_sha256")
     return {
-        "preset": meta.get("deploykit.preset") or None,
-        "model_args": args if isinstance(args, dict) else None,
-        "labels": labels if isinstance(labels, list) else None,
+        "preset": record.get("deploykit.preset"),
+        "model_args": args,
+        "labels": record.get("deploykit.labels"),
         "weights_state_sha256": sha,
         "random_weights": sha is None if isinstance(args, dict) else None,
-        "reference_sha256": meta.get("deploykit.reference_sha256") or None,
+        "reference_sha256": record.get("deploykit.reference_sha256"),
     }
 
 

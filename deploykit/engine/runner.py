@@ -12,13 +12,13 @@ run on torch's current stream.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deploykit.core.errors import ArtifactError, EngineUnavailableError, InputError
+from deploykit.core.schema import SIDECAR, read_json, validate
 from deploykit.engine.builder import EngineError, require_tensorrt, sidecar_path_for
 
 #: Every TensorRT name this module uses; tests/test_engine_api.py checks each against the TensorRT 10.3 and
@@ -49,12 +49,16 @@ TRT_API_USED = (
 
 
 def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
-    """The engine's sidecar JSON (written by build_engine), ``{}`` when there is none or it is unreadable."""
+    """The engine's sidecar JSON (written by build_engine), ``{}`` when there is none. One that is there
+    is checked against :data:`deploykit.core.schema.SIDECAR` before anything reads it (predict, validate,
+    bench, triton): unreadable, not JSON, or a field of the wrong kind is one :class:`ArtifactError` line
+    (exit 2), whether or not TensorRT is installed here."""
+    path = sidecar_path_for(engine_path)
     try:
-        data = json.loads(sidecar_path_for(engine_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(path, "an engine sidecar")
+    except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    return validate(data, SIDECAR, path)
 
 
 def engine_precision(engine_path: str | Path) -> str:
@@ -110,10 +114,11 @@ class TensorRTRunner:
         path = Path(engine_path)
         if not path.is_file():
             raise ArtifactError(f"engine not found: {path}")
+        precision = engine_precision(path)  # a bad sidecar is bad input (exit 2) before a missing TensorRT
         trt = require_tensorrt()
         cudart = require_cudart()
         self._cudart = cudart
-        self.precision = engine_precision(path)
+        self.precision = precision
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())

@@ -21,6 +21,7 @@ from torch import nn
 
 from deploykit.core.errors import ConfigError, WeightsError
 from deploykit.core.io import atomic_write_bytes
+from deploykit.core.labels import check_labels
 
 PRESET_KEY = "deploykit.preset"
 ARGS_KEY = "deploykit.model_args"
@@ -75,15 +76,17 @@ def save_checkpoint(
         raise ConfigError(
             "save_checkpoint needs a model built with deploykit.models.create_model(preset, ...)"
         )
-    if labels is not None and len(labels) != model.num_classes:
-        raise ConfigError(f"{len(labels)} labels given for a model with {model.num_classes} classes")
+    if labels is not None:
+        labels = check_labels(labels, "labels")
+        if len(labels) != model.num_classes:
+            raise ConfigError(f"{len(labels)} labels given for a model with {model.num_classes} classes")
     state = {
         k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
         for k, v in model.state_dict().items()
     }
     meta = {PRESET_KEY: preset, ARGS_KEY: json.dumps(jsonable_args(model), sort_keys=True)}
     if labels is not None:
-        meta[LABELS_KEY] = json.dumps([str(n) for n in labels])
+        meta[LABELS_KEY] = json.dumps(list(labels))
     if preprocessing:
         meta[PREPROCESSING_KEY] = json.dumps(preprocessing, sort_keys=True)
     return atomic_write_bytes(path, save(state, metadata=meta))
@@ -122,6 +125,6 @@ def read_checkpoint_record(path: str | Path) -> CheckpointRecord | None:
     return CheckpointRecord(
         str(meta[PRESET_KEY]),
         args,
-        tuple(str(n) for n in labels) if labels is not None else None,
+        check_labels(labels, f"{path}: its {LABELS_KEY} metadata") if labels is not None else None,
         pre,
     )

@@ -36,6 +36,7 @@ from torch import nn
 from deploykit.core.config import check_preprocessing
 from deploykit.core.errors import ConfigError, WeightsError
 from deploykit.core.io import sha256_files
+from deploykit.core.labels import check_labels
 from deploykit.models import ceit, convit, cvt, deepvit, hvt
 from deploykit.models.checkpoints import CheckpointRecord, read_checkpoint_record
 from deploykit.models.registry import create_model, get_preset, list_models
@@ -415,17 +416,25 @@ def hf_extras(directory: Path) -> tuple[tuple[str, ...] | None, dict | None]:
     config = _json(directory / "config.json") or {}
     id2label = config.get("id2label")
     if isinstance(id2label, dict) and id2label:
-        try:
-            by_index = {int(k): str(v) for k, v in id2label.items()}
-        except (TypeError, ValueError):
-            raise WeightsError(f"{directory / 'config.json'}: id2label keys are not class indices") from None
+        where = f"{directory / 'config.json'}: id2label"
+        by_index = {_class_index(key, where): name for key, name in id2label.items()}
         if sorted(by_index) != list(range(len(by_index))):
-            raise WeightsError(
-                f"{directory / 'config.json'}: id2label does not name classes 0..{len(by_index) - 1}"
-            )
-        labels = tuple(by_index[i] for i in range(len(by_index)))
+            raise WeightsError(f"{where} does not name classes 0..{len(by_index) - 1}")
+        labels = check_labels((by_index[i] for i in range(len(by_index))), where)
     processor = _json(directory / "preprocessor_config.json")
     return labels, (_hf_preprocessing(processor) if processor is not None else None)
+
+
+def _class_index(key: object, where: str) -> int:
+    """An ``id2label`` key as a class index: a canonical non-negative decimal (``"0"``, ``"12"``; never
+    ``"00"``, ``" 1"`` or ``"+1"``, which would silently stand for another key's class)."""
+    try:
+        index = int(key) if isinstance(key, str) else -1
+    except ValueError:
+        index = -1
+    if index < 0 or str(index) != key:
+        raise WeightsError(f"{where} key {key!r} is not a class index (0, 1, 2, ... written plainly)")
+    return index
 
 
 def _hf_preprocessing(processor: dict) -> dict:

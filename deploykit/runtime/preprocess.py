@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from deploykit.core.errors import ConfigError, InputError
+from deploykit.core.config import MAX_INPUT_SIDE, check_crop_pct
+from deploykit.core.errors import ConfigError, InputError, display_path
+from deploykit.core.schema import PREPROCESSING, validate
 
 #: decoded pixels an image may have (a 50 MP photo fits)
 MAX_PIXELS = 64_000_000
@@ -54,38 +56,39 @@ class Preprocessing:
     crop_pct: float = 0.875
 
     def __post_init__(self) -> None:
-        if len(self.input_size) != 3 or any(not 1 <= int(d) <= 8192 for d in self.input_size):
-            raise ConfigError(f"input_size must be (C, H, W) with sides up to 8192, got {self.input_size!r}")
+        if len(self.input_size) != 3 or any(not 1 <= int(d) <= MAX_INPUT_SIDE for d in self.input_size):
+            raise ConfigError(
+                f"input_size must be (C, H, W) with sides up to {MAX_INPUT_SIDE}, got {self.input_size!r}"
+            )
         if int(self.input_size[0]) not in (1, 3):
             raise ConfigError(f"images have 1 or 3 channels, input_size asks for {self.input_size[0]}")
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f"unknown interpolation {self.interpolation!r}; expected one of {sorted(INTERPOLATIONS)}"
             )
-        if not 0.0 < float(self.crop_pct) <= 1.0:
-            raise ConfigError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
+        # the one rule for crop_pct (core.config): a 1e-300 would resize to a number no image can have
+        check_crop_pct(self.crop_pct, "crop_pct", max(int(self.input_size[1]), int(self.input_size[2])))
+        for name in ("mean", "std"):
+            values = np.asarray(getattr(self, name), dtype=np.float64)
+            if values.ndim != 1 or not values.size or not np.isfinite(values).all():
+                raise ConfigError(
+                    f"{name} must be finite numbers (one per channel), got {getattr(self, name)!r}"
+                )
+        if min(self.std) <= 0:
+            raise ConfigError(f"std must be positive, got {self.std!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        """From a recorded ``data_config`` (JSON: lists instead of tuples; unknown keys are ignored)."""
-        try:
-            record = cls(
-                input_size=tuple(int(v) for v in data["input_size"]),
-                mean=tuple(float(v) for v in data["mean"]),
-                std=tuple(float(v) for v in data["std"]),
-                interpolation=str(data.get("interpolation", "bicubic")),
-                crop_pct=float(data.get("crop_pct", 0.875)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid preprocessing record {str(data)[:200]}: {exc}") from None
-        for name in ("mean", "std"):
-            values = getattr(record, name)
-            if len(values) not in (1, record.input_size[0]) or (name == "std" and min(values) <= 0):
-                raise ConfigError(
-                    f"invalid preprocessing record: {name} {list(values)} does not fit "
-                    f"{record.input_size[0]} channel(s)"
-                )
-        return record
+        """From a recorded ``data_config`` (JSON: lists instead of tuples; unknown keys are ignored), checked
+        against :data:`deploykit.core.schema.PREPROCESSING` first: anything else is one ConfigError line."""
+        record = validate(data, PREPROCESSING, "preprocessing record", error=ConfigError)
+        return cls(
+            input_size=tuple(int(v) for v in record["input_size"]),
+            mean=tuple(float(v) for v in record["mean"]),
+            std=tuple(float(v) for v in record["std"]),
+            interpolation=str(record.get("interpolation") or "bicubic"),
+            crop_pct=float(record["crop_pct"] if record.get("crop_pct") is not None else 0.875),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,9 +159,10 @@ def load_image(image: ImageLike) -> Image.Image:
     if isinstance(image, bytes):
         return _decode(io.BytesIO(image), f"cannot decode image ({len(image)} bytes)")
     path = Path(image)
+    shown = display_path(path)  # a file name holding a line break stays one line of the message
     if not path.is_file():
-        raise InputError(f"image not found: {path}" if not path.exists() else f"not an image file: {path}")
-    return _decode(path, f"cannot read image {path}")
+        raise InputError(f"image not found: {shown}" if not path.exists() else f"not an image file: {shown}")
+    return _decode(path, f"cannot read image {shown}")
 
 
 def _decode(source: Path | io.BytesIO, what: str) -> Image.Image:
@@ -204,7 +208,9 @@ def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise InputError(f"image directory {p} holds no image files (looked for {IMAGE_SUFFIXES})")
+                raise InputError(
+                    f"image directory {display_path(p)} holds no image files (looked for {IMAGE_SUFFIXES})"
+                )
             out.extend(found)
         else:
             out.append(p)

@@ -13,7 +13,8 @@ Four models, all at the same version number:
 * ``NAME_preprocess`` — Python backend: encoded image bytes -> the preset's preprocessing.
 * ``NAME_postprocess`` — Python backend: logits -> top-k classes, probabilities and labels (the
   artifact's own class names unless ``labels`` are given; ImageNet-1k names for an unnamed 1000-class
-  model, else ``class i``).
+  model, else ``class i``), kept as ``labels.json`` (a JSON list: no reading of it can misalign a class;
+  a name with a line break is refused before anything is written).
 * ``NAME_classify`` — ensemble of the three: image bytes in, what ``deploykit predict`` reports out.
 
 Versions are written atomically (a staging directory renamed into place, :mod:`deploykit.serving.versions`)
@@ -38,7 +39,7 @@ from deploykit.core.io import sha256_file
 from deploykit.runtime.postprocess import class_labels
 from deploykit.serving.pbtxt import Enum
 from deploykit.serving.versions import choose_version, locked, open_repository, publish
-from deploykit.workflows.predict import artifact_record
+from deploykit.workflows.predict import artifact_record, recorded_labels
 
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 KINDS = ("cpu", "gpu")
@@ -356,12 +357,12 @@ def write_repository(
             "repository's classify ensemble needs a classifier (export with --num-classes N)"
         )
     _check_counts(options, num_classes=export.output_dims[-1])
-    label_lines = class_labels(export.output_dims[-1], labels if labels is not None else record.labels)
+    names = class_labels(export.output_dims[-1], labels if labels is not None else recorded_labels(record))
     configs = model_configs(export, options)
     repo = open_repository(repo)
     with locked(repo):  # two `deploykit triton` runs into one repository: one after the other
         version, replaced = choose_version(repo, list(configs), version, force)
-        publish(repo, version, _version_files(options, source, target_name, label_lines), configs)
+        publish(repo, version, _version_files(options, source, target_name, names), configs)
     return RepositoryResult(repo, name, version, backend, list(configs), replaced, source.name)
 
 
@@ -407,8 +408,14 @@ def _check_counts(options: _Options, *, num_classes: int) -> None:
         raise ConfigError(f"--top-k must be in 1..{num_classes}, got {options.top_k}")
 
 
+def labels_json(names: tuple[str, ...]) -> bytes:
+    """The postprocess model's ``labels.json``: a JSON list, class ``i``'s name at index ``i`` (no reading
+    of it can split a name in two; one name per line for a human reader)."""
+    return (json.dumps(list(names), ensure_ascii=False, indent=0) + "\n").encode("utf-8")
+
+
 def _version_files(
-    options: _Options, source: Path, target_name: str, label_lines: list[str]
+    options: _Options, source: Path, target_name: str, names: tuple[str, ...]
 ) -> dict[str, dict[str, bytes | Path]]:
     """Each model's version directory: file name -> bytes to write, or a Path to copy."""
     name = options.name
@@ -418,7 +425,7 @@ def _version_files(
         f"{name}_preprocess": {"model.py": _template("preprocess_model.py")},
         f"{name}_postprocess": {
             "model.py": _template("postprocess_model.py"),
-            "labels.txt": ("\n".join(label_lines) + "\n").encode(),
+            "labels.json": labels_json(names),
         },
         f"{name}_classify": {},  # an ensemble has an empty version directory
     }

@@ -1,13 +1,12 @@
 """A cache of traced graphs: what ``torch.onnx.export`` made of an architecture, without its weights.
 
-Tracing is most of an export's time (dynamo: 13-15 s of ``deploykit export cvt``'s ~24 s on a 2-core
-machine), and what it produces depends on the architecture, not on the weights: every initializer of the
-exported graph is one of the module's parameters or buffers, under its own name. So the first export of
-an architecture stores the graph with its initializers emptied (a few hundred KB), and the next export of
-the same architecture — a re-export, other weights (a fine-tune), ``--fp16`` or ``--int8`` after a plain
-export — fills them from the module instead of tracing again. The filled graph is byte for byte what the
-exporter writes (tested), and it goes through the same parity checks as a traced one; the export stage
-traces afresh if a cached graph ever fails its check (docs/export.md#trace-cache).
+Tracing is most of an export's time (docs/measured.md), and what it produces depends on the architecture,
+not on the weights: every initializer of the exported graph is one of the module's parameters or buffers,
+under its own name. So the first export of an architecture stores the graph with its initializers emptied
+(0.1-2.5 MB), and the next export of the same architecture — a re-export, other weights (a fine-tune),
+``--fp16`` or ``--int8`` after a plain export — fills them from the module instead of tracing again. The
+filled graph is byte for byte what the exporter writes (tested), and it goes through the same parity checks
+as a traced one; the export stage traces afresh if a cached graph ever fails its check.
 
 The key covers everything the trace depends on: deploykit's own source files, the torch, onnx and
 onnxscript versions, the exporter, opset, input shape and batch range, and the module tree — every
@@ -16,18 +15,39 @@ submodule's class (with the source of classes from outside torch and deploykit),
 plain attributes. A graph whose initializers are not all parameters or buffers by name (the TorchScript
 exporter folds constants into new ones) is never stored.
 
+Trust (docs/export.md#trace-cache): the parity checks cannot prove a cached graph right — a graph that
+differs only at a batch size they do not run, or by less than the tolerance, passes them — so an entry is
+used only if this user's deploykit wrote it. An entry is ``MAGIC`` + HMAC-SHA256 + the serialized graph;
+the MAC covers the magic, the entry's key (its file name) and the graph, under a per-user secret that is
+not in the cache folder: ``DEPLOYKIT_TRACE_CACHE_KEY`` (hex, at least 32 bytes) or the key file
+``$XDG_CONFIG_HOME/deploykit/trace-cache.key`` (default ``~/.config/deploykit/``; 32 random bytes, created
+0600 in a folder created 0700). The MAC is checked before the graph is parsed. An entry is opened without
+following a symbolic link and without blocking (a FIFO), and is used only if it is a regular file owned by
+this user, not writable by group or others, at most :data:`MAX_ENTRY_BYTES` long, with a valid MAC. The
+folder is created 0700; one owned by this user but open to group or others is made 0700, one owned by
+another user is not used. Every refusal is a note on :class:`TraceCacheInfo` and the export traces; a
+refused entry is not deleted (the fresh trace's store replaces it with one rename). Pruning only removes
+regular files owned by this user whose name is a key.
+
 ``DEPLOYKIT_TRACE_CACHE=off`` turns the cache off; ``DEPLOYKIT_CACHE_DIR`` moves it (default
 ``$XDG_CACHE_HOME/deploykit`` or ``~/.cache/deploykit``; traces go to its ``traces/``). A cache that cannot
-be read or written is skipped with a note, never an error: it only saves time.
+be read or written, a key file that cannot be used and an entry that cannot be trusted are notes, never
+errors: the cache only saves time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import hmac
 import inspect
 import json
 import os
+import re
+import secrets
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,15 +57,27 @@ from torch import nn
 
 from deploykit.core.io import atomic_write_bytes
 
-#: traces kept (least recently used go first); one is 0.1-1 MB
+#: traces kept (least recently used go first); one is 0.1-2.5 MB
 MAX_ENTRIES = 64
+#: an entry longer than this is not read (a trace is 0.1-2.5 MB)
+MAX_ENTRY_BYTES = 64 * 2**20
+#: the first bytes of an entry; the HMAC-SHA256 of MAGIC + key + graph follows, then the graph
+MAGIC = b"DKTRACE1"
+MAC_BYTES = 32
+#: the per-user secret, hex (for a CI that shares its cache between its own jobs: keep it a CI secret)
+KEY_ENV = "DEPLOYKIT_TRACE_CACHE_KEY"
+KEY_BYTES = 32
+_KEY_FILE_LIMIT = 4096
+_ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.onnx")
 _OFF = {"0", "off", "false", "no"}
 _SOURCE_HASH: str | None = None
 
 
 @dataclass
 class TraceCacheInfo:
-    """What the cache did for one export (recorded in the manifest)."""
+    """What the cache did for one export (recorded in the manifest): ``off`` (turned off, or its folder
+    or key cannot be used: see ``notes``), ``miss`` (traced), ``hit`` (a cached graph filled) or
+    ``stored`` (traced and kept)."""
 
     status: str = "off"  # "off", "miss", "hit", "stored"
     key: str | None = None
@@ -63,6 +95,192 @@ def cache_dir() -> Path | None:
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "deploykit"
     )
     return Path(root) / "traces"
+
+
+def key_file() -> Path:
+    """The file holding this user's secret (used when ``DEPLOYKIT_TRACE_CACHE_KEY`` is not set):
+    ``$XDG_CONFIG_HOME/deploykit/trace-cache.key``, ``~/.config/deploykit/`` when that is unset or
+    relative (as the XDG spec says: a relative one would put the key wherever an export runs)."""
+    root = os.environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(root):
+        root = os.path.join(os.path.expanduser("~"), ".config")
+    return Path(root) / "deploykit" / "trace-cache.key"
+
+
+class _Refused(Exception):
+    """A file that is there but must not be used; the message says why."""
+
+
+def _read_own_file(path: Path, limit: int, forbidden_mode: int) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file owned by this user, with none of the
+    ``forbidden_mode`` bits and at most ``limit`` bytes; None if there is no such path. A symbolic link
+    (also a dangling one) is refused, never followed; a FIFO never blocks; at most ``limit + 1`` bytes are
+    read. Raises :class:`_Refused` (or OSError when the file cannot be opened or read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW on a symbolic link (EMLINK: BSDs)
+            raise _Refused("a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Refused("not a regular file")
+        if st.st_uid != os.geteuid():
+            raise _Refused(f"owned by another user (uid {st.st_uid})")
+        if st.st_mode & forbidden_mode:
+            how = "writable" if st.st_mode & forbidden_mode & 0o022 else "readable"
+            raise _Refused(f"{how} by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
+        if st.st_size > limit:
+            raise _Refused(f"larger than {limit} bytes")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(limit + 1 - size, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise _Refused(f"larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each 0700 (an existing one is left as it is)."""
+    missing = []
+    path = folder
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another export made it meanwhile
+            path.mkdir(mode=0o700)
+            os.chmod(path, 0o700)  # whatever the umask
+
+
+def _create_key_file(path: Path) -> None:
+    """32 random bytes in ``path``, 0600 (in a folder created 0700). Written to an O_EXCL temp file and
+    published with link(): concurrent first exports never read a partial key, and an existing key file is
+    never replaced (the loser of a race uses the winner's)."""
+    _make_private_dirs(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: create the key file itself, O_EXCL
+            key_fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(key_fd, "wb") as f:
+                f.write(secrets.token_bytes(KEY_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def secret_key(info: TraceCacheInfo) -> bytes | None:
+    """This user's secret: ``DEPLOYKIT_TRACE_CACHE_KEY`` (hex), else the key file (created on first use).
+    None, with a note, when neither can be used: then the cache is off for this export."""
+    given = os.environ.get(KEY_ENV, "").strip()
+    if given:
+        try:
+            secret = bytes.fromhex(given)
+        except ValueError:
+            info.notes.append(f"trace cache off: {KEY_ENV} is not hexadecimal")
+            return None
+        if len(secret) < KEY_BYTES:
+            info.notes.append(f"trace cache off: {KEY_ENV} holds {len(secret)} bytes, fewer than {KEY_BYTES}")
+            return None
+        return secret
+    path = key_file()
+    try:
+        secret = _read_own_file(path, _KEY_FILE_LIMIT, 0o077)
+        if secret is None:
+            _create_key_file(path)
+            secret = _read_own_file(path, _KEY_FILE_LIMIT, 0o077)
+        if secret is None or len(secret) < KEY_BYTES:
+            raise _Refused(f"shorter than {KEY_BYTES} bytes")
+    except _Refused as exc:
+        info.notes.append(
+            f"trace cache off: key file {path} not used ({exc}; it must be a regular file of this user, "
+            "mode 0600; delete it and the next export makes a new one)"
+        )
+        return None
+    except OSError as exc:
+        info.notes.append(
+            f"trace cache off: key file {path} cannot be read or created ({exc.strerror or exc})"
+        )
+        return None
+    return secret
+
+
+def _mac(secret: bytes, key: str, payload: bytes) -> bytes:
+    return hmac.new(secret, MAGIC + key.encode("ascii") + payload, hashlib.sha256).digest()
+
+
+def seal(secret: bytes, key: str, payload: bytes) -> bytes:
+    """An entry: ``MAGIC`` + HMAC-SHA256(secret, MAGIC + key + payload) + ``payload``."""
+    return MAGIC + _mac(secret, key, payload) + payload
+
+
+def unseal(secret: bytes, key: str, data: bytes) -> bytes:
+    """The payload of an entry sealed under ``secret`` for ``key``; raises :class:`_Refused` otherwise
+    (checked before anything parses the payload)."""
+    if not data:
+        raise _Refused("empty")
+    head = len(MAGIC) + MAC_BYTES
+    if len(data) < head or not data.startswith(MAGIC):
+        raise _Refused("no deploykit trace header")
+    payload = data[head:]
+    if not hmac.compare_digest(data[len(MAGIC) : head], _mac(secret, key, payload)):
+        raise _Refused("its MAC does not match this user's key")
+    return payload
+
+
+def _usable_folder(folder: Path, info: TraceCacheInfo) -> bool:
+    """False (with a note) if ``folder`` must not be used: not a folder, owned by another user, or open
+    to group or others and not ours to make private. A folder of this user's that group or others may
+    read or write is made 0700 (its entries are checked one by one anyway). A missing folder is usable
+    (the store creates it)."""
+    try:
+        st = os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError as exc:
+        info.notes.append(f"trace cache off: {folder} cannot be read ({exc.strerror or exc})")
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        info.notes.append(f"trace cache off: {folder} is not a folder")
+        return False
+    if st.st_uid != os.geteuid():
+        info.notes.append(f"trace cache off: {folder} is owned by another user (uid {st.st_uid})")
+        return False
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(folder, 0o700)
+        except OSError as exc:
+            if mode & 0o022:
+                info.notes.append(
+                    f"trace cache off: {folder} is writable by group or others (mode {mode:04o}) and could "
+                    f"not be made private ({exc.strerror or exc})"
+                )
+                return False
+        else:
+            info.notes.append(f"{folder} was open to group or others (mode {mode:04o}): made it 0700")
+    return True
 
 
 def _source_hash() -> str:
@@ -151,20 +369,32 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
-def load(folder: Path, key: str, model: nn.Module, info: TraceCacheInfo) -> onnx.ModelProto | None:
-    """The cached graph of ``key`` with ``model``'s tensors filled in, or None (a miss, or an entry that
-    does not fit the model: then it is deleted)."""
+def load(
+    folder: Path, key: str, model: nn.Module, info: TraceCacheInfo, secret: bytes
+) -> onnx.ModelProto | None:
+    """The cached graph of ``key`` with ``model``'s tensors filled in, or None: not cached, or an entry
+    that is refused (not a regular file of this user's, not sealed under ``secret`` for ``key``) or does
+    not fit the model — a note says which. Nothing here raises, and nothing is deleted: the fresh trace's
+    store replaces the entry."""
     path = folder / f"{key}.onnx"
     try:
-        data = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):  # not cached (yet)
+        data = _read_own_file(path, MAX_ENTRY_BYTES, 0o022)
+        if data is None:  # not cached (yet)
+            return None
+    except _Refused as exc:
+        info.notes.append(f"cache entry not used ({exc}), traced instead")
         return None
     except OSError as exc:
-        info.notes.append(f"cache entry unreadable ({exc.strerror or exc})")
+        info.notes.append(f"cache entry unreadable ({exc.strerror or exc}), traced instead")
+        return None
+    try:
+        payload = unseal(secret, key, data)
+    except _Refused as exc:
+        info.notes.append(f"cache entry not written by this user's deploykit ({exc}), traced instead")
         return None
     tensors = _tensors(model)
     try:
-        proto = onnx.load_from_string(data)
+        proto = onnx.load_from_string(payload)
         for init in proto.graph.initializer:
             array = tensors[init.name].detach().cpu().contiguous().numpy()
             if (
@@ -173,18 +403,39 @@ def load(folder: Path, key: str, model: nn.Module, info: TraceCacheInfo) -> onnx
             ):
                 raise ValueError(f"initializer {init.name} does not match the module's tensor")
             init.raw_data = array.tobytes()
-    except Exception as exc:  # a corrupt or foreign file: drop it and trace
+    except Exception as exc:  # this user's entry, but not a graph of this model (a deploykit bug)
         info.notes.append(f"cache entry unusable, traced instead ({type(exc).__name__}: {exc})")
-        path.unlink(missing_ok=True)
         return None
     with contextlib.suppress(OSError):
-        os.utime(path)  # most recently used
+        os.utime(path, follow_symlinks=False)  # most recently used
     return proto
 
 
-def store(folder: Path, key: str, proto: onnx.ModelProto, model: nn.Module, info: TraceCacheInfo) -> None:
-    """Keep ``proto``'s structure under ``key`` (initializers emptied) if every initializer is one of
-    ``model``'s tensors by name; prune the oldest entries beyond :data:`MAX_ENTRIES`."""
+def _prune(folder: Path) -> None:
+    """Remove the least recently used entries beyond :data:`MAX_ENTRIES`. Only regular files owned by
+    this user whose name is a key count and are removed (a symbolic link is not followed, a user's
+    ``notes.onnx`` stays); a file that cannot be removed is left."""
+    entries = []
+    with os.scandir(folder) as scan:
+        for entry in scan:
+            if not _ENTRY_NAME.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                    entries.append((st.st_mtime, entry.path))
+    entries.sort(reverse=True)
+    for _, path in entries[MAX_ENTRIES:]:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def store(
+    folder: Path, key: str, proto: onnx.ModelProto, model: nn.Module, info: TraceCacheInfo, secret: bytes
+) -> None:
+    """Keep ``proto``'s structure under ``key`` (initializers emptied, sealed under ``secret``) if every
+    initializer is one of ``model``'s tensors by name; prune the oldest entries beyond
+    :data:`MAX_ENTRIES`. The folder (and parents) are created 0700, the entry 0600."""
     tensors = _tensors(model)
     fits = all(
         init.name in tensors and init.HasField("raw_data") and not init.external_data
@@ -198,14 +449,17 @@ def store(folder: Path, key: str, proto: onnx.ModelProto, model: nn.Module, info
     for init in skeleton.graph.initializer:
         init.ClearField("raw_data")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / f"{key}.onnx", skeleton.SerializeToString(deterministic=True))
-        entries = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in entries[MAX_ENTRIES:]:
-            old.unlink(missing_ok=True)
+        _make_private_dirs(folder)
+        atomic_write_bytes(
+            folder / f"{key}.onnx",
+            seal(secret, key, skeleton.SerializeToString(deterministic=True)),
+            private=True,
+        )
     except OSError as exc:
         info.notes.append(f"not stored: {folder} is not writable ({exc.strerror or exc})")
         return
+    with contextlib.suppress(OSError):
+        _prune(folder)
     info.status = "stored"
 
 
@@ -219,19 +473,23 @@ def export_cached(
     fresh: bool = False,
 ) -> tuple[onnx.ModelProto, TraceCacheInfo]:
     """:func:`~deploykit.transforms.onnx_export.export_onnx` through the cache: a hit fills the cached
-    graph with ``model``'s tensors; a miss (or ``fresh``: trace even if cached) traces and stores."""
+    graph with ``model``'s tensors; a miss (or ``fresh``: trace even if cached) traces and stores. When
+    the folder or the secret cannot be used the status is ``off`` (with a note) and the export traces."""
     from deploykit.transforms.onnx_export import EXAMPLE_BATCH, export_onnx
 
     folder, info = cache_dir(), TraceCacheInfo()
-    if folder is None:
+    if folder is None or not _usable_folder(folder, info):
+        return export_onnx(model, input_shape, opset, exporter, max_batch), info
+    secret = secret_key(info)
+    if secret is None:
         return export_onnx(model, input_shape, opset, exporter, max_batch), info
     info.key = trace_key(model, input_shape, opset, exporter, max_batch, EXAMPLE_BATCH)
     if not fresh:
-        proto = load(folder, info.key, model, info)
+        proto = load(folder, info.key, model, info, secret)
         if proto is not None:
             info.status = "hit"
             return proto, info
     info.status = "miss"
     proto = export_onnx(model, input_shape, opset, exporter, max_batch)
-    store(folder, info.key, proto, model, info)
+    store(folder, info.key, proto, model, info, secret)
     return proto, info

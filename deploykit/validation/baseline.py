@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import deploykit
-from deploykit.core.errors import ArtifactError, ConfigError
+from deploykit.core.errors import ArtifactError, ConfigError, display_path
 from deploykit.core.io import atomic_write_text
+from deploykit.core.schema import BASELINE, read_json, validate
 from deploykit.validation.metrics import Check
 
 ERROR_METRICS = ("max_abs", "mean_abs", "max_rel")
@@ -63,14 +64,16 @@ def write_baseline(report, path: str | Path) -> None:
 
 
 def read_baseline(path: str | Path) -> dict[str, Any]:
+    """The baseline file, checked against :data:`deploykit.core.schema.BASELINE` (preset, precision and
+    per output an object of known metrics, each a finite number or null): anything else is one
+    :class:`ArtifactError` line (exit 2), never a parity failure."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        data["metrics"]
+        data = read_json(path, "a deploykit baseline")
     except FileNotFoundError:
-        raise ArtifactError(f"baseline not found: {path} (write one with --update-baseline)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path} is not a deploykit baseline: {exc!r}") from None
-    return data
+        raise ArtifactError(
+            f"baseline not found: {display_path(path)} (write one with --update-baseline)"
+        ) from None
+    return validate(data, BASELINE, path)
 
 
 def compare_baseline(report, baseline: dict[str, Any], factor: float) -> list[Check]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.core.errors import DeployKitError, InputError
+from deploykit.core.errors import DeployKitError, InputError, display_path
 from deploykit.runtime.preprocess import IMAGE_SUFFIXES, Preprocessing, load_image
 
 #: labelled images the accuracy is measured on (all of a folder up to this many, an even draw beyond)
@@ -59,18 +59,19 @@ def _class_index(name: str, labels: Sequence[str] | None, num_classes: int, fold
         return int(name)
     known = f"its labels ({', '.join(list(labels)[:5])}, ...)" if labels else f"0..{num_classes - 1}"
     raise InputError(
-        f"calibration folder {folder}: class folder {name!r} is not one of the model's classes {known}"
+        f"calibration folder {display_path(folder)}: class folder {name!r} is not one of the model's "
+        f"classes {known}"
     )
 
 
 def _listing(folder: Path, labels: Sequence[str] | None, num_classes: int) -> list[tuple[Path, int | None]]:
     if not folder.is_dir():
-        raise InputError(f"calibration folder {folder} does not exist or is not a directory")
+        raise InputError(f"calibration folder {display_path(folder)} does not exist or is not a directory")
     subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if subdirs:
         if num_classes <= 0:
             raise InputError(
-                f"calibration folder {folder} has class folders, but the model has no classifier"
+                f"calibration folder {display_path(folder)} has class folders, but the model has no classifier"
             )
         entries = []
         for d in subdirs:
@@ -91,20 +92,21 @@ def calibration_set(
 ) -> CalibrationSet:
     """``count`` images of ``folder`` (an even draw over it, seeded), preprocessed."""
     folder = Path(folder)
+    shown = display_path(folder)  # every message names files as one line, whatever their names hold
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise InputError(f"--calib-count must be a positive integer, got {count!r}")
     entries = _listing(folder, labels, num_classes)
     not_images = [f for f, _ in entries if f.suffix.lower() not in IMAGE_SUFFIXES]
     if not_images:
         raise InputError(
-            f"calibration folder {folder}: {not_images[0].relative_to(folder)} is not an image "
+            f"calibration folder {shown}: {display_path(not_images[0].relative_to(folder))} is not an image "
             f"(expected {', '.join(IMAGE_SUFFIXES)}; {len(not_images)} such file(s))"
         )
     if not entries:
-        raise InputError(f"calibration folder {folder} holds no images")
+        raise InputError(f"calibration folder {shown} holds no images")
     if len(entries) < count:
         raise InputError(
-            f"calibration folder {folder} holds {len(entries)} images; --calib-count asks for {count}"
+            f"calibration folder {shown} holds {len(entries)} images; --calib-count asks for {count}"
         )
     order = np.random.default_rng(seed).permutation(len(entries))
     picks = np.sort(order[:count])
@@ -116,7 +118,7 @@ def calibration_set(
         try:
             pixels[i] = preprocessing.crop(load_image(entries[i][0]))
         except DeployKitError as exc:
-            raise InputError(f"calibration folder {folder}: {exc}") from None
+            raise InputError(f"calibration folder {shown}: {exc}") from None
     return CalibrationSet(
         preprocessing.normalize(np.stack([pixels[i] for i in picks])),
         f"{folder} ({count} of {len(entries)} images{', labelled' if labelled else ''})",

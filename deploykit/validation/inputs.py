@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from deploykit.core.errors import InputError
+from deploykit.core.errors import InputError, display_path
 from deploykit.runtime.preprocess import Preprocessing, expand_image_paths, load_image, to_array
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def _load_directory(
     image_dir: Path, mode: str, count: int, preprocess: Callable[[Image.Image], np.ndarray]
 ) -> tuple[list[str], list[np.ndarray]]:
     if not image_dir.is_dir():
-        raise InputError(f"image directory {image_dir} does not exist or is not a directory")
+        raise InputError(f"image directory {display_path(image_dir)} does not exist or is not a directory")
     files = expand_image_paths([image_dir])[:count]
     return [p.name for p in files], [preprocess(load_image(p).convert(mode)) for p in files]
 

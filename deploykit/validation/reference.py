@@ -12,13 +12,24 @@
 
 Its sha256 goes into ``manifest.json`` and every artifact's metadata, so a reference from another export, or
 a tampered one, is refused (:func:`check_reference`). 16 images at 224 px are 2.4 MB of uint8.
+
+Reading one (:func:`read_reference`) costs about its own size in memory, whatever the file claims: the
+file is read once (at most :data:`MAX_FILE_BYTES`) and hashed, and a hash that is not the one the artifact
+records is refused before the zip is opened. Then only the five known members are looked at; each one's
+``.npy`` header is read from its first bytes (a pickled ``object`` dtype is refused), its declared size
+must be what the zip entry holds and within :data:`MAX_MEMBER_BYTES` (all of them within
+:data:`MAX_TOTAL_BYTES`), and the record is checked (:data:`deploykit.core.schema.REFERENCE`) against the
+arrays' shapes before the arrays are inflated, each into a buffer of its declared size.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +37,44 @@ from typing import Any
 import numpy as np
 
 from deploykit.core.config import Tolerances
-from deploykit.core.errors import ArtifactError, ConfigError
+from deploykit.core.errors import (
+    ArtifactError,
+    ConfigError,
+    DeployKitError,
+    display_path,
+    distinct_prefixes,
+    first_line,
+    one_line,
+)
 from deploykit.core.io import sha256_bytes
+from deploykit.core.schema import REFERENCE, shown, validate
 from deploykit.runtime.preprocess import Preprocessing
 
 REFERENCE_NAME = "reference.npz"
 FORMAT = 1
 #: the identity keys an artifact and its reference must agree on
 IDENTITY_KEYS = ("preset", "model_args", "weights_state_sha256")
+
+_MIB = 1 << 20
+#: the most each member may declare (its ``.npy`` data): a reference keeps the export's validation images
+#: (16 by default; 512 MiB is 1200 images at 384 px, 3500 at 224 px), their logits (256 MiB: 3000 images
+#: of a 21843-class head in float32) and a JSON record (tolerances, identity, image names)
+MAX_MEMBER_BYTES = {
+    "images": 512 * _MIB,
+    "outputs": 256 * _MIB,
+    "record": 16 * _MIB,
+    "int8_images": 512 * _MIB,
+    "int8_outputs": 256 * _MIB,
+}
+#: the most all members together may declare: what reading a reference can inflate, at most
+MAX_TOTAL_BYTES = 768 * _MIB
+#: the largest reference file: its members, compressed or stored, plus zip headers (deflate never grows
+#: data by more than a fraction of a percent)
+MAX_FILE_BYTES = MAX_TOTAL_BYTES + 16 * _MIB
+#: entries a reference's zip directory may list (it has five at most; a directory of millions would cost
+#: gigabytes to parse)
+MAX_ENTRIES = 64
+_CHUNK = 16 * _MIB
 
 
 @dataclass(frozen=True)
@@ -112,58 +153,253 @@ def reference_bytes(
     return buffer.getvalue()
 
 
-def read_reference(path: str | Path) -> GoldenReference:
-    """A reference file, checked for shape and content; anything else is one :class:`ArtifactError`."""
+def read_reference(
+    path: str | Path, expected_sha256: str | None = None, *, artifact: str | Path | None = None
+) -> GoldenReference:
+    """The reference file ``path``, checked before anything in it is inflated (see the module doc). With
+    ``expected_sha256`` (what ``artifact`` records) a file of another hash is a :class:`ConfigError`
+    (exit 2: the wrong file given) before its zip is opened; a file that is not a well-formed reference
+    is one :class:`ArtifactError` line."""
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"reference not found: {path}")
-    data = path.read_bytes()
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as found:
-            arrays = {k: found[k] for k in found.files}
-        record = json.loads(bytes(arrays["record"]).decode())
-    except Exception as exc:  # a zip, npy and JSON reader each raise their own kinds
-        raise ArtifactError(
-            f"{path} is not a deploykit reference ({type(exc).__name__}: {exc})"[:300]
-        ) from None
-    images, outputs = arrays.get("images"), arrays.get("outputs")
-    if (
-        not isinstance(record, dict)
-        or record.get("format") != FORMAT
-        or images is None
-        or outputs is None
-        or images.dtype != np.uint8
-        or images.ndim != 4
-        or len(outputs) != len(images)
-    ):
-        raise ArtifactError(
-            f"{path} is not a deploykit reference (format {FORMAT}: uint8 images and outputs)"
+        raise ArtifactError(f"reference not found: {display_path(path)}")
+    data = _read_bounded(path)
+    if not data.startswith(b"PK\x03\x04"):  # the magic of a zip with members: no parsing yet
+        raise _refused(path, "not a zip archive (a NumPy .npz)")
+    sha = sha256_bytes(data)
+    if expected_sha256 is not None:
+        _check_sha256(
+            str(path), sha, expected_sha256, str(artifact) if artifact is not None else "the artifact"
         )
+    _check_directory(path, data)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = _members(path, archive)
+            record = validate(_record(path, archive, members["record"]), REFERENCE, path, root="record")
+            _check_shapes(path, members, record)
+            arrays = {name: _inflate(path, archive, m) for name, m in members.items() if name != "record"}
+    except DeployKitError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, ValueError, OSError, EOFError, RuntimeError,
+            NotImplementedError, struct.error) as exc:  # fmt: skip
+        raise _refused(path, f"{type(exc).__name__}: {first_line(exc)}") from None
+    for name in ("outputs", "int8_outputs"):
+        if name in arrays and not np.isfinite(arrays[name]).all():
+            raise _refused(path, f"{name} hold NaN or Inf")
     return GoldenReference(
-        images,
-        outputs,
+        arrays["images"],
+        arrays["outputs"],
         record,
         arrays.get("int8_images"),
         arrays.get("int8_outputs"),
-        sha256_bytes(data),
+        sha,
         str(path),
     )
 
 
+@dataclass(frozen=True)
+class _Member:
+    """One ``.npy`` member as its header declares it (nothing inflated yet)."""
+
+    name: str
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran: bool
+    header: int  # bytes of the .npy header before the data
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def describe(self) -> str:
+        return f"{self.dtype} {self.shape}"
+
+
+def _refused(path: Path, why: str) -> ArtifactError:
+    return ArtifactError(f"{display_path(path)} is not a deploykit reference: {one_line(why)}")
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, read once; a file over :data:`MAX_FILE_BYTES` is refused without reading it."""
+    size = path.stat().st_size
+    too_big = f"{size} bytes, over the {MAX_FILE_BYTES // _MIB} MiB a reference may have"
+    if size > MAX_FILE_BYTES:
+        raise _refused(path, too_big)
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:  # it grew since
+        raise _refused(path, too_big)
+    return data
+
+
+def _check_sha256(path: str, sha: str, want: Any, artifact: str) -> None:
+    if not isinstance(want, str) or sha == want:
+        return
+    ours, theirs = distinct_prefixes(sha, want)
+    raise ConfigError(
+        f"{display_path(path)} (sha256 {ours}) is not the reference {display_path(artifact)} was exported "
+        f"with (it records sha256 {theirs}): tampered, or from another export"
+    )
+
+
+def _check_directory(path: Path, data: bytes) -> None:
+    """The zip's end record, before :mod:`zipfile` parses the directory it points to: a handful of
+    entries in a small directory (no ZIP64 directory: a reference is far below 4 GiB)."""
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 0xFFFF))
+    if end < 0 or end + 22 > len(data):
+        raise _refused(path, "not a zip archive (a NumPy .npz)")
+    entries, directory = struct.unpack_from("<HI", data, end + 10)
+    if entries > MAX_ENTRIES or directory > MAX_ENTRIES * 1024:
+        raise _refused(
+            path, f"its zip directory lists {entries} entries in {directory} bytes (at most {MAX_ENTRIES})"
+        )
+
+
+_UINT8 = np.dtype(np.uint8)
+
+
+def _allowed(name: str, dtype: np.dtype) -> bool:
+    if name in ("images", "int8_images", "record"):
+        return dtype == _UINT8
+    return dtype.kind == "f" and dtype.itemsize in (2, 4, 8)
+
+
+def _members(path: Path, archive: zipfile.ZipFile) -> dict[str, _Member]:
+    """The known members' headers, each checked against the zip entry and its cap; unknown members are
+    never opened."""
+    found: dict[str, _Member] = {}
+    names = set(archive.namelist())
+    for name, cap in MAX_MEMBER_BYTES.items():
+        if f"{name}.npy" not in names:
+            continue
+        info = archive.getinfo(f"{name}.npy")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+            raise _refused(path, f"{name}.npy is encrypted or compressed with method {info.compress_type}")
+        with archive.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise _refused(path, f"{name}.npy has .npy format version {version} (1.0 or 2.0 only)")
+            member = _Member(name, info, tuple(int(d) for d in shape), dtype, bool(fortran), f.tell())
+        if dtype.hasobject or not _allowed(name, dtype):
+            raise _refused(path, f"{name}.npy holds {dtype} (pickled objects are never read)")
+        if member.nbytes > cap:
+            raise _refused(
+                path,
+                f"{name}.npy declares {member.describe()}, {member.nbytes / _MIB:.0f} MiB (at most "
+                f"{cap // _MIB} MiB)",
+            )
+        if info.file_size != member.header + member.nbytes:
+            raise _refused(
+                path,
+                f"{name}.npy's zip entry says {info.file_size} bytes, its header declares "
+                f"{member.header + member.nbytes}",
+            )
+        found[name] = member
+    missing = [n for n in ("images", "outputs", "record") if n not in found]
+    if missing:
+        raise _refused(path, f"no {', '.join(f'{n}.npy' for n in missing)} (format {FORMAT})")
+    total = sum(m.nbytes for m in found.values())
+    if total > MAX_TOTAL_BYTES:
+        raise _refused(
+            path, f"its arrays declare {total / _MIB:.0f} MiB (at most {MAX_TOTAL_BYTES // _MIB} MiB)"
+        )
+    return found
+
+
+def _inflate(path: Path, archive: zipfile.ZipFile, member: _Member) -> np.ndarray:
+    """A member's array, inflated into a buffer of its declared size (a member that holds more or less
+    than it declares is refused; the zip's CRC is checked at its end)."""
+    out = np.empty(member.nbytes, dtype=np.uint8)
+    view = memoryview(out)
+    got = 0
+    with archive.open(member.info) as f:
+        f.read(member.header)
+        while got < member.nbytes:
+            chunk = f.read(min(_CHUNK, member.nbytes - got))
+            if not chunk:
+                break
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        if got != member.nbytes or f.read(1):
+            raise _refused(path, f"{member.name}.npy does not hold the {member.nbytes} bytes it declares")
+    return out.view(member.dtype).reshape(member.shape, order="F" if member.fortran else "C")
+
+
+def _record(path: Path, archive: zipfile.ZipFile, member: _Member) -> Any:
+    if len(member.shape) != 1:
+        raise _refused(path, f"record.npy holds {member.describe()}, not JSON bytes")
+    try:
+        return json.loads(_inflate(path, archive, member).tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise _refused(path, f"its record is not JSON ({type(exc).__name__})") from None
+
+
+def _check_shapes(path: Path, members: dict[str, _Member], record: dict[str, Any]) -> None:
+    """The arrays' declared shapes against the record: uint8 ``(N, H, W, C)`` images of the recorded input
+    shape, ``(N, classes)`` float outputs of the same N, the INT8 pair both or neither."""
+    identity = record["identity"]
+    shape = identity["input"]["shape"]
+    channels, height, width = (int(d) for d in shape[1:])
+    where = display_path(path)
+
+    def wrong(field: str, want: str, member: _Member | None = None, got: Any = None) -> ArtifactError:
+        found = member.describe() if member is not None else shown(got)
+        return ArtifactError(f"{where}: {field} must be {want}, got {found}")
+
+    size = identity["preprocessing"]["input_size"]
+    if [int(d) for d in size] != [channels, height, width]:
+        raise wrong(
+            "record.identity.preprocessing.input_size",
+            f"{[channels, height, width]} (the input shape)",
+            got=size,
+        )
+    pixels = (height, width, channels)
+    images, outputs = members["images"], members["outputs"]
+    if images.dtype != _UINT8 or len(images.shape) != 4 or images.shape[0] < 1 or images.shape[1:] != pixels:
+        raise wrong(
+            "images",
+            f"uint8 (N, {height}, {width}, {channels}) with N >= 1 (the input shape {shape})",
+            images,
+        )
+    n = images.shape[0]
+    if len(outputs.shape) != 2 or outputs.shape[0] != n or outputs.shape[1] < 1:
+        raise wrong("outputs", f"float (N, classes) with the images' N = {n}", outputs)
+    int8_images, int8_outputs = members.get("int8_images"), members.get("int8_outputs")
+    if (int8_images is None) != (int8_outputs is None):
+        given = "int8_images" if int8_images is not None else "int8_outputs"
+        raise ArtifactError(f"{where}: int8_images and int8_outputs go together, it holds only {given}")
+    if int8_images is not None and int8_outputs is not None:
+        if len(int8_images.shape) != 4 or int8_images.shape[0] < 1 or int8_images.shape[1:] != pixels:
+            raise wrong("int8_images", f"uint8 (N, {height}, {width}, {channels}) with N >= 1", int8_images)
+        m = int8_images.shape[0]
+        if len(int8_outputs.shape) != 2 or int8_outputs.shape != (m, outputs.shape[1]):
+            raise wrong(
+                "int8_outputs",
+                f"float ({m}, {outputs.shape[1]}) (int8_images' N, the outputs' classes)",
+                int8_outputs,
+            )
+
+
 def check_reference(reference: GoldenReference, artifact: str, recorded: dict[str, Any]) -> None:
     """The reference must be the one the artifact was exported with: its sha256 when the artifact records
-    one (``recorded["reference_sha256"]``), else its identity (preset, model args, weights). A mismatch is a
-    :class:`ConfigError` (bad usage: exit 2) naming both."""
+    one (``recorded["reference_sha256"]``; :func:`read_reference` checks it first when given it), else its
+    identity (preset, model args, weights). A mismatch is a :class:`ConfigError` (bad usage: exit 2) naming
+    both."""
     want = recorded.get("reference_sha256")
-    if want and want != reference.sha256:
-        raise ConfigError(
-            f"{reference.path} (sha256 {reference.sha256[:12]}) is not the reference {artifact} was exported "
-            f"with (it records sha256 {want[:12]}): tampered, or from another export"
-        )
+    if want:
+        _check_sha256(reference.path, reference.sha256, want, artifact)
     identity = reference.identity
     for key in IDENTITY_KEYS:
         ours, theirs = recorded.get(key), identity.get(key)
         if ours is not None and theirs is not None and ours != theirs:
+            if isinstance(ours, str) and isinstance(theirs, str):
+                theirs, ours = distinct_prefixes(theirs, ours)
             raise ConfigError(
-                f"{reference.path} belongs to another model: its {key} is {theirs}, {artifact} records {ours}"
+                f"{display_path(reference.path)} belongs to another model: its {key} is {shown(theirs)}, "
+                f"{display_path(artifact)} records {shown(ours)}"
             )

@@ -22,6 +22,7 @@ from torch import nn
 
 from deploykit.core.config import ExportConfig
 from deploykit.core.errors import ConfigError, UnknownModelError, first_line
+from deploykit.core.labels import check_labels
 from deploykit.models import create_model, get_preset
 from deploykit.models.checkpoints import jsonable_args
 from deploykit.models.pretrained import Checkpoint, load_checkpoint, model_family, read_pretrained
@@ -167,11 +168,13 @@ def finish(
     match the head) and the preprocessing overrides (checkpoint directory, then config)."""
     model = prepared.model
     chosen = labels if labels is not None else config.labels
-    names = read_labels(chosen) if isinstance(chosen, str | Path) else chosen
-    if names is None and checkpoint is not None:
-        names = checkpoint.labels
+    if isinstance(chosen, str | Path):
+        names = read_labels(chosen)
+    elif chosen is not None:
+        names = check_labels(chosen, "labels")
+    else:  # the checkpoint's header or id2label (checked where it was read), or none
+        names = checkpoint.labels if checkpoint is not None else None
     if names is not None:
-        names = tuple(str(n) for n in names)
         if model.num_classes == 0:
             raise ConfigError(f"{len(names)} labels given for a headless model (it outputs features)")
         if len(names) != model.num_classes:
@@ -207,6 +210,7 @@ def from_memory(
     touched): its preset (``create_model``'s name, else the registered preset of the same architecture)
     and its own classes and resolution."""
     family_of(model)
+    check_exportable_tensors(model)
     copied = copy.deepcopy(model).eval()
     spec = (
         get_preset(copied.preset_name) if getattr(copied, "preset_name", None) else _same_architecture(copied)
@@ -218,6 +222,29 @@ def from_memory(
     prepared = PreparedModel(copied, spec, None, _model_args(copied), None, weights_source="memory")
     finish(prepared, config, labels=labels)
     return prepared
+
+
+def check_exportable_tensors(model: nn.Module) -> None:
+    """A model in memory must hold its weights, in float32, before anything traces it: one on the meta
+    device (built under ``torch.device("meta")`` and never loaded) or in float16/bfloat16 (``model.half()``)
+    is a :class:`ConfigError` saying what is wrong and what to do (the exporter would fail later with a
+    message about itself)."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    meta = [name for name, t in tensors if t.is_meta]
+    if meta:
+        raise ConfigError(
+            f"the model's weights are on the meta device (not materialized: {meta[0]} has no data, "
+            f"{len(meta)} tensor(s) in all): load real weights first (model.to_empty(device='cpu') then "
+            "model.load_state_dict(...)), or build the model outside torch.device('meta')"
+        )
+    other = sorted(
+        {str(t.dtype).removeprefix("torch.") for _, t in tensors if t.is_floating_point()} - {"float32"}
+    )
+    if other:
+        raise ConfigError(
+            f"the model is {' and '.join(other)}: export takes a float32 model (the FP16 graph is an export "
+            "option: fp16=True); call model.float() first"
+        )
 
 
 def _same_architecture(model: nn.Module) -> Preset:

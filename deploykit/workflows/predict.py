@@ -6,7 +6,8 @@ The artifact carries everything needed to use it: an ``.onnx`` file in its ``met
 ``deploykit.labels``, ``deploykit.weights_state_sha256``), a TensorRT ``.engine``/``.plan`` in its sidecar
 JSON, either one also in the ``manifest.json`` beside it (which also names the weights file). Class names:
 the ``labels`` argument, else the artifact's own, else the bundled ImageNet-1k names for 1000-class models,
-else ``class i``; label files are plain text, one label per line.
+else ``class i``; label files are plain text, one label per line (split on ``\\n`` only); a class name
+with a line break is refused wherever it comes from (:mod:`deploykit.core.labels`).
 
 No torch is imported: a device with ONNX Runtime or TensorRT, numpy and Pillow can run this.
 """
@@ -24,6 +25,8 @@ import numpy as np
 
 from deploykit.core.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES, onnx_variant
 from deploykit.core.errors import ArtifactError, ConfigError, InputError, NonFiniteOutputError
+from deploykit.core.labels import check_labels
+from deploykit.core.schema import MANIFEST, read_json, read_metadata, validate
 from deploykit.runtime.base import Runner, run_batched
 from deploykit.runtime.postprocess import class_labels, softmax, topk_indices
 from deploykit.runtime.preprocess import ImageLike, Preprocessing, _is_single, image_name
@@ -188,13 +191,6 @@ class ArtifactRecord:
         return ", ".join(f"{k} {args[k]}" for k in ("num_classes", "image_size") if k in args) or "?"
 
 
-def _loads(text: Any) -> Any:
-    try:
-        return json.loads(text) if isinstance(text, str) else None
-    except ValueError:
-        return None
-
-
 def _args(value: Any) -> dict[str, Any] | None:
     """Recorded model args: classes and resolution (ints) plus any architecture overrides."""
     if not isinstance(value, dict):
@@ -206,7 +202,9 @@ def _args(value: Any) -> dict[str, Any] | None:
 
 
 def _names(value: Any) -> tuple[str, ...] | None:
-    return tuple(str(v) for v in value) if isinstance(value, list) and value else None
+    """Recorded class names, as recorded: whoever uses them checks them (:func:`load`, ``deploykit
+    triton``), so a name that is not one line of text is refused there, never turned into another."""
+    return tuple(value) if isinstance(value, list) and value else None
 
 
 @lru_cache(maxsize=8)
@@ -226,18 +224,20 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 def _from_metadata(path: Path, meta: Mapping[str, str]) -> ArtifactRecord:
-    args = _args(_loads(meta.get("deploykit.model_args")))
-    sha = meta.get("deploykit.weights_state_sha256") or None
+    # checked against deploykit.core.schema.METADATA, JSON values parsed: a bad value is exit 2, one line
+    record = read_metadata(meta, path)
+    args = _args(record.get("deploykit.model_args"))
+    sha = record.get("deploykit.weights_state_sha256")
     return ArtifactRecord(
         path,
-        preset=meta.get("deploykit.preset") or None,
+        preset=record.get("deploykit.preset"),
         model_args=args,
-        labels=_names(_loads(meta.get("deploykit.labels"))),
+        labels=_names(record.get("deploykit.labels")),
         weights_state_sha256=sha,
         # an export that records its model args records the weights' hash whenever it had weights
         weights_source="random" if args is not None and sha is None else None,
-        preprocessing=_loads(meta.get("deploykit.preprocessing")),
-        reference_sha256=meta.get("deploykit.reference_sha256") or None,
+        preprocessing=record.get("deploykit.preprocessing"),
+        reference_sha256=record.get("deploykit.reference_sha256"),
     )
 
 
@@ -256,11 +256,15 @@ def _from_sidecar(path: Path, sidecar: Mapping[str, Any]) -> ArtifactRecord:
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
+    """The ``manifest.json`` beside ``path`` (None: there is none), checked against
+    :data:`deploykit.core.schema.MANIFEST`: one that is not JSON, not an object, or whose fields deploykit
+    reads are of the wrong kind is one :class:`ArtifactError` line (exit 2), never silently ignored."""
+    file = path.parent / "manifest.json"
     try:
-        manifest = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = read_json(file, "a deploykit manifest")
+    except FileNotFoundError:
         return None
-    return manifest if isinstance(manifest, dict) else None
+    return validate(manifest, MANIFEST, file)
 
 
 def _manifest_args(manifest: dict[str, Any]) -> dict[str, int] | None:
@@ -414,8 +418,8 @@ def load(
     elif path.suffix in ENGINE_SUFFIXES:
         from deploykit.engine.runner import TensorRTRunner, read_sidecar
 
+        record = artifact_record(path, sidecar=read_sidecar(path))  # a bad sidecar: exit 2 before exit 3
         runner = TensorRTRunner(path)
-        record = artifact_record(path, sidecar=read_sidecar(path))
         variant = getattr(runner, "precision", None)
         out_shape = runner.output_shape
         max_batch = runner.batch_range[1]
@@ -436,8 +440,16 @@ def load(
     if len(out_shape) != 2 or not isinstance(out_shape[-1], int) or out_shape[-1] < 1:
         raise ArtifactError(f"{path}: expected one output (batch, classes), found shape {out_shape}")
     num_classes = int(out_shape[-1])
-    names = labels if labels is not None else record.labels
+    names = labels if labels is not None else recorded_labels(record)
     return Predictor(runner, preprocessing, num_classes, names, max_batch, str(path), record, variant)
+
+
+def recorded_labels(record: ArtifactRecord) -> tuple[str, ...] | None:
+    """The class names ``record`` holds, each a one-line string (else a one-line ConfigError naming the
+    artifact: an artifact written by another tool is refused, never misaligned); None: none recorded."""
+    if record.labels is None:
+        return None
+    return check_labels(record.labels, f"{record.path}: its recorded labels")
 
 
 def random_weights_warning(artifact: str | Path) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 
 from deploykit.core.artifacts import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from deploykit.core.config import ExportConfig, default_config, resolve_config
-from deploykit.core.errors import ArtifactError, ConfigError, DeployKitError
+from deploykit.core.errors import ArtifactError, ConfigError, DeployKitError, distinct_prefixes
 from deploykit.core.io import atomic_write_text, sha256_file
 from deploykit.runtime.base import run_batched
 from deploykit.validation.baseline import compare_baseline, read_baseline, regression_dict, write_baseline
@@ -152,7 +152,7 @@ def _engine_source(path: Path):
     from deploykit.core.onnx_io import load_onnx
     from deploykit.engine.runner import read_sidecar
 
-    source = path.parent / str(read_sidecar(path).get("source_onnx", {}).get("file", ""))
+    source = path.parent / str((read_sidecar(path).get("source_onnx") or {}).get("file") or "")
     return load_onnx(source) if source.is_file() and source.suffix == ".onnx" else None
 
 
@@ -263,9 +263,10 @@ def rebuild_model(
     info = prepared.weights_info
     recorded_file = (record.weights_file or {}).get("sha256")
     if not given and info is not None and recorded_file and info.sha256 != recorded_file:
+        then, now = distinct_prefixes(recorded_file, info.sha256)
         raise ConfigError(
-            f"{path} was exported with weights {weights} (sha256 {_short(recorded_file)}), which have "
-            f"changed since (sha256 now {_short(info.sha256)}): {hint}"
+            f"{path} was exported with weights {weights} (sha256 {then}), which have "
+            f"changed since (sha256 now {now}): {hint}"
         )
     if weights is not None and (record.weights_state_sha256 or record.random_weights):
         state = state_sha256(prepared.model)
@@ -275,9 +276,10 @@ def rebuild_model(
                 f"{_short(state)}): leave --weights out"
             )
         if state != record.weights_state_sha256:
+            given, recorded = distinct_prefixes(state, record.weights_state_sha256 or "?")
             raise ConfigError(
-                f"{what} are not the weights {path} was exported with: state sha256 {_short(state)}, the "
-                f"artifact records {_short(record.weights_state_sha256)}"
+                f"{what} are not the weights {path} was exported with: state sha256 {given}, the "
+                f"artifact records {recorded}"
             )
     _recorded_preprocessing(prepared.model, record)
     return prepared
@@ -434,7 +436,9 @@ def _golden(path: Path, record: ArtifactRecord, reference: str | Path | None) ->
             f"no {REFERENCE_NAME} beside {path} and PyTorch is not installed: copy the export's {REFERENCE_NAME} "
             "next to the artifact, pass --reference FILE, or install torch to recompute"
         )
-    golden = read_reference(ref_path)
+    # the hash the artifact records is checked first, on the file's bytes: a wrong file is refused before
+    # anything in it is opened
+    golden = read_reference(ref_path, record.reference_sha256, artifact=path)
     check_reference(
         golden,
         str(path),
@@ -548,6 +552,8 @@ def validate_command(
     stored outputs; with PyTorch the model is rebuilt and run (on the reference's images when given)."""
     if update_baseline and not baseline_path:
         raise ConfigError("--update-baseline needs --baseline FILE")
+    # a baseline to compare with is read (and checked) before anything runs
+    baseline = read_baseline(baseline_path) if baseline_path and not update_baseline else None
     path = Path(artifact)
     if not torch_available() or (reference is not None and model is None and weights is None):
         if not torch_available() and (model is not None or weights is not None or locate):
@@ -564,7 +570,7 @@ def validate_command(
         report = validate_with_reference(artifact, reference=reference)
         config = resolve_config(report.facts["family"], config_path)
         return _finish_report(
-            report, config.baseline_factor, baseline_path, update_baseline, json_out, junit_out
+            report, config.baseline_factor, baseline, baseline_path, update_baseline, json_out, junit_out
         )
     if model is None:
         if not path.is_file():
@@ -585,19 +591,22 @@ def validate_command(
         locate=locate,
         reference=reference,
     )
-    return _finish_report(report, config.baseline_factor, baseline_path, update_baseline, json_out, junit_out)
+    return _finish_report(
+        report, config.baseline_factor, baseline, baseline_path, update_baseline, json_out, junit_out
+    )
 
 
 def _finish_report(
     report: ValidationReport,
     factor: float,
+    baseline: dict[str, Any] | None,
     baseline_path: str | Path | None,
     update_baseline: bool,
     json_out: str | Path | None,
     junit_out: str | Path | None,
 ) -> int:
-    """The baseline comparison, the JSON and JUnit files and the summary of ``report``; its exit code."""
-    baseline = read_baseline(baseline_path) if baseline_path and not update_baseline else None
+    """The comparison with ``baseline`` (read from ``baseline_path``), the JSON and JUnit files and the
+    summary of ``report``; its exit code."""
     if baseline is not None:
         report.baseline = compare_baseline(report, baseline, factor)
     if json_out:

@@ -1,5 +1,6 @@
 """Triton Python-backend model written by ``deploykit triton``: logits -> the top-k classes, their
-softmax probabilities and labels (``labels.txt`` beside this file), as ``deploykit predict`` reports them."""
+softmax probabilities and labels (``labels.json`` beside this file: a JSON list, class ``i``'s name at index
+``i``), as ``deploykit predict`` reports them."""
 
 import json
 from pathlib import Path
@@ -15,10 +16,12 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.k = int(params["top_k"])
-        labels = Path(args["model_repository"]) / args["model_version"] / "labels.txt"
-        self.labels = np.array(
-            [line.encode() for line in labels.read_text(encoding="utf-8").splitlines()], dtype=object
-        )
+        path = Path(args["model_repository"]) / args["model_version"] / "labels.json"
+        names = json.loads(path.read_text(encoding="utf-8"))
+        classes = int(config["input"][0]["dims"][-1])
+        if not isinstance(names, list) or len(names) != classes or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{path}: not a JSON list of {classes} class names")
+        self.labels = np.array([name.encode("utf-8") for name in names], dtype=object)
         self.input_name = config["input"][0]["name"]
 
     def execute(self, requests):
