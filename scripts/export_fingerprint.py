@@ -4,7 +4,8 @@
 For the five family defaults it runs ``deploykit export PRESET --fp16`` (a fresh process each) and records
 the sha256 of ``model.onnx`` and ``model.fp16.onnx``, the export's stdout and exit code, and the stdout and
 exit code of ``inspect``, ``validate`` (FP32 and FP16 artifacts) and ``predict`` on them, plus the exit
-codes and stderr of a few bad inputs. Timings are not part of it (stderr progress lines are dropped).
+codes and stderr of a few bad inputs; and an INT8 export of the trained ConViT reference (tests/data) with
+validate and predict on its INT8 files. Timings are not part of it (stderr progress lines are dropped).
 
     python scripts/export_fingerprint.py --record fingerprint.json   # before a change
     python scripts/export_fingerprint.py --check fingerprint.json    # after it: exit 1 on any difference
@@ -24,6 +25,10 @@ import tempfile
 from pathlib import Path
 
 FAMILY_DEFAULTS = ("convit_tiny", "ceit_tiny", "deepvit_16b", "cvt_13", "hvt_ti_1")
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+#: a bundled photograph (predict's table of it)
+PHOTOS = ROOT / "deploykit" / "data" / "photos" / "chelsea.jpg"
 
 
 def sha256(path: Path) -> str | None:
@@ -35,7 +40,7 @@ def run(args: list[str], tmp: Path) -> dict:
     proc = subprocess.run(
         [sys.executable, "-m", "deploykit", *args], capture_output=True, text=True, check=False
     )
-    neutral = lambda s: s.replace(str(tmp), "<tmp>")  # noqa: E731
+    neutral = lambda s: s.replace(str(tmp), "<tmp>").replace(str(ROOT), "<root>")  # noqa: E731
     return {"rc": proc.returncode, "stdout": neutral(proc.stdout)}
 
 
@@ -45,6 +50,26 @@ def run_error(args: list[str], tmp: Path) -> dict:
         [sys.executable, "-m", "deploykit", *args], capture_output=True, text=True, check=False
     )
     return {"rc": proc.returncode, "stderr": proc.stderr.replace(str(tmp), "<tmp>")}
+
+
+def int8_entry(tmp: Path) -> dict:
+    """An INT8 export of the trained ConViT reference, calibrated on its labelled digits folder: both INT8
+    files' bytes, the export's stdout and validate / predict on the INT8 files."""
+    d = tmp / "int8"
+    weights, calib = DATA / "reference" / "convit.safetensors", DATA / "digits" / "calib"
+    args = ["export", "convit", "--weights", str(weights), "--int8", "--calib", str(calib)]
+    entry = {"export": run([*args, "--out", str(d), "--quiet"], tmp)}
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8.cpu.onnx"):
+        entry[name] = sha256(d / name)
+    for name in ("model.int8.onnx", "model.int8.cpu.onnx"):
+        entry[f"validate {name}"] = run(["validate", str(d / name)], tmp)
+        entry[f"validate reference {name}"] = run(
+            ["validate", str(d / name), "--reference", str(d / "reference.npz")], tmp
+        )
+    heldout = DATA / "digits" / "heldout" / "3"
+    entry["predict"] = run(["predict", str(d / "model.int8.cpu.onnx"), str(heldout), "--top-k", "2"], tmp)
+    print(f"int8: {entry['model.int8.onnx']} {entry['model.int8.cpu.onnx']}", file=sys.stderr)
+    return entry
 
 
 def fingerprint(presets: tuple[str, ...]) -> dict:
@@ -59,8 +84,13 @@ def fingerprint(presets: tuple[str, ...]) -> dict:
             entry["inspect"] = run(["inspect", str(d / "model.onnx")], tmp)
             for f in ("model.onnx", "model.fp16.onnx"):
                 entry[f"validate {f}"] = run(["validate", str(d / f), "--model", preset], tmp)
+            entry["validate reference"] = run(
+                ["validate", str(d / "model.fp16.onnx"), "--reference", str(d / "reference.npz")], tmp
+            )
+            entry["predict"] = run(["predict", str(d / "model.onnx"), str(PHOTOS), "--top-k", "3"], tmp)
             print(f"{preset}: {entry['model.onnx']} {entry['model.fp16.onnx']}", file=sys.stderr)
             out[preset] = entry
+        out["int8"] = int8_entry(tmp)
         first = tmp / presets[0] / "model.onnx"
         out["errors"] = {
             "unknown model": run_error(["export", "nosuchmodel", "--out", str(tmp / "x")], tmp),
