@@ -1,17 +1,17 @@
 """deploykit: export ConViT, CeiT, DeepViT, CvT and HVT to ONNX / TensorRT and prove parity.
 
-The package is layered; each layer imports only the ones below it (``tests/test_architecture.py`` checks it):
+Each package declares what it may import (``tests/test_architecture.py`` checks it; docs/architecture.md):
 
 ==============  ==========================================================================================
-``core``        torch-free basics: errors, atomic writes and hashes, ONNX load/save, configs, artifact kinds
+``core``        torch-free basics: errors, atomic writes, ONNX load/save, configs, the artifact record
 ``models``      the five model families and their checkpoint layouts
 ``runtime``     runners (PyTorch, ONNX Runtime), preprocessing, postprocessing
-``validation``  validation images, the parity comparator, module-level divergence, baselines
-``transforms``  graph transforms: rewrites, ONNX export, simplify, FP16, TensorRT-parser lint
+``validation``  validation images, the parity comparator and its records, divergence, baselines, references
+``transforms``  graph transforms: rewrites, ONNX export, simplify, FP16, INT8, TensorRT-parser lint
 ``engine``      the TensorRT backend: build, run, trtexec script
-``workflows``   what each command does: export pipeline + manifest + report, validate gate, predict, bench
+``workflows``   what each command does, returning what it made: export, validate, predict, bench, build
 ``serving``     Triton model repositories and a supervised Triton server
-``cli``         argument parsing only: one workflow call per command
+``cli``         the commands: flags, what they print, one-line errors and exit codes
 ==============  ==========================================================================================
 
 ``deploykit.export(model_or_preset, out_dir, ...)`` is the Python entry point of ``export`` (it also takes a
@@ -28,7 +28,7 @@ def __getattr__(name: str):
 
         return load
     if name == "export":
-        from deploykit.workflows.pipeline import export
+        from deploykit.workflows.export import export
 
         return export
     raise AttributeError(f"module 'deploykit' has no attribute {name!r}")

@@ -28,7 +28,7 @@ from deploykit.models import create_model, get_preset
 from deploykit.runtime.ort_runner import OrtRunner
 from deploykit.transforms.onnx_export import export_onnx
 from deploykit.workflows.bench import BenchReport, run_bench
-from deploykit.workflows.pipeline import run_export
+from deploykit.workflows.export import ExportRequest, run_export
 
 DEFAULT = ["convit_tiny", "ceit_tiny", "deepvit_16b", "cvt_13", "hvt_ti_1"]
 THREADS = 2
@@ -60,7 +60,7 @@ def bench(name: str, runs: int, out_root: Path) -> dict:
     spec = get_preset(name)
     config = default_config(spec.family)
     t = time.perf_counter()
-    result = run_export(name, out_root / name, config)
+    result = run_export(ExportRequest.create(name, out_dir=out_root / name, config=config))
     export_s = time.perf_counter() - t
     torch.manual_seed(config.seed)
     model = create_model(name).eval()
@@ -72,7 +72,6 @@ def bench(name: str, runs: int, out_root: Path) -> dict:
         threads=THREADS,
         warmup=WARMUP,
         iters=runs,
-        progress=False,
     )
     ort_b1 = report.result("onnxruntime", "fp32", 1)
     row = {

@@ -79,8 +79,7 @@ def latency(folder: Path, iters: int) -> dict[tuple[str, int], float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deploykit.workflows.int8 import Int8Options
-    from deploykit.workflows.pipeline import run_export
+    from deploykit.workflows.export import ExportRequest, Int8Options, run_export
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", action="append", choices=["convit", "ceit", "deepvit", "cvt", "hvt"])
@@ -92,12 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for family in args.family or ["convit", "ceit", "deepvit", "cvt", "hvt"]:
         t = time.perf_counter()
-        result = run_export(
+        request = ExportRequest.create(
             family,
-            out / family,
+            out_dir=out / family,
             weights=DATA / "reference" / f"{family}.safetensors",
-            int8=Int8Options(calib=str(DATA / "digits" / "calib")),
+            int8=Int8Options(calib=DATA / "digits" / "calib"),
         )
+        result = run_export(request)
         seconds = time.perf_counter() - t
         runs = sessions(result.out_dir)
         predicted = {
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {seconds:.0f} s |"
         )
         print(rows[-1], flush=True)
-    from deploykit.workflows.bench_measure import cpu_model
+    from deploykit.workflows.bench.measure import cpu_model
 
     print(
         f"\n{cpu_model()}, ONNX Runtime {ort.__version__}, deploykit bench p50 of {args.iters} interleaved rounds\n"

@@ -142,7 +142,7 @@ def ms(times: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deploykit.workflows.pipeline import run_export
+    from deploykit.workflows.export import ExportRequest, run_export
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", action="append", choices=sorted(PRESETS))
@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = out / family
         folder.mkdir(parents=True, exist_ok=True)
         model, weights = peer(family, folder)
-        result = run_export(PRESETS[family], folder / "deploykit", weights=weights)
+        result = run_export(
+            ExportRequest.create(PRESETS[family], out_dir=folder / "deploykit", weights=weights)
+        )
         ours = onnx.load(str(result.onnx_path))
         size = int(ours.graph.input[0].type.tensor_type.shape.dim[-1].dim_value)
         theirs = naive_export(model, size)
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {len(ours.graph.node)} (opset {opset}) / {len(theirs.graph.node)} (opset {naive_opset}) | {same:.1e} |"
         )
         print(rows[-1], flush=True)
-    from deploykit.workflows.bench_measure import cpu_model
+    from deploykit.workflows.bench.measure import cpu_model
 
     print(
         f"\n{cpu_model()}, ONNX Runtime {ort.__version__}, 2 threads, {args.iters} rotations of {args.runs} timed "

@@ -28,10 +28,10 @@ def _seed_and_threads():
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """Every family exported once (FP32 + FP16 + engine stage) through the real pipeline."""
-    from deploykit.workflows.pipeline import run_export
+    from exporting import export_preset
 
     root = tmp_path_factory.mktemp("exports")
     return {
-        name: run_export(name, root / name, small_config(name, size), fp16=True, engine=True)
+        name: export_preset(name, root / name, small_config(name, size), fp16=True, engine=True)
         for name, size in FAMILY_CASES.items()
     }

@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from deploykit import load
 from deploykit.cli import cli
 from deploykit.core.config import default_config
-from deploykit.core.onnx_io import set_metadata
+from deploykit.core.record import write_metadata
 from deploykit.models import create_model
-from deploykit.workflows.model import state_sha256
+from deploykit.workflows.export.model import state_sha256
 
 PRESET = "hvt_ti_1"
 NAMES = ["apple", "banana", "cherry", "date", "elderberry", "fig", "grape"]
@@ -55,15 +55,15 @@ def _meta(path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    from deploykit.workflows.pipeline import run_export
+    from exporting import export_preset
 
     root = tmp_path_factory.mktemp("identity")
     config = dataclasses.replace(default_config("hvt"), num_classes=7, exporter="torchscript")
     weights = _weights(root / "w7.pth", seed=3)
     labels = root / "names.txt"
     labels.write_text("\n".join(NAMES) + "\n")
-    random160 = run_export(PRESET, root / "random160", dataclasses.replace(config, image_size=160))
-    named64 = run_export(
+    random160 = export_preset(PRESET, root / "random160", dataclasses.replace(config, image_size=160))
+    named64 = export_preset(
         PRESET, root / "named64", dataclasses.replace(config, image_size=64), weights=weights, labels=labels
     )
     return {"random": random160, "named": named64, "weights": weights, "root": root}
@@ -189,7 +189,7 @@ def test_predict_warns_once_on_random_weights(exports, tmp_path):
 def test_predict_refuses_a_headless_artifact(exports, tmp_path):
     proto = onnx.load(str(exports["random"].onnx_path))
     meta = {p.key: p.value for p in proto.metadata_props}
-    set_metadata(proto, meta | {"deploykit.model_args": json.dumps({"num_classes": 0, "image_size": 160})})
+    write_metadata(proto, meta | {"deploykit.model_args": json.dumps({"num_classes": 0, "image_size": 160})})
     headless = tmp_path / "features.onnx"
     onnx.save(proto, str(headless))
     line = _one_error_line(_cli("predict", headless, PHOTOS[0]))
@@ -235,7 +235,7 @@ def test_engine_sidecar_records_the_model(exports, tmp_path, monkeypatch):
     install_fakes(monkeypatch, "11.4.0.106", classes=7)
     named, random = exports["named"], exports["random"]
     meta = _meta(named.onnx_path)
-    result = build_engine(named.onnx_path, tmp_path / "named.engine", batch=BatchProfile(1, 1, 2))
+    result = build_engine(named.onnx_path, tmp_path / "named.engine", batch=BatchProfile(min=1, opt=1, max=2))
     sidecar = json.loads(result.sidecar_path.read_text())
     assert sidecar["preset"] == PRESET and sidecar["model_args"] == {"num_classes": 7, "image_size": 64}
     assert sidecar["labels"] == NAMES and sidecar["random_weights"] is False
@@ -243,7 +243,9 @@ def test_engine_sidecar_records_the_model(exports, tmp_path, monkeypatch):
     predictor = load(result.engine_path)  # no manifest beside it: the sidecar alone
     assert predictor.labels == tuple(NAMES) and predictor.random_weights is False
 
-    result = build_engine(random.onnx_path, tmp_path / "random.engine", batch=BatchProfile(1, 1, 2))
+    result = build_engine(
+        random.onnx_path, tmp_path / "random.engine", batch=BatchProfile(min=1, opt=1, max=2)
+    )
     sidecar = json.loads(result.sidecar_path.read_text())
     assert sidecar["labels"] is None and sidecar["random_weights"] is True
     assert sidecar["model_args"] == {"num_classes": 7, "image_size": 160}
@@ -266,7 +268,7 @@ def test_report_says_when_the_weights_are_random(exports):
 
 
 def test_bench_rebuilds_the_recorded_model(exports, tmp_path):
-    from deploykit.workflows.bench import _eager_model
+    from deploykit.workflows.bench.run import _eager_model
 
     named, random = exports["named"], exports["random"]
     model = _eager_model(named.out_dir, True)

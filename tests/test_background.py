@@ -11,18 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import small_config
+from exporting import export_preset
 
-import deploykit.workflows.background as background
+import deploykit.workflows.export.background as background
 from deploykit.core.errors import ParityError
 from deploykit.runtime.base import run_batched
 from deploykit.runtime.torch_runner import TorchRunner
 from deploykit.transforms.fp16 import SCREEN_LIMIT
 from deploykit.validation import validation_batch
 from deploykit.validation.metrics import Tolerances
-from deploykit.workflows.background import Worker, collect, fork_available, one_thread
-from deploykit.workflows.pipeline import run_export
-from deploykit.workflows.stages import fp16_inputs
-from deploykit.workflows.state import BULK_BATCH, build_model
+from deploykit.workflows.export.background import Worker, collect, fork_available, one_thread
+from deploykit.workflows.export.fp16 import fp16_inputs
+from deploykit.workflows.export.model import build_model
+from deploykit.workflows.export.products import BULK_BATCH
 
 pytestmark = pytest.mark.skipif(not fork_available(), reason="the background process needs os.fork (Linux)")
 
@@ -198,7 +199,7 @@ def _wait_for_byte(context, fd: int) -> str:
 
 def test_fp16_export_with_and_without_fork_is_byte_identical(tmp_path, monkeypatch):
     config = small_config("hvt_ti_1", 64, exporter="torchscript")
-    forked = run_export("hvt_ti_1", tmp_path / "a", config, fp16=True)
+    forked = export_preset("hvt_ti_1", tmp_path / "a", config, fp16=True)
     info = forked.manifest["fp16"]["background"]
     assert info["reference_images"] == 48 and info["reused_images"] == 16 and info["notes"] == []
     assert all(seconds > 0 for seconds in info["seconds"].values()), info
@@ -217,7 +218,7 @@ def test_fp16_export_with_and_without_fork_is_byte_identical(tmp_path, monkeypat
         "report.html",
     ]
     monkeypatch.setattr(background, "fork_available", lambda: False)
-    in_process = run_export("hvt_ti_1", tmp_path / "b", config, fp16=True)
+    in_process = export_preset("hvt_ti_1", tmp_path / "b", config, fp16=True)
     assert [n for n in in_process.manifest["fp16"]["background"]["notes"]] and not _children()
     jobs = {"reference", "rewrites", "inputs", "screen"}
     assert set(forked.manifest["background"]) == set(in_process.manifest["background"]) == jobs
@@ -237,7 +238,7 @@ def test_rejected_fp16_export_leaves_no_process_and_no_background_file(tmp_path)
         fp32=Tolerances(max_abs=0.0, min_cosine=1.0, min_top1=1.0, min_top5=1.0),
     )
     with pytest.raises(ParityError, match="nothing was published"):
-        run_export("hvt_ti_1", tmp_path / "out", impossible, fp16=True)
+        export_preset("hvt_ti_1", tmp_path / "out", impossible, fp16=True)
     assert not _children()
     rejected = sorted(p.name for p in (tmp_path / "out" / "rejected").iterdir())
     assert "model.onnx" in rejected and not [n for n in rejected if n.startswith(".")]
@@ -248,9 +249,9 @@ def test_interrupted_fp16_export_kills_the_background_process(tmp_path, monkeypa
         assert _children()  # the background process is there while the export runs
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("deploykit.workflows.stages.simplify_onnx", interrupt)
+    monkeypatch.setattr("deploykit.workflows.export.stages.simplify_onnx", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_export(
+        export_preset(
             "hvt_ti_1", tmp_path / "out", small_config("hvt_ti_1", 64, exporter="torchscript"), fp16=True
         )
     assert not _children()

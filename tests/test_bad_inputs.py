@@ -535,7 +535,7 @@ def test_one_crop_pct_rule_for_flags_api_and_records():
         with pytest.raises(ConfigError, match="crop_pct must be"):
             Preprocessing.from_dict({**record, "crop_pct": crop})
     with pytest.raises(ConfigError, match="at least 0.5 for a 8192-px input"):
-        Preprocessing((3, 8192, 8192), (0.5,), (0.5,), crop_pct=0.4)
+        Preprocessing(input_size=(3, 8192, 8192), mean=(0.5,), std=(0.5,), crop_pct=0.4)
     assert Preprocessing.from_dict({**record, "crop_pct": 0.05}).crop_pct == 0.05
 
 

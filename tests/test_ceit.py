@@ -1,4 +1,5 @@
-"""CeiT: seed example, presets, every option (train/eval, forward/backward), LeFF/LCA numerics, resolution."""
+"""CeiT: seed example, presets, LeFF/LCA numerics, resolution. The checks every family shares (every
+option trained and evaluated, determinism, batch sizes, ...) are tests/test_families.py's."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import inspect
 
 import pytest
 import torch
+from tiny_models import randomize_bn, tiny_model
 from torch import nn
 from torch.nn import functional as F
 
@@ -17,35 +19,10 @@ from deploykit.models.ceit_checks import CHECKED_ARGUMENTS, check_ceit_arguments
 from deploykit.models.layers import DropPath
 from deploykit.models.registry import count_parameters, get_preset, list_models, preset_parameter_count
 
-# 32 px -> stem conv7/2 (13) -> maxpool3/2 (6) -> patch 2 -> 3x3 tokens
-TINY = dict(
-    image_size=32,
-    d_model=16,
-    patch_size=2,
-    encoder_num_heads=2,
-    num_encoder_blocks=2,
-    classifier_mlp_d=8,
-    i2t_out_channels=4,
-    lca_encoder_num_heads=2,
-    num_classes=5,
-)
-
 
 def tiny(**overrides: object) -> CeiT:
-    torch.manual_seed(0)
-    return CeiT(**{**TINY, **overrides})
-
-
-def randomize_bn(model: nn.Module) -> None:
-    """Non-trivial BatchNorm statistics and affine parameters, so eval-mode BN is not the identity."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.randn(m.num_features, generator=g))
-                m.bias.copy_(torch.randn(m.num_features, generator=g))
+    """The shared tiny CeiT (tests/tiny_models.py: 32 px -> 3x3 tokens, d=16, 2 blocks, 5 classes)."""
+    return tiny_model("ceit", **overrides)
 
 
 # ------------------------------------------------------------------------------------ seed and presets
@@ -98,7 +75,7 @@ def test_official_state_dict_layout() -> None:
 
 @pytest.mark.parametrize(("separable", "cv_reference_m"), [(True, 15.53), (False, 8.44)])
 def test_cv_layout_parameter_count(separable: bool, cv_reference_m: float) -> None:
-    """SPEC 3.6 cv counts (d=192, 3 heads, 224 px) differ from ours only by the absolute position embedding
+    """The documented library's counts (d=192, 3 heads, 224 px) differ from ours only by the absolute position embedding
     (169 extra positions) and channel BatchNorm in LeFF: BN2d(4d)+BN2d(d) instead of two BN1d(169 tokens)."""
     with torch.device("meta"):
         model = CeiT(
@@ -108,76 +85,7 @@ def test_cv_layout_parameter_count(separable: bool, cv_reference_m: float) -> No
     assert round((count_parameters(model) - extra) / 1e6, 2) == cv_reference_m
 
 
-# ------------------------------------------------------------------------------------ every option
-OPTIONS = {
-    "default": {},
-    "pre": dict(ln_order="pre"),
-    "residual": dict(ln_order="residual"),
-    "conv_patchify": dict(patchify_technique="convolutional"),
-    "conv_alias": dict(patchify_technique="conv"),
-    "not_separable": dict(leff_depthwise_separable=False),
-    "leff_k5": dict(leff_depthwise_kernel=5, leff_depthwise_padding=2, leff_expand_ratio=2),
-    "stochastic_depth": dict(stochastic_depth=True, stochastic_depth_mp=0.3),
-    "layer_scale": dict(layer_scale=0.1),
-    "lca_pre": dict(lca_encoder_ln_order="pre"),
-    "lca_extras": dict(
-        lca_encoder_stodepth_prob=0.2,
-        lca_encoder_layer_scale=0.5,
-        lca_encoder_qkv_bias=True,
-        lca_encoder_expansion_ratio=2,
-    ),
-    "dropouts": dict(
-        dropout=0.1,
-        encoder_dropout=0.1,
-        encoder_attention_dropout=0.1,
-        encoder_projection_dropout=0.1,
-        lca_encoder_dropout=0.1,
-        lca_encoder_attention_dropout=0.1,
-        lca_encoder_projection_dropout=0.1,
-    ),
-    "linear_head": dict(classifier_mlp_d=None),
-    "official_layout": dict(
-        i2t_conv_padding=3,
-        i2t_conv_bias=False,
-        i2t_max_pool_padding=1,
-        patchify_technique="convolutional",
-        embed_norm=False,
-        qkv_bias=True,
-        norm_eps=1e-6,
-        leff_out_act=False,
-        leff_depthwise_separable=False,
-        lca_layer_embed=True,
-        lca_include_last=True,
-        final_norm=True,
-        ln_order="pre",
-        lca_encoder_ln_order="pre",
-        lca_encoder_qkv_bias=True,
-        classifier_mlp_d=None,
-        num_encoder_blocks=1,
-    ),
-}
-
-
-@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("option", list(OPTIONS))
-def test_option_forward_backward(option: str, train: bool) -> None:
-    model = tiny(**OPTIONS[option]).train(train)
-    x = torch.randn(2, 3, 32, 32)
-    out = model(x)
-    assert out.shape == (2, 5) and torch.isfinite(out).all()
-    out.square().sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, f"parameters without gradient: {missing}"
-
-
-def test_num_classes_zero_gives_features() -> None:
-    model = tiny(num_classes=0, classifier_mlp_d=None).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), model.forward_features(x))
-    assert model(x).shape == (2, 16)
-
-
+# ------------------------------------------------------------------------------------ options
 def test_official_preset_small_input_and_layer_embed() -> None:
     model = create_model(
         "ceit_tiny",
@@ -193,25 +101,6 @@ def test_official_preset_small_input_and_layer_embed() -> None:
     out = model(torch.randn(2, 3, 32, 32))
     out.sum().backward()
     assert out.shape == (2, 3) and model.pos_layer_embed.grad is not None
-
-
-def test_eval_deterministic_and_batch_size_changes() -> None:
-    model = tiny(ln_order="pre").eval()
-    randomize_bn(model)
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        a, b = model(x), model(x)
-        one = model(x[:1])
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    torch.testing.assert_close(one, a[:1], rtol=1e-5, atol=1e-5)
-    assert a.shape == (3, 5) and one.shape == (1, 5)
-
-
-def test_state_dict_keys_unchanged_after_forward() -> None:
-    model = tiny()
-    keys = list(model.state_dict())
-    model(torch.randn(2, 3, 32, 32))
-    assert list(model.state_dict()) == keys
 
 
 # ------------------------------------------------------------------------------------ resolution
@@ -243,12 +132,9 @@ def test_position_embedding_resampling() -> None:
     torch.testing.assert_close(pos[:, 1:], expected.flatten(2).transpose(1, 2))
 
 
-def test_bad_inputs() -> None:
-    model = tiny()
+def test_non_square_input_is_rejected() -> None:
     with pytest.raises(InputShapeError, match="square"):
-        model(torch.randn(1, 3, 32, 40))
-    with pytest.raises(InputShapeError):
-        model(torch.randn(1, 1, 32, 32))
+        tiny()(torch.randn(1, 3, 32, 40))
 
 
 # ------------------------------------------------------------------------------------ LeFF
@@ -383,11 +269,6 @@ def test_update_stochastic_depth_rate() -> None:
     model.updateStochasticDepthRate(0.05)
     assert [blk.drop_path2.drop_prob for blk in blocks] == pytest.approx([0.0, 0.15, 0.3])
     assert isinstance(model.lca.drop_path1, DropPath) and model.lca.drop_path1.drop_prob == pytest.approx(0.1)
-
-
-def test_no_drop_path_without_stochastic_depth() -> None:
-    model = tiny()
-    assert not any(isinstance(m, DropPath) for m in model.modules())
 
 
 # ------------------------------------------------------------------------------------ bad arguments

@@ -8,7 +8,8 @@ from onnx import TensorProto, helper
 
 from deploykit.core.config import resolve_config
 from deploykit.core.errors import ArtifactError, ConfigError, first_line
-from deploykit.core.onnx_io import io_signature, load_onnx, onnx_precision, read_onnx_graph
+from deploykit.core.onnx_io import io_signature, load_onnx, read_onnx_graph
+from deploykit.core.record import variant_of
 
 
 def test_first_line_of_errors_and_texts():
@@ -52,12 +53,12 @@ def test_onnx_files_fail_with_one_error_type(tmp_path):
         assert "\n" not in str(info.value)
 
 
-def test_onnx_precision_from_metadata_or_weights(tmp_path):
-    assert onnx_precision(load_onnx(_relu(tmp_path))) == "fp32"
-    assert onnx_precision(load_onnx(_relu(tmp_path, half=True))) == "fp16"
+def test_variant_from_metadata_or_weights(tmp_path):
+    assert variant_of(proto=load_onnx(_relu(tmp_path))) == "fp32"
+    assert variant_of(proto=load_onnx(_relu(tmp_path, half=True))) == "fp16"
     proto = load_onnx(_relu(tmp_path))
     proto.metadata_props.add(key="deploykit.precision", value="fp16")
-    assert onnx_precision(proto) == "fp16"  # what deploykit recorded wins
+    assert variant_of(proto=proto) == "fp16"  # what deploykit recorded wins
 
 
 def test_resolve_config_overrides_and_family_check(tmp_path):

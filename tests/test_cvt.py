@@ -1,10 +1,12 @@
 """CvT: config validation, official semantics (conv projections, D**-0.5 scale, cls handling, head),
-presets, any-resolution inputs, stochastic depth schedule."""
+presets, any-resolution inputs, stochastic depth schedule. The checks every family shares are
+tests/test_families.py's."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import FAMILIES
 from torch import nn
 from torch.nn import functional as F
 
@@ -25,33 +27,8 @@ SEED_KWARGS = dict(
 
 
 def tiny_config(**overrides: object) -> CvTConfig:
-    """Two stages, widths 16/32, 32 px inputs: stage grids 8x8 then 4x4."""
-    kwargs = dict(
-        num_stages=2,
-        patch_size=(7, 3),
-        patch_stride=(4, 2),
-        patch_padding=(2, 1),
-        dim_embed=(16, 32),
-        num_heads=(2, 4),
-        depth=(1, 2),
-        num_classes=5,
-        mlp_ratio=(2.0, 2.0),
-        attn_drop_rate=(0.0, 0.0),
-        drop_rate=(0.0, 0.0),
-        drop_path_rate=(0.0, 0.2),
-        qkv_bias=(True, True),
-        cls_token=(False, True),
-        pos_embed=(False, False),
-        qkv_proj_method=("dw_bn", "dw_bn"),
-        kernel_qkv=(3, 3),
-        padding_q=(1, 1),
-        stride_q=(1, 1),
-        padding_kv=(1, 1),
-        stride_kv=(2, 2),
-        image_size=32,
-    )
-    kwargs.update(overrides)
-    return CvTConfig(**kwargs)
+    """The shared tiny CvT (tests/tiny_models.py): two stages, widths 16/32, 32 px, stage grids 8x8, 4x4."""
+    return CvTConfig(**{**FAMILIES["cvt"].kwargs, **overrides})
 
 
 def tiny_model(**overrides: object) -> CvT:
@@ -85,7 +62,7 @@ def test_cvt13_preset_full_size_forward():
         for i in range(3):
             h, _ = getattr(model, f"stage{i}")(h)
             maps.append(tuple(h.shape[1:]))
-        assert maps == [(64, 56, 56), (192, 28, 28), (384, 14, 14)]  # SPEC §5.2 shapes
+        assert maps == [(64, 56, 56), (192, 28, 28), (384, 14, 14)]  # the CvT paper's stage shapes
         out3 = model(x)
         out1 = model(x[:1])
     assert out3.shape == (3, 1000) and out1.shape == (1, 1000)  # B=1 keeps its batch dim (no squeeze)
@@ -116,7 +93,7 @@ def test_presets_and_alias():
 def test_official_state_dict_layout():
     with torch.device("meta"):
         keys = set(create_model("cvt_13").state_dict())
-    assert len(keys) == 459  # the HF / official key count for CvT-13 (SPEC §5.4)
+    assert len(keys) == 459  # the HF / official key count for CvT-13
     for key in (
         "stage0.patch_embed.proj.weight",
         "stage0.patch_embed.norm.bias",
@@ -145,23 +122,13 @@ def test_create_model_overrides_and_features_head():
 
 # --------------------------------------------------------------------------------------------- options
 METHODS = [("dw_bn", "dw_bn"), ("avg", "avg"), ("linear", "linear"), ("lin", "avg"), ("avg", "dw_bn")]
-CLS = [(False, False), (False, True), (True, True), (True, False)]
 
 
 @pytest.mark.parametrize("methods", METHODS)
-@pytest.mark.parametrize("cls_token", CLS)
-def test_options_train_and_eval_forward_backward(methods, cls_token):
-    model = tiny_model(qkv_proj_method=methods, cls_token=cls_token)
-    x = torch.randn(2, 3, 32, 32)
-    for train in (True, False):
-        model.train(train)
-        model.zero_grad()
-        out = model(x)
-        assert out.shape == (2, 5)
-        out.square().sum().backward()
-        for name, p in model.named_parameters():
-            assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    # conv-projection layout per method: 'avg' keeps q unprojected, 'linear' has no spatial op at all
+def test_qkv_projection_layout_per_method(methods):
+    """'avg' keeps q unprojected, 'linear' has no spatial op at all (training every method and cls-token
+    combination is tests/test_families.py's)."""
+    model = tiny_model(qkv_proj_method=methods)
     for i, method in enumerate(model.config.qkv_proj_method):
         attn = getattr(model, f"stage{i}").blocks[0].attn
         assert isinstance(
@@ -308,7 +275,15 @@ def test_config_validation(overrides, field):
 
 def test_default_three_stage_fields_reject_two_stages():
     with pytest.raises(ConfigError, match="mlp_ratio must have length num_stages=2"):
-        CvTConfig(2, (7, 3), (4, 2), (2, 1), (16, 32), (1, 2), (1, 1))
+        CvTConfig(
+            num_stages=2,
+            patch_size=(7, 3),
+            patch_stride=(4, 2),
+            patch_padding=(2, 1),
+            dim_embed=(16, 32),
+            num_heads=(1, 2),
+            depth=(1, 1),
+        )
 
 
 def test_config_broadcast_alias_and_revalidation():
@@ -323,23 +298,6 @@ def test_config_broadcast_alias_and_revalidation():
 
 
 # --------------------------------------------------------------------------------------------- behaviour
-def test_eval_deterministic_batch_change_and_state_dict_stable():
-    model = tiny_model(drop_rate=(0.1, 0.1), attn_drop_rate=(0.1, 0.1)).eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        a, b = model(x), model(x)
-        single = model(x[:1])
-    assert torch.equal(a, b)
-    torch.testing.assert_close(single, a[:1], atol=1e-5, rtol=1e-5)
-    after = model.state_dict()
-    assert list(after) == list(before)
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    model.train()
-    model(x).sum().backward()  # train forward updates BN statistics, never the key set
-    assert list(model.state_dict()) == list(before)
-
-
 def test_stochastic_depth_schedule_and_update():
     model = tiny_model(depth=(2, 4), drop_path_rate=(0.0, 0.3))
     assert not any(isinstance(m, DropPath) for m in model.stage0.modules())  # rate-0 stage: no DropPath

@@ -17,15 +17,10 @@ from fakes import PREPROCESSING, exported_like_onnx, install_fakes, tiny_onnx
 from deploykit.core.config import BatchProfile
 from deploykit.core.errors import ArtifactError, EngineUnavailableError
 from deploykit.core.io import ordinary_mode, sha256_file
-from deploykit.engine.builder import (
-    EngineError,
-    EnginePrecisionError,
-    build_engine,
-    fp16_layer_share,
-    int8_layer_count,
-    onnx_input,
-    tensorrt_available,
-)
+from deploykit.engine.builder import build_engine, onnx_input
+from deploykit.engine.device import tensorrt_available
+from deploykit.engine.errors import EngineError, EnginePrecisionError
+from deploykit.engine.inspection import fp16_layer_share, int8_layer_count
 
 
 def _tensor(name: str, dtype: str) -> dict:
@@ -97,7 +92,7 @@ def test_build_engine_without_tensorrt_raises_exit_code_3(tmp_path: Path, monkey
     assert not ok and "\n" not in reason and reason
     onnx_path = tiny_onnx(tmp_path / "model.onnx")
     with pytest.raises(EngineUnavailableError) as info:
-        build_engine(onnx_path, tmp_path / "model.engine", batch=BatchProfile(1, 1, 4))
+        build_engine(onnx_path, tmp_path / "model.engine", batch=BatchProfile(min=1, opt=1, max=4))
     assert info.value.exit_code == 3
     assert str(info.value) == reason and "\n" not in str(info.value)
     assert not (tmp_path / "model.engine").exists()
@@ -125,7 +120,7 @@ def test_build_engine_version_branches(tmp_path: Path, monkeypatch, version, fla
     result = build_engine(
         onnx_path,
         tmp_path / "model.engine",
-        batch=BatchProfile(1, 2, 8),
+        batch=BatchProfile(min=1, opt=2, max=8),
         workspace_mib=512,
         opt_level=4,
         timing_cache=tmp_path / "t.cache",
@@ -150,7 +145,9 @@ def test_build_engine_version_branches(tmp_path: Path, monkeypatch, version, fla
 def test_build_engine_sidecar_describes_the_build(tmp_path: Path, monkeypatch):
     install_fakes(monkeypatch, "11.4.0.106", layer_dtypes=["Half"] * 3 + ["Float"])
     onnx_path = tiny_onnx(tmp_path / "model.onnx")
-    result = build_engine(onnx_path, tmp_path / "m.engine", batch=BatchProfile(2, 4, 6), opt_level=5)
+    result = build_engine(
+        onnx_path, tmp_path / "m.engine", batch=BatchProfile(min=2, opt=4, max=6), opt_level=5
+    )
     sidecar = json.loads((tmp_path / "m.engine.json").read_text())
     assert result.sidecar == sidecar and result.sidecar_path == tmp_path / "m.engine.json"
     assert sidecar["profile"] == {
@@ -179,7 +176,9 @@ def test_build_engine_timing_cache_reused_or_restarted(tmp_path: Path, monkeypat
     cache = tmp_path / "timing.cache"
 
     def build(name: str):
-        return build_engine(onnx_path, tmp_path / name, batch=BatchProfile(1, 1, 4), timing_cache=cache)
+        return build_engine(
+            onnx_path, tmp_path / name, batch=BatchProfile(min=1, opt=1, max=4), timing_cache=cache
+        )
 
     first = build("a.engine")  # no file yet: an empty cache, written back after the build
     assert not first.timing_cache_loaded and first.notes == [] and cache.read_bytes() == b"CACHE"
@@ -203,10 +202,12 @@ def test_build_engine_refuses_unreadable_or_dynamic_onnx(tmp_path: Path, monkeyp
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07not a protobuf\xff\xff")
     with pytest.raises(ArtifactError, match="corrupt.onnx is not a readable ONNX file") as info:
-        build_engine(corrupt, tmp_path / "x.engine", batch=BatchProfile(1, 1, 1))
+        build_engine(corrupt, tmp_path / "x.engine", batch=BatchProfile(min=1, opt=1, max=1))
     assert info.value.exit_code == 2 and "\n" not in str(info.value)
     with pytest.raises(ArtifactError, match="ONNX file not found"):
-        build_engine(tmp_path / "missing.onnx", tmp_path / "x.engine", batch=BatchProfile(1, 1, 1))
+        build_engine(
+            tmp_path / "missing.onnx", tmp_path / "x.engine", batch=BatchProfile(min=1, opt=1, max=1)
+        )
     dims = ["batch", 3, "height", 16]
     graph = helper.make_graph(
         [helper.make_node("Relu", ["input"], ["logits"])],
@@ -217,18 +218,22 @@ def test_build_engine_refuses_unreadable_or_dynamic_onnx(tmp_path: Path, monkeyp
     dynamic = tmp_path / "dynamic.onnx"
     dynamic.write_bytes(helper.make_model(graph).SerializeToString())
     with pytest.raises(EngineError, match="must be \\(batch, C, H, W\\) with static C, H, W"):
-        build_engine(dynamic, tmp_path / "x.engine", batch=BatchProfile(1, 1, 1))
+        build_engine(dynamic, tmp_path / "x.engine", batch=BatchProfile(min=1, opt=1, max=1))
     assert not any(c[0] == "Builder" for c in trt.calls) and not (tmp_path / "x.engine").exists()
 
 
 def test_build_engine_fp16_share_gate_with_fakes(tmp_path: Path, monkeypatch):
     install_fakes(monkeypatch, "10.3.0.26", layer_dtypes=["Half"] * 9 + ["Float"])
     onnx_path = exported_like_onnx(tmp_path / "model.onnx")
-    built = build_engine(onnx_path, tmp_path / "a.engine", batch=BatchProfile(1, 1, 4), expect_fp16=True)
+    built = build_engine(
+        onnx_path, tmp_path / "a.engine", batch=BatchProfile(min=1, opt=1, max=4), expect_fp16=True
+    )
     assert built.sidecar["precision"] == "fp16" and built.fp16_share == pytest.approx(0.9)
     install_fakes(monkeypatch, "10.3.0.26", layer_dtypes=["Half"] * 8 + ["Float"] * 2)
     with pytest.raises(EnginePrecisionError, match="came out FP32") as info:
-        build_engine(onnx_path, tmp_path / "b.engine", batch=BatchProfile(1, 1, 4), expect_fp16=True)
+        build_engine(
+            onnx_path, tmp_path / "b.engine", batch=BatchProfile(min=1, opt=1, max=4), expect_fp16=True
+        )
     assert info.value.exit_code == 1
     assert not (tmp_path / "b.engine").exists() and not (tmp_path / "b.engine.json").exists()
 

@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from deploykit.core.config import BatchProfile, default_config
-from deploykit.engine import builder as engine_builder
-from deploykit.engine.builder import FP16_SHARE_MIN, build_engine, tensorrt_available
+from deploykit.engine.builder import FP16_SHARE_MIN, build_engine
+from deploykit.engine.device import tensorrt_available, tensorrt_version
 from deploykit.validation.metrics import Tolerances
 
 _TRT_OK, _TRT_REASON = tensorrt_available()
@@ -25,11 +25,13 @@ PRESET, FAMILY = "convit_tiny", "convit"
 def engine_export(tmp_path_factory):
     if not _TRT_OK:
         pytest.skip(f"needs TensorRT 10.3+ and a CUDA GPU: {_TRT_REASON}")
-    from deploykit.workflows.pipeline import run_export
+    from exporting import export_preset
 
-    config = dataclasses.replace(default_config(FAMILY), image_size=64, batch=BatchProfile(1, 2, 8))
+    config = dataclasses.replace(
+        default_config(FAMILY), image_size=64, batch=BatchProfile(min=1, opt=2, max=8)
+    )
     out = tmp_path_factory.mktemp("engine")
-    result = run_export(PRESET, out, config=config)
+    result = export_preset(PRESET, out, config=config)
     return result, config
 
 
@@ -37,9 +39,9 @@ def _reference(config, count: int = 16):
     from deploykit.runtime.base import run_batched
     from deploykit.runtime.torch_runner import TorchRunner
     from deploykit.validation import validation_batch
-    from deploykit.workflows.state import build_model
+    from deploykit.workflows.export.model import build_model
 
-    model, _ = build_model(PRESET, config.image_size, None, config.seed)
+    model, _ = build_model(PRESET, config.image_size, seed=config.seed)
     images = validation_batch(model.data_config, count, config.seed).images
     return images, run_batched(TorchRunner(model), images, config.batch.max)
 
@@ -80,17 +82,14 @@ def test_fp32_engine_builds_with_sidecar_and_matches_torch(engine_export, tmp_pa
         "opt": [2, 3, 64, 64],
         "max": [8, 3, 64, 64],
     }
-    assert (
-        engine_builder.tensorrt_version(sidecar["tensorrt"]) >= (10, 3)
-        and sidecar["gpu"]["compute_capability"]
-    )
+    assert tensorrt_version(sidecar["tensorrt"]) >= (10, 3) and sidecar["gpu"]["compute_capability"]
     assert sidecar["tf32"] is False
     assert sidecar["precision"] == "fp32" and sidecar["fp16_layer_share"] < FP16_SHARE_MIN
     assert sidecar["source_onnx"]["sha256"] and sidecar["engine"]["bytes"] == engine.stat().st_size
     assert built.sidecar == sidecar and (tmp_path / "timing.cache").stat().st_size > 0
 
     runner = TensorRTRunner(engine)
-    assert runner.precision == "fp32"
+    assert runner.variant == "fp32"
     parity = _parity(runner, config, TF32)
     assert parity.passed, parity.worst()
 
@@ -122,7 +121,7 @@ def test_fp16_engine_is_fp16_and_matches_torch(engine_export, tmp_path: Path):
     from deploykit.engine.runner import TensorRTRunner
 
     runner = TensorRTRunner(engine)
-    assert runner.precision == "fp16"
+    assert runner.variant == "fp16"
     parity = _parity(runner, config, config.fp16)
     assert parity.passed, parity.worst()
 
@@ -130,7 +129,7 @@ def test_fp16_engine_is_fp16_and_matches_torch(engine_export, tmp_path: Path):
 @pytest.mark.gpu
 @pytest.mark.trt
 def test_fp32_graph_with_expect_fp16_is_rejected(engine_export, tmp_path: Path):
-    from deploykit.engine.builder import EnginePrecisionError
+    from deploykit.engine.errors import EnginePrecisionError
 
     result, config = engine_export
     engine = tmp_path / "model.engine"

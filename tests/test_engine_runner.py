@@ -13,7 +13,7 @@ import pytest
 from fakes import expected_logits, fake_engine_file, install_fakes
 
 from deploykit.core.errors import ArtifactError, EngineUnavailableError, InputError
-from deploykit.engine import builder as engine_builder
+from deploykit.engine import device as engine_device
 from deploykit.engine.runner import TensorRTRunner
 
 
@@ -31,7 +31,7 @@ def test_runner_numpy_path_through_cuda_python(tmp_path: Path, monkeypatch, vers
     trt, cudart = install_fakes(monkeypatch, version)
     runner = TensorRTRunner(fake_engine_file(tmp_path, version))
     assert runner.name == f"tensorrt[{version}]" and runner.batch_range == (1, 8)
-    assert runner.input_shape == (3, 4, 4) and runner.precision == "fp32"
+    assert runner.input_shape == (3, 4, 4) and runner.variant == "fp32"
     rng = np.random.default_rng(0)
     for batch in (2, 5, 3):  # the buffers grow once to 5 and are reused for 3
         x = rng.standard_normal((batch, 3, 4, 4)).astype(np.float32)
@@ -58,7 +58,7 @@ def test_runner_half_io_and_profile_errors(tmp_path: Path, monkeypatch):
     runner = TensorRTRunner(fake_engine_file(tmp_path, precision="fp16"))
     x = np.random.default_rng(1).standard_normal((4, 3, 4, 4)).astype(np.float32)
     out = runner.run(x)  # float32 in, converted to the engine's FP16 input, FP16 out -> float32
-    assert out.dtype == np.float32 and runner.precision == "fp16"
+    assert out.dtype == np.float32 and runner.variant == "fp16"
     np.testing.assert_allclose(out, expected_logits(x.astype(np.float16)), rtol=2e-3, atol=2e-3)
     with pytest.raises(InputError, match="batch 1..4"):
         runner.run(np.zeros((5, 3, 4, 4), np.float32))
@@ -78,7 +78,7 @@ def test_runner_needs_cuda_python_not_torch(tmp_path: Path, monkeypatch):
     install_fakes(monkeypatch, "10.3.0.26")
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime"):
         monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setattr(engine_builder, "gpu_info", lambda: ({"name": "Fake"}, ""))
+    monkeypatch.setattr(engine_device, "gpu_info", lambda: ({"name": "Fake"}, ""))
     with pytest.raises(EngineUnavailableError, match="cuda-python") as info:
         TensorRTRunner(fake_engine_file(tmp_path))
     assert info.value.exit_code == 3
@@ -87,5 +87,5 @@ def test_runner_needs_cuda_python_not_torch(tmp_path: Path, monkeypatch):
 def test_runner_reports_an_int8_engine(tmp_path: Path, monkeypatch):
     # the sidecar of an engine built from a Q/DQ graph says int8; anything unknown stays fp32
     install_fakes(monkeypatch, "10.3.0.26")
-    assert TensorRTRunner(fake_engine_file(tmp_path, precision="int8")).precision == "int8"
-    assert TensorRTRunner(fake_engine_file(tmp_path, precision="int4")).precision == "fp32"
+    assert TensorRTRunner(fake_engine_file(tmp_path, precision="int8")).variant == "int8"
+    assert TensorRTRunner(fake_engine_file(tmp_path, precision="int4")).variant == "fp32"

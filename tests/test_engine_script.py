@@ -27,7 +27,7 @@ def _script(
     onnx_path.write_bytes(b"")
     return write_build_script(
         onnx_path,
-        batch=BatchProfile(1, 4, 32),
+        batch=BatchProfile(min=1, opt=4, max=32),
         input_name="input",
         input_shape_chw=chw,
         workspace_mib=4096,
@@ -160,7 +160,7 @@ def _int8_script(tmp_path: Path) -> Path:
         (tmp_path / name).write_bytes(b"")
     return write_build_script(
         tmp_path / "model.fp16.onnx",
-        batch=BatchProfile(1, 4, 32),
+        batch=BatchProfile(min=1, opt=4, max=32),
         input_name="input",
         input_shape_chw=(3, 224, 224),
         workspace_mib=4096,
@@ -226,7 +226,7 @@ def test_build_script_extra_builds_are_file_names_with_their_own_engines(tmp_pat
     onnx_path = tmp_path / "model.onnx"
     onnx_path.write_bytes(b"")
     common = dict(
-        batch=BatchProfile(1, 1, 1),
+        batch=BatchProfile(min=1, opt=1, max=1),
         input_name="input",
         input_shape_chw=(3, 8, 8),
         workspace_mib=64,

@@ -9,12 +9,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from conftest import FAMILY_CASES, small_config
+from exporting import export_preset
 
 from deploykit.cli import cli
 from deploykit.core.errors import ParityError
 from deploykit.core.onnx_io import node_attribute
 from deploykit.validation import Tolerances
-from deploykit.workflows.pipeline import run_export
 
 
 def sha(path: Path) -> str:
@@ -111,8 +111,8 @@ def test_validate_gate_passes_and_fails(exported, tmp_path):
 
 @pytest.mark.slow
 def test_cvt13_at_224_and_determinism(tmp_path):
-    first = run_export("cvt_13", tmp_path / "a")
-    second = run_export("cvt_13", tmp_path / "b")
+    first = export_preset("cvt_13", tmp_path / "a")
+    second = export_preset("cvt_13", tmp_path / "b")
     assert first.manifest["parity"]["dynamic batch"]["passed"]
     assert first.manifest["parity"]["dynamic batch"]["outputs"]["logits"]["max_abs"] <= 1e-4
     assert first.onnx_path.read_bytes() == second.onnx_path.read_bytes()  # byte-identical ONNX
@@ -120,7 +120,7 @@ def test_cvt13_at_224_and_determinism(tmp_path):
 
 def test_parity_failure_publishes_nothing_and_keeps_previous(tmp_path):
     out = tmp_path / "out"
-    good = run_export("hvt_ti_1", out, small_config("hvt_ti_1", 64, exporter="torchscript"))
+    good = export_preset("hvt_ti_1", out, small_config("hvt_ti_1", 64, exporter="torchscript"))
     before = sha(good.onnx_path)
     impossible = small_config(
         "hvt_ti_1",
@@ -129,7 +129,7 @@ def test_parity_failure_publishes_nothing_and_keeps_previous(tmp_path):
         fp32=Tolerances(max_abs=0.0, min_cosine=1.0, min_top1=1.0, min_top5=1.0),
     )
     with pytest.raises(ParityError, match="nothing was published"):
-        run_export("hvt_ti_1", out, impossible, inputs_dir=None)
+        export_preset("hvt_ti_1", out, impossible, inputs_dir=None)
     assert sha(out / "model.onnx") == before
     assert (out / "rejected" / "model.onnx").is_file()
     assert not list(out.glob(".staging-*")) and not list(out.glob(".*.tmp"))
@@ -137,7 +137,7 @@ def test_parity_failure_publishes_nothing_and_keeps_previous(tmp_path):
 
 def test_interrupted_export_leaves_previous_artifact(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    good = run_export("hvt_ti_1", out, small_config("hvt_ti_1", 64, exporter="torchscript"))
+    good = export_preset("hvt_ti_1", out, small_config("hvt_ti_1", 64, exporter="torchscript"))
     before = sha(good.onnx_path)
 
     def interrupt(*args, **kwargs):
@@ -145,7 +145,7 @@ def test_interrupted_export_leaves_previous_artifact(tmp_path, monkeypatch):
 
     monkeypatch.setattr("deploykit.transforms.lint.lint_model", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_export("hvt_ti_1", out, small_config("hvt_ti_1", 64, exporter="torchscript"))
+        export_preset("hvt_ti_1", out, small_config("hvt_ti_1", 64, exporter="torchscript"))
     assert sha(out / "model.onnx") == before
     assert sorted(p.name for p in out.iterdir()) == [
         "manifest.json",
@@ -228,7 +228,7 @@ def test_weights_roundtrip_through_export(tmp_path):
             p.add_(0.01 * torch.randn_like(p))
     path = tmp_path / "w.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
-    result = run_export(
+    result = export_preset(
         "hvt_ti_1", tmp_path / "o", small_config("hvt_ti_1", 64, exporter="torchscript"), weights=path
     )
     assert result.manifest["weights"]["sha256"] == sha(path)
@@ -255,15 +255,15 @@ def test_dynamo_failure_falls_back_to_torchscript(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(oe.torch.onnx, "export", dynamo_breaks)
-    result = run_export("hvt_ti_1", tmp_path / "o", small_config("hvt_ti_1", 64))
+    result = export_preset("hvt_ti_1", tmp_path / "o", small_config("hvt_ti_1", 64))
     assert result.manifest["exporter"] == "torchscript"
     assert "simulated dynamo failure" in result.manifest["exporter_notes"][0]
     assert result.manifest["passed"]
 
 
 def test_a_simplifier_that_changes_the_numbers_is_discarded(tmp_path, monkeypatch):
-    import deploykit.workflows.stages as stages
-    from deploykit.transforms.simplify import SimplifyResult
+    import deploykit.workflows.export.stages as stages
+    from deploykit.transforms.simplify import Simplifier, SimplifyResult
 
     def wrong_simplifier(proto):
         broken = onnx.ModelProto()
@@ -272,10 +272,11 @@ def test_a_simplifier_that_changes_the_numbers_is_discarded(tmp_path, monkeypatc
         bias.CopyFrom(
             onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + np.float32(1.0), bias.name)
         )
-        return broken, SimplifyResult("onnxsim", len(proto.graph.node), len(proto.graph.node), ())
+        nodes = len(proto.graph.node)
+        return broken, SimplifyResult(tool=Simplifier.ONNXSIM, nodes_before=nodes, nodes_after=nodes)
 
     monkeypatch.setattr(stages, "simplify_onnx", wrong_simplifier)
-    result = run_export("hvt_ti_1", tmp_path / "o", small_config("hvt_ti_1", 64, exporter="torchscript"))
+    result = export_preset("hvt_ti_1", tmp_path / "o", small_config("hvt_ti_1", 64, exporter="torchscript"))
     manifest = result.manifest
     assert manifest["passed"] and "simplified" not in manifest["parity"]
     assert manifest["simplify"]["tool"] == "none"

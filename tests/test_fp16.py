@@ -13,7 +13,7 @@ from onnx import TensorProto
 
 from deploykit.cli import cli
 from deploykit.core.onnx_io import serialize
-from deploykit.engine.builder import tensorrt_available
+from deploykit.engine.device import tensorrt_available
 from deploykit.runtime.ort_runner import OrtRunner
 from deploykit.transforms.fp16 import FP32_OPS, OVERFLOW_LIMIT, SCREEN_LIMIT, make_fp16, torch_peak
 from deploykit.transforms.onnx_export import export_onnx
@@ -138,7 +138,8 @@ def test_range_screen_sees_what_the_graph_computes(exported, name):
     from deploykit.transforms import rewrites
     from deploykit.transforms.fp16 import activation_ranges
     from deploykit.validation import validation_batch
-    from deploykit.workflows.state import RANGE_IMAGES, build_model
+    from deploykit.workflows.export.model import build_model
+    from deploykit.workflows.export.products import RANGE_IMAGES
 
     result = exported[name]
     model, _ = build_model(name, FAMILY_CASES[name])
@@ -153,11 +154,12 @@ def test_range_screen_sees_what_the_graph_computes(exported, name):
 def test_fp16_io_option(tmp_path):
     from dataclasses import replace
 
+    from exporting import export_preset
+
     from deploykit.core.config import default_config
-    from deploykit.workflows.pipeline import run_export
 
     cfg = replace(default_config("hvt"), image_size=64, exporter="torchscript")
-    result = run_export("hvt_ti_1", tmp_path / "o", cfg, fp16=True, fp16_io=True)
+    result = export_preset("hvt_ti_1", tmp_path / "o", cfg, fp16=True, fp16_io=True)
     proto = onnx.load(str(tmp_path / "o" / "model.fp16.onnx"))
     assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
     assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
@@ -200,19 +202,23 @@ def test_engine_stage_without_tensorrt(exported, tmp_path):
 
 
 def test_weights_to_fp16_is_the_libraries_conversion_bit_for_bit(exported):
-    """deploykit's one-pass weight conversion (patched into onnxconverter-common for speed) gives the
-    library's own values bit for bit — on the edge cases of its clipping and on a whole model."""
+    """deploykit's one-pass weight conversion gives the library's own values bit for bit — on the edge cases
+    of its clipping (float32, and float64 as the library reads ``float_data``) and on a whole model:
+    :func:`convert` (the converter run on emptied initializers, the weights converted after it) writes what
+    the library writes alone."""
     import warnings
 
     from onnxconverter_common import float16
 
-    from deploykit.transforms.fp16 import _name_nodes, convert, weights_to_fp16
+    from deploykit.transforms.fp16 import _name_nodes, convert
+    from deploykit.transforms.fp16_weights import weights_to_fp16
 
     edges = [0.0, -0.0, 1e-7, -1e-7, 5e-8, -5e-8, 1e-45, -1e-45, np.inf, -np.inf, np.nan]
     edges += [1e4, -1e4, 2e4, -2e4, 65504.0, 7e4, -7e4, 3.4e38, -3.4e38]
     rng = np.random.default_rng(0)
     spread = rng.standard_normal(50_000) * 10.0 ** rng.integers(-12, 9, 50_000)
-    for values in (np.array(edges, np.float32), spread.astype(np.float32), np.zeros(5, np.float32)):
+    arrays = [np.array(edges, np.float32), spread.astype(np.float32), np.zeros(5, np.float32)]
+    for values in [*arrays, np.array(edges, np.float64), spread]:
         for limit in (1e4, 65504.0):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -221,8 +227,7 @@ def test_weights_to_fp16_is_the_libraries_conversion_bit_for_bit(exported):
             assert ours.dtype == np.float16 and np.array_equal(ours.view(np.uint16), theirs.view(np.uint16))
     proto = onnx.load(str(exported["hvt_s_4"].onnx_path))
     _name_nodes(proto)
-    patched = convert(proto, set())
-    assert float16.convert_np_to_float16 is not weights_to_fp16  # the patch ends with convert()
+    converted = convert(proto, set())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain = float16.convert_float_to_float16(
@@ -233,4 +238,51 @@ def test_weights_to_fp16_is_the_libraries_conversion_bit_for_bit(exported):
             max_finite_val=65504.0,
             disable_shape_infer=True,
         )
-    assert serialize(patched) == serialize(plain)
+    assert serialize(converted) == serialize(plain)
+
+
+def _patched_convert(proto, block_nodes, fp16_io=False):
+    """The conversion as deploykit did it before issue 27: the library's per-tensor weight conversion swapped,
+    for the duration of the call, for ``weights_to_fp16`` (``unittest.mock`` is fine in a test)."""
+    import contextlib
+    import io
+    import warnings
+    from unittest import mock
+
+    from onnxconverter_common import float16
+
+    from deploykit.core.scopes import types_declared
+    from deploykit.transforms.fp16_weights import weights_to_fp16
+
+    src = onnx.ModelProto()
+    src.CopyFrom(proto)
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+        mock.patch.object(float16, "convert_np_to_float16", weights_to_fp16),
+    ):
+        warnings.simplefilter("ignore")
+        return float16.convert_float_to_float16(
+            src,
+            keep_io_types=not fp16_io,
+            op_block_list=list(FP32_OPS),
+            node_block_list=sorted(block_nodes),
+            max_finite_val=65504.0,
+            disable_shape_infer=types_declared(src),
+        )
+
+
+@pytest.mark.parametrize("name", ["cvt_13", "hvt_s_4"])
+def test_convert_writes_the_bytes_of_the_patched_conversion(exported, name):
+    """No patching any more: :func:`convert` gives byte for byte what the patched converter gave, on two
+    families' graphs prepared as ``make_fp16`` prepares them, with nothing, one segment or every segment
+    kept FP32, FP32 or FP16 I/O, and with the converter's shape inference on."""
+    from deploykit.transforms.fp16 import _prepare, convert, segments
+
+    fp32 = _prepare(onnx.load(str(exported[name].onnx_path)))[0]
+    groups = segments(fp32)
+    everything = {n for group in groups for n in group}
+    for block, fp16_io in ((set(), False), (set(groups[len(groups) // 2]), False), (everything, True)):
+        assert serialize(convert(fp32, block, fp16_io)) == serialize(_patched_convert(fp32, block, fp16_io))
+    del fp32.graph.value_info[:]  # types no longer declared: the converter runs ONNX shape inference
+    assert serialize(convert(fp32, set())) == serialize(_patched_convert(fp32, set()))

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import small_config
 from onnx import numpy_helper
 
-import deploykit.workflows.validate as validate_mod
+import deploykit.workflows.validate.gate as validate_mod
 from deploykit.cli import cli
 from deploykit.validation.baseline import compare_baseline
 from deploykit.validation.locate import LocateReport, ModuleDivergence
@@ -45,10 +45,10 @@ def _junit(path: Path) -> tuple[ET.Element, list[ET.Element]]:
 # ------------------------------------------------------------------------- a real FP16 artifact, end to end
 @pytest.fixture(scope="module")
 def fp16_export(tmp_path_factory):
-    from deploykit.workflows.pipeline import run_export
+    from exporting import export_preset
 
     out = tmp_path_factory.mktemp("gate") / PRESET
-    return run_export(PRESET, out, small_config(PRESET, 64, exporter="torchscript"), fp16=True)
+    return export_preset(PRESET, out, small_config(PRESET, 64, exporter="torchscript"), fp16=True)
 
 
 def _one_class_wins_everywhere(source: Path, target: Path) -> int:
@@ -179,9 +179,20 @@ def _report(candidate: np.ndarray, tolerances: dict, located: bool | None) -> Va
     parity = compare_outputs({"logits": REF}, {"logits": candidate}, tol, stage="fp32 artifact")
     locate = None
     if located is not None:
-        first = ModuleDivergence("blocks.1.mlp.fc2", "Linear", "onnx", 0.3, 0.2, 0.9) if located else None
+        first = None
+        if located:
+            first = ModuleDivergence(
+                module="blocks.1.mlp.fc2",
+                module_type="Linear",
+                stage="onnx",
+                max_abs=0.3,
+                max_rel=0.2,
+                cosine_min=0.9,
+            )
         thresholds = {"module_max_rel": 1e-3, "module_min_cosine": 0.9999}
-        locate = LocateReport("onnx", first, 40, 0, 4, thresholds)
+        locate = LocateReport(
+            stage="onnx", first=first, compared=40, unmatched=0, images=4, thresholds=thresholds
+        )
     facts = {"sha256": "0" * 64, "images": len(REF), "inputs": "built-in", "weights": None}
     return ValidationReport(
         artifact="model.onnx",

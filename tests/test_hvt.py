@@ -1,4 +1,5 @@
-"""HPool-ViT / HVT: seed example, token pooling, dual-residual stream, options, errors, presets."""
+"""HPool-ViT / HVT: seed example, token pooling, dual-residual stream, options, errors, presets. The checks
+every family shares are tests/test_families.py's."""
 
 from __future__ import annotations
 
@@ -6,13 +7,12 @@ import inspect
 
 import pytest
 import torch
+from tiny_models import FAMILIES, tiny_model
 from torch import nn
 
 from deploykit.core.errors import ConfigError
 from deploykit.models import create_model, get_preset, list_aliases, list_models, preset_parameter_count
-from deploykit.models.base import InputShapeError
 from deploykit.models.hvt import HPool_ViT, PoolStage, TokenPool, hpool_vit, hvt_pool_from_block_width
-from deploykit.models.layers import DropPath
 
 SEED = dict(
     num_classes=1000,
@@ -24,23 +24,12 @@ SEED = dict(
     encoder_num_heads=12,
     num_encoder_blocks=12,
 )
-# 32 px / patch 4 -> 64 tokens; pooling before blocks 0 and 2: 64 -> 31 -> 15
-TINY = dict(
-    num_classes=5,
-    d_model=16,
-    image_size=32,
-    patch_size=4,
-    classifier_mlp_d=8,
-    encoder_mlp_d=32,
-    encoder_num_heads=2,
-    num_encoder_blocks=4,
-    hvt_pool=[0, 2],
-)
 
 
 def tiny(**overrides) -> HPool_ViT:
-    torch.manual_seed(0)
-    return HPool_ViT(**{**TINY, **overrides})
+    """The shared tiny HVT (tests/tiny_models.py): 32 px / patch 4 -> 64 tokens, pooling before blocks 0
+    and 2 (64 -> 31 -> 15), d=16, 4 blocks, 5 classes."""
+    return tiny_model("hvt", **overrides)
 
 
 def record_tokens(model: HPool_ViT) -> tuple[list[int], list]:
@@ -190,89 +179,13 @@ def test_residual_output_matches_manual_dual_stream():
 
 
 # ----------------------------------------------------------------------------------------- options
-@pytest.mark.parametrize("ln_order", ["pre", "post", "residual"])
-@pytest.mark.parametrize("patchify_technique", ["linear", "convolutional"])
-def test_train_and_eval_forward_backward(ln_order, patchify_technique):
-    model = tiny(
-        ln_order=ln_order,
-        patchify_technique=patchify_technique,
-        dropout=0.1,
-        encoder_dropout=0.1,
-        encoder_attention_dropout=0.1,
-        encoder_projection_dropout=0.1,
-        stochastic_depth=True,
-        stochastic_depth_mp=0.1,
-        layer_scale=0.1,
-    )
-    x = torch.randn(2, 3, 32, 32)
-    for train in (True, False):
-        model.train(train)
-        model.zero_grad()
-        out = model(x)
-        assert out.shape == (2, 5)
-        out.square().mean().backward()
-        for name, p in model.named_parameters():
-            assert p.grad is not None, name
-            assert torch.isfinite(p.grad).all(), name
-    if patchify_technique == "convolutional":
-        assert isinstance(model.patch_embed.proj, nn.Conv2d)
-
-
-def test_official_layout_options_forward_backward():
-    model = tiny(
-        classifier_mlp_d=None,
-        ln_order="pre",
-        embed_norm=False,
-        qkv_bias=True,
-        norm_eps=1e-6,
-        final_norm=True,
-        patchify_technique="convolutional",
-    )
+def test_official_layout_options():
+    """The official layout's switches (trained and evaluated with the other options in test_families.py)."""
+    model = tiny(**FAMILIES["hvt"].options["official_layout"])
     assert isinstance(model.head.pre_logits, nn.Identity)
     assert isinstance(model.patch_embed.norm, nn.Identity)
-    assert model.norm.eps == 1e-6
-    for train in (True, False):
-        model.train(train)
-        model.zero_grad()
-        model(torch.randn(2, 3, 32, 32)).sum().backward()
-        assert model.norm.weight.grad is not None and model.encoder.blocks[0].attn.qkv.bias.grad is not None
-
-
-def test_eval_is_deterministic():
-    model = tiny(dropout=0.2, stochastic_depth=True, stochastic_depth_mp=0.2).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(model(x), model(x))
-
-
-def test_batch_size_can_change():
-    model = tiny().eval()
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        one = model(x[:1])
-        three = model(x)
-    assert one.shape == (1, 5) and three.shape == (3, 5)
-    assert torch.allclose(one, three[:1], atol=1e-5)
-
-
-def test_state_dict_stable_after_forward():
-    model = tiny()
-    before = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    model(torch.randn(2, 3, 32, 32))
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == before
-
-
-def test_update_stochastic_depth_rate():
-    model = tiny(stochastic_depth=True, stochastic_depth_mp=0.1)
-    last = model.encoder.blocks[-1].drop_path1
-    assert isinstance(last, DropPath) and last.drop_prob == pytest.approx(0.1)
-    model.updateStochasticDepthRate(k=0.05)
-    assert last.drop_prob == pytest.approx(0.15)
-
-
-def test_wrong_input_size_rejected():
-    with pytest.raises(InputShapeError):
-        tiny()(torch.randn(1, 3, 48, 48))
+    assert model.norm.eps == 1e-6 and model.encoder.blocks[0].attn.qkv.bias is not None
+    assert isinstance(model.patch_embed.proj, nn.Conv2d)
 
 
 # ----------------------------------------------------------------------------------------- errors

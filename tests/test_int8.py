@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from exporting import export_preset
 from onnx import numpy_helper
 
 from deploykit.cli import cli
@@ -19,9 +20,8 @@ from deploykit.runtime.preprocess import Preprocessing
 from deploykit.transforms import int8 as q
 from deploykit.transforms.lint import lint_model
 from deploykit.validation.calibration import calibration_set
-from deploykit.workflows.int8 import Int8Options
-from deploykit.workflows.model import prepare_model
-from deploykit.workflows.pipeline import run_export
+from deploykit.workflows.export import Int8Options
+from deploykit.workflows.export.model import prepare_model
 
 DATA = Path(__file__).parent / "data"
 REFERENCES = DATA / "reference"
@@ -37,7 +37,7 @@ def _export(family: str, out: Path, **options):
 
     weights = REFERENCES / f"{family}.safetensors"
     config = default_config(get_preset(family).family)
-    return run_export(
+    return export_preset(
         family,
         out,
         config,

@@ -27,8 +27,9 @@ from click.testing import CliRunner
 
 from deploykit import load
 from deploykit.cli import cli
-from deploykit.core.artifacts import graph_variant, onnx_variant, quantized_variant, variant_precision
+from deploykit.core.artifacts import Variant, quantized_variant
 from deploykit.core.errors import ArtifactError, ConfigError
+from deploykit.core.record import variant_of
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "reference" / "convit.safetensors"
@@ -95,11 +96,11 @@ def _quantize(directory: Path) -> None:
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
     """The reference ConViT exported (FP32 + FP16) through the real pipeline, plus the two INT8 files."""
-    from deploykit.workflows.pipeline import run_export
+    from exporting import export_preset
 
     assert REFERENCE.is_file(), f"{REFERENCE} is missing (python scripts/train_reference.py writes it)"
     out = tmp_path_factory.mktemp("int8") / "convit"
-    run_export("convit_tiny", out, weights=REFERENCE, fp16=True)
+    export_preset("convit_tiny", out, weights=REFERENCE, fp16=True)
     _quantize(out)
     return out
 
@@ -108,8 +109,8 @@ def export(tmp_path_factory) -> Path:
 def test_variant_by_file_name():
     names = {"model.onnx": "fp32", "model.fp16.onnx": "fp16", "model.int8.onnx": "int8"}
     names |= {"model.int8.cpu.onnx": "int8-cpu", "x/convit.int8.cpu.onnx": "int8-cpu", "other.onnx": None}
-    assert {name: onnx_variant(name) for name in names} == names
-    assert [variant_precision(v) for v in ("fp32", "fp16", "int8", "int8-cpu")] == [
+    assert {name: Variant.from_file_name(name) for name in names} == names
+    assert [Variant(v).precision for v in ("fp32", "fp16", "int8", "int8-cpu")] == [
         "fp32",
         "fp16",
         "int8",
@@ -139,10 +140,10 @@ def test_graph_variant_reads_the_operators_not_the_copied_metadata(export, tmp_p
         proto = onnx.load(str(export / name), load_external_data=False)
         if name in INT8:  # the FP32 graph's metadata, as the quantizer keeps it
             assert {p.key: p.value for p in proto.metadata_props}["deploykit.precision"] == "fp32"
-        assert graph_variant(proto, export / name) == variant, name
+        assert variant_of(export / name, proto=proto) == variant, name
     renamed = tmp_path / "model.onnx"  # e.g. the copy a Triton repository serves
     shutil.copyfile(export / "model.int8.cpu.onnx", renamed)
-    assert graph_variant(onnx.load(str(renamed)), renamed) == "int8-cpu"
+    assert variant_of(renamed, proto=onnx.load(str(renamed))) == "int8-cpu"
 
 
 # -------------------------------------------------------------------------------------------- predict
@@ -180,13 +181,11 @@ def test_predict_cli_shows_int8_and_writes_the_fp32_top1(export, tmp_path):
 
 def test_without_onnx_the_variant_comes_from_the_name_or_the_record(export, tmp_path, monkeypatch):
     """The device runtime has no onnx package: the file name, else the recorded precision, says it."""
-    from deploykit.workflows.predict import onnx_file_variant
-
     monkeypatch.setitem(sys.modules, "onnx", None)
-    assert onnx_file_variant(export / "model.int8.cpu.onnx", {"deploykit.precision": "fp32"}) == "int8-cpu"
-    assert onnx_file_variant(export / "model.int8.onnx", {"deploykit.precision": "fp32"}) == "int8"
-    assert onnx_file_variant(tmp_path / "served.onnx", {"deploykit.precision": "int8-cpu"}) == "int8-cpu"
-    assert onnx_file_variant(tmp_path / "model.onnx", {}) == "fp32"
+    assert variant_of(export / "model.int8.cpu.onnx", meta={"deploykit.precision": "fp32"}) == "int8-cpu"
+    assert variant_of(export / "model.int8.onnx", meta={"deploykit.precision": "fp32"}) == "int8"
+    assert variant_of(tmp_path / "served.onnx", meta={"deploykit.precision": "int8-cpu"}) == "int8-cpu"
+    assert variant_of(tmp_path / "model.onnx", meta={}) == "fp32"
 
 
 def test_inspect_says_int8(export, tmp_path):
@@ -250,7 +249,7 @@ def test_bench_lists_missing_int8_files_as_skipped(export, tmp_path):
     from deploykit.workflows.bench import run_bench
 
     report = run_bench(partial, batches=(1,), runtimes=("onnxruntime",), threads=1, warmup=0, iters=1,
-                       progress=False, settle_ms=0)  # fmt: skip
+                       settle_ms=0)  # fmt: skip
     assert [r.precision for r in report.results] == ["fp32"]
     skipped = {s["precision"]: s["reason"] for s in report.skipped if s["runtime"] == "onnxruntime"}
     assert skipped == {
@@ -261,7 +260,7 @@ def test_bench_lists_missing_int8_files_as_skipped(export, tmp_path):
 
 
 def test_int8_matmul_ceiling():
-    from deploykit.workflows.bench_measure import matmul_ceiling
+    from deploykit.workflows.bench.measure import matmul_ceiling
 
     assert matmul_ceiling(1, "int8", size=256, seconds=0.05) > 0
     assert matmul_ceiling(1, "int8-cpu", size=256, seconds=0.05) > 0  # the same probe
@@ -278,8 +277,8 @@ def _parse(path: Path):
 
 @pytest.mark.parametrize("backend", ["python", "onnxruntime"])
 def test_triton_serves_the_int8_cpu_artifact(export, tmp_path, backend):
+    from deploykit.serving.checks import check_repository
     from deploykit.serving.repository import write_repository
-    from deploykit.serving.server import check_repository
 
     repo = tmp_path / "repo"
     result = write_repository(export, repo, backend=backend, precision="int8", max_batch=8)
@@ -288,7 +287,7 @@ def test_triton_serves_the_int8_cpu_artifact(export, tmp_path, backend):
     served = repo / "convit_tiny" / "1" / "model.onnx"
     manifest = json.loads((export / "manifest.json").read_text())
     assert _sha256(served) == manifest["artifacts"]["model.int8.cpu.onnx"]["sha256"]
-    assert graph_variant(onnx.load(str(served)), served) == "int8-cpu"
+    assert variant_of(served, proto=onnx.load(str(served))) == "int8-cpu"
     (inp,), (out,) = main.input, main.output
     assert [(t.name, list(t.dims), pb2.DataType.Name(t.data_type)) for t in (inp, out)] == [
         ("input", [3, 64, 64], "TYPE_FP32"),

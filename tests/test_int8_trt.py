@@ -24,7 +24,8 @@ from test_lint import _ints, _model, _only
 
 from deploykit.core.config import BatchProfile, ExportConfig
 from deploykit.core.errors import ConfigError
-from deploykit.core.onnx_io import load_onnx, onnx_precision
+from deploykit.core.onnx_io import load_onnx
+from deploykit.core.record import variant_of
 from deploykit.engine.builder import build_engine
 from deploykit.transforms.lint import format_report, lint_model
 from deploykit.workflows.build import build_or_script, export_engine_info
@@ -182,8 +183,8 @@ INT8_LAYERS = ["Int8", "Half", "Half", "Float"]
 
 def test_qdq_graph_is_int8_whatever_its_metadata_says(tmp_path: Path):
     path = qdq_onnx(tmp_path / "model.int8.onnx", metadata={"deploykit.precision": "fp16"})
-    assert onnx_precision(load_onnx(path)) == "int8"  # a quantized graph may keep the FP16 graph's metadata
-    assert onnx_precision(load_onnx(tiny_onnx(tmp_path / "model.onnx"))) == "fp32"
+    assert variant_of(proto=load_onnx(path)) == "int8"  # a quantized graph may keep the FP16 graph's metadata
+    assert variant_of(proto=load_onnx(tiny_onnx(tmp_path / "model.onnx"))) == "fp32"
     # the graph as the INT8 export writes it passes the TensorRT-parser lint (Q/DQ rules included)
     report = lint_model(path)
     assert report.ok, format_report(report)
@@ -198,7 +199,7 @@ def test_qdq_graph_builds_strongly_typed_without_int8_flag_or_calibrator(
 ):
     trt, _ = install_fakes(monkeypatch, version, layer_dtypes=INT8_LAYERS)
     onnx_path = qdq_onnx(tmp_path / "model.int8.onnx")
-    result = build_engine(onnx_path, tmp_path / "model.int8.engine", batch=BatchProfile(1, 4, 8))
+    result = build_engine(onnx_path, tmp_path / "model.int8.engine", batch=BatchProfile(min=1, opt=4, max=8))
     names = [c[0] for c in trt.calls]
     # 10.x: the STRONGLY_TYPED creation flag; 11.x: nothing (always strongly typed)
     assert ("create_network", flags) in trt.calls and names.count("create_network") == 1
@@ -231,7 +232,7 @@ def test_int8_engine_without_visible_int8_layers_gets_a_note(tmp_path: Path, mon
     # a Myelin node shows only its outer (FP16) tensors: the engine is still recorded int8, with a note
     install_fakes(monkeypatch, "11.4.0.106", layer_dtypes=["Half"] * 3)
     result = build_engine(
-        qdq_onnx(tmp_path / "model.int8.onnx"), tmp_path / "e.engine", batch=BatchProfile(1, 1, 1)
+        qdq_onnx(tmp_path / "model.int8.onnx"), tmp_path / "e.engine", batch=BatchProfile(min=1, opt=1, max=1)
     )
     assert result.sidecar["precision"] == "int8" and result.sidecar["layers"]["int8"] == 0
     assert result.notes == [
@@ -246,7 +247,7 @@ def _engine_step(tmp_path: Path, **kwargs):
     return build_or_script(
         source,
         engine_path=tmp_path / "model.engine",
-        config=ExportConfig(family="any", batch=BatchProfile(1, 2, 8)),
+        config=ExportConfig(family="any", batch=BatchProfile(min=1, opt=2, max=8)),
         timing_cache=tmp_path / "timing.cache",
         script_cache_name="timing.cache",
         input_name="input",

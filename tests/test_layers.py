@@ -78,7 +78,7 @@ def _rates(model):
 
 
 def test_update_stochastic_depth_rate_matches_documented_formula():
-    # SPEC §1.5 [run]: 32 blocks, mp 0.1, k 0.05: last block 0.10 -> 0.15, block 1 0.0032 -> 0.0048
+    # the documented updateStochasticDepthRate example: 32 blocks, mp 0.1, k 0.05: last block 0.10 -> 0.15, block 1 0.0032 -> 0.0048
     model = DeepViT(10, 32, 32, 16, None, 32, 2, 32, stochastic_depth=True, stochastic_depth_mp=0.1)
     before = _rates(model)
     assert before[31] == pytest.approx(0.10) and before[1] == pytest.approx(0.1 / 31)
@@ -162,7 +162,7 @@ def positional_parameters(fn) -> list[str]:
         (DropPath, ["drop_prob"]),
         (make_drop_path, ["rate"]),
         (VisionModel, []),
-        (Preset, ["name"]),
+        (Preset, []),
         (WeightsInfo, []),
         (SourceFormat, []),
         (ConvEmbed, []),

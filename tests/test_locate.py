@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import FAMILY_CASES, small_config
+from exporting import export_preset
 from onnx import numpy_helper
 
 import deploykit.transforms.rewrites as rewrites
@@ -22,7 +23,6 @@ from deploykit.core.errors import ParityError
 from deploykit.core.scopes import SCOPES_KEY, module_outputs, node_scopes
 from deploykit.models import get_preset
 from deploykit.transforms.onnx_export import export_onnx
-from deploykit.workflows.pipeline import run_export
 
 BLOCK = re.compile(r"^(.*blocks\.(\d+))\.")
 
@@ -134,9 +134,9 @@ def test_a_wrong_rewrite_is_located_in_its_block(exported, tmp_path, monkeypatch
     block = BLOCK.match(_middle_block_initializer(proto).name).group(1)
     monkeypatch.setattr(rewrites, "apply_rewrites", _wrong_rewrite_in(block))
     out = tmp_path / "out"
-    config = small_config(name, FAMILY_CASES[name], batch=BatchProfile(1, 1, 8))
+    config = small_config(name, FAMILY_CASES[name], batch=BatchProfile(min=1, opt=1, max=8))
     with pytest.raises(ParityError, match="first divergence") as info:
-        run_export(name, out, config)
+        export_preset(name, out, config)
     assert "rewrites" in str(info.value)
     rejected = out / "rejected"
     located = json.loads((rejected / "locate.json").read_text())
@@ -324,7 +324,7 @@ def test_report_html_beside_the_manifest(exported, monkeypatch):
 
     import builtins
 
-    from deploykit.workflows.report import render_report
+    from deploykit.workflows.export.report import render_report
 
     real_import = builtins.__import__
 

@@ -8,7 +8,7 @@ import pytest
 
 from deploykit.core.errors import ComparisonError, ConfigError, DeployKitError
 from deploykit.validation import ParityResult, Tolerances, check, compare_outputs, compute_metrics
-from deploykit.validation.metrics import REL_FLOOR, Check
+from deploykit.validation.metrics import REL_FLOOR, Check, CheckKind
 
 
 def failed(checks: list[Check]) -> list[Check]:
@@ -220,9 +220,12 @@ def test_check_records_are_keyword_only_and_json_clean():
     record = Check(output="logits", metric="max_abs", value=float("nan"), threshold=0.5, passed=False)
     data = record.to_dict()
     assert data["value"] is None and data["passed"] is False and data["kind"] == "parity"
+    assert record.kind is CheckKind.PARITY and f"{record.kind}" == "parity" and type(data["kind"]) is str
     assert json.loads(json.dumps(data)) == data
     with pytest.raises(ValueError, match="kind"):
         Check(output="x", metric="y", value=1.0, threshold=1.0, passed=True, kind="other")
+    with pytest.raises(ValueError, match="CheckKind"):  # the kind is the enum, never its spelling
+        Check(output="x", metric="y", value=1.0, threshold=1.0, passed=True, kind="baseline")
 
 
 def test_worst_is_the_largest_relative_excess():

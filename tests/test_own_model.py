@@ -309,7 +309,7 @@ def test_hf_directory_parity_against_transformers(hf_flowers, hf_export, images)
 def test_hf_directory_without_image_size_takes_the_processors(hf_flowers):
     # CvT has no position grid: with no --image-size the processor's size (shortest_edge 384) is the
     # export's resolution (the model is only prepared here: a 384 px export takes minutes on 2 cores)
-    from deploykit.workflows.model import prepare_model
+    from deploykit.workflows.export.model import prepare_model
 
     peer, directory = hf_flowers
     prepared = prepare_model("cvt_13", config=default_config("cvt"), weights=directory)

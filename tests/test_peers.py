@@ -10,11 +10,12 @@ import dataclasses
 
 import pytest
 import torch
+from exporting import export_preset
+from tiny_models import perturbed
 
 from deploykit.core.config import default_config
 from deploykit.models import create_model, load_pretrained
 from deploykit.models.layers import QuickGELU
-from deploykit.workflows.pipeline import run_export
 from deploykit.workflows.validate import validate_artifact
 
 ATOL = 1e-5
@@ -23,13 +24,7 @@ ATOL = 1e-5
 def _perturb(model: torch.nn.Module) -> torch.nn.Module:
     """Move every float tensor off its init, so swapped norms, biases or BN statistics cannot hide."""
     torch.manual_seed(3)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.add_(0.05 * torch.randn_like(t))
-                if name.endswith("running_var"):
-                    t.abs_().add_(0.5)
-    return model.eval()
+    return perturbed(model)
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -70,7 +65,7 @@ def test_timm_convit_exports_and_validates(timm, tmp_path):
     path = tmp_path / "convit_tiny_64.pth"
     torch.save(peer.state_dict(), path)
     config = _export_config("convit", 64)
-    result = run_export("convit_tiny", tmp_path / "out", config, weights=path)
+    result = export_preset("convit_tiny", tmp_path / "out", config, weights=path)
     weights = result.manifest["weights"]
     assert weights["format"] == "timm-convit" and len(weights["sha256"]) == 64
     assert result.manifest["passed"]
@@ -134,7 +129,7 @@ def test_hf_cvt_exports_and_validates(transformers, tmp_path):
     directory = tmp_path / "hf"
     peer.save_pretrained(directory)
     config = _export_config("cvt", 64)  # CvT has no position embedding: any input size
-    result = run_export("cvt_13", tmp_path / "out", config, weights=directory, weights_format="hf-cvt")
+    result = export_preset("cvt_13", tmp_path / "out", config, weights=directory, weights_format="hf-cvt")
     weights = result.manifest["weights"]
     assert weights["format"] == "hf-cvt" and weights["container"] == "hf-directory"
     assert "GELU" in weights["adjustments"][0]

@@ -205,8 +205,7 @@ def test_engine_artifact_predicts_through_the_tensorrt_runner(tmp_path, monkeypa
 def test_predict_matches_timm_convit_tiny_on_real_photos(tmp_path):
     timm = pytest.importorskip("timm")
     import torch
-
-    from deploykit.workflows.pipeline import run_export
+    from exporting import export_preset
 
     torch.manual_seed(0)
     peer = timm.create_model("convit_tiny", pretrained=False).eval()
@@ -214,7 +213,7 @@ def test_predict_matches_timm_convit_tiny_on_real_photos(tmp_path):
         peer.head.weight.mul_(40.0)
     weights = tmp_path / "convit_tiny.pth"
     torch.save(peer.state_dict(), weights)
-    result = run_export("convit_tiny", tmp_path / "out", weights=weights)
+    result = export_preset("convit_tiny", tmp_path / "out", weights=weights)
 
     config = timm.data.resolve_data_config({}, model=peer)
     transform = timm.data.create_transform(**config)

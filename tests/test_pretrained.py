@@ -1,7 +1,7 @@
 """Pretrained checkpoints in the reference layouts: detection, conversion, strict loading, clear errors.
 
 No peer package is needed here: official layouts are built from our models with each family's inverse
-converter, and literal official key names/shapes (SPEC §2.7, §3.4, §4.3, §5.4, §6.2) are checked
+converter, and literal official key names/shapes (of each official repository's checkpoints) are checked
 independently. Logit parity against timm / transformers lives in test_peers.py.
 """
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
+from tiny_models import perturbed
 
 from deploykit.cli import WEIGHTS_FORMATS, cli
 from deploykit.core.errors import WeightsError
@@ -26,18 +27,7 @@ def _meta_official(preset: str, fmt: str, **overrides) -> dict[str, tuple[int, .
     return {k: tuple(v.shape) for k, v in FORMATS[fmt].inverse(state).items()}
 
 
-def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
-    """Every float tensor moved off its init (so swapped norms, biases or BN statistics cannot hide)."""
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.add_(0.05 * torch.randn_like(t))
-                if name.endswith("running_var"):
-                    t.abs_().add_(0.5)
-    return model.eval()
-
-
-# ------------------------------------------------------------------------ literal official layouts (SPEC)
+# ------------------------------------------------------------- literal official layouts (the official checkpoints')
 LITERAL = {
     ("convit_tiny", "timm-convit"): (
         180,
@@ -278,7 +268,7 @@ LOAD_CASES = [
 @pytest.mark.parametrize("preset,overrides,fmt,spots", LOAD_CASES, ids=[f"{c[0]}-{c[2]}" for c in LOAD_CASES])
 def test_official_checkpoint_loads_every_tensor_in_place(tmp_path, preset, overrides, fmt, spots):
     torch.manual_seed(1)
-    source = _perturbed(create_model(preset, image_size=64, **overrides))
+    source = perturbed(create_model(preset, image_size=64, **overrides))
     official = FORMATS[fmt].inverse(source.state_dict())
     path = tmp_path / "w.pth"
     torch.save({"model": official, "epoch": 3, "args": argparse.Namespace(lr=0.1)}, path)
@@ -309,7 +299,7 @@ def test_official_checkpoint_loads_every_tensor_in_place(tmp_path, preset, overr
 
 def test_safetensors_and_hf_directory_containers(tmp_path):
     torch.manual_seed(1)
-    source = _perturbed(create_model("hvt_ti_1", image_size=64))
+    source = perturbed(create_model("hvt_ti_1", image_size=64))
     official = FORMATS["official-hvt"].inverse(source.state_dict())
     save_file({k: v.contiguous() for k, v in official.items()}, tmp_path / "w.safetensors")
     hf = tmp_path / "hf"
@@ -320,13 +310,14 @@ def test_safetensors_and_hf_directory_containers(tmp_path):
         model, info = load_pretrained(create_model("hvt_ti_1", image_size=64), path)
         assert info.container == container and info.format == "official-hvt"
         assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
-    # a preset name builds the model first: at 224 px, which this 64-px checkpoint does not fit
-    with pytest.raises(WeightsError, match=r"pos_embed \(1, 16, 192\) vs model \(1, 196, 192\)"):
-        load_pretrained("hvt_ti_1", hf)
+    # a preset name builds the model at the checkpoint's resolution (64 px here), as export does
+    model, info = load_pretrained("hvt_ti_1", hf)
+    assert model.image_size == 64 and info.container == "hf-directory"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
 
 
 def test_deploykit_state_dict_still_loads(tmp_path):
-    source = _perturbed(create_model("convit_tiny", image_size=64))
+    source = perturbed(create_model("convit_tiny", image_size=64))
     path = tmp_path / "w.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
     model, info = load_pretrained(create_model("convit_tiny", image_size=64), path)
@@ -356,7 +347,8 @@ def test_wrong_preset_size_is_one_line(tmp_path):
     path = tmp_path / "deepvit_24b.pth"
     torch.save(_zeros("deepvit_24b", "official-deepvit", image_size=64), path)
     with pytest.raises(
-        WeightsError, match=r"d=384, 24 blocks \(deepvit_24b\), model is deepvit_16b \(d=384, 16"
+        WeightsError,
+        match=r"d=384, 24 blocks \(deepvit_24b at image_size=64\), model is deepvit_16b \(d=384, 16",
     ):
         load_pretrained(create_model("deepvit_16b", image_size=64), path)
 
@@ -364,8 +356,13 @@ def test_wrong_preset_size_is_one_line(tmp_path):
 def test_wrong_image_size_names_what_fits(tmp_path):
     path = tmp_path / "w.pth"
     torch.save(_zeros("convit_tiny", "timm-convit"), path)  # 224 px: pos_embed (1, 196, d)
-    with pytest.raises(WeightsError, match=r"pos_embed \(1, 196, 192\).*fits convit_tiny at image_size=224"):
+    with pytest.raises(WeightsError) as err:
         load_pretrained(create_model("convit_tiny", image_size=64), path)
+    assert str(err.value) == (
+        "checkpoint w.pth is for image_size=224 (pos_embed (1, 196, 192): a 14x14 grid of 16-pixel patches), "
+        'the model was built for image_size=64: build it with create_model("convit_tiny", image_size=224) '
+        'or pass the preset name: load_pretrained("convit_tiny", "w.pth")'
+    )
 
 
 def test_wrong_family_is_one_line(tmp_path):

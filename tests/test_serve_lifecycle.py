@@ -23,10 +23,9 @@ from deploykit.serving.server import TritonServer, free_port  # noqa: E402
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     from conftest import small_config
+    from exporting import export_preset
 
-    from deploykit.workflows.pipeline import run_export
-
-    export = run_export("hvt_ti_1", tmp_path_factory.mktemp("export"), small_config("hvt_ti_1", 64))
+    export = export_preset("hvt_ti_1", tmp_path_factory.mktemp("export"), small_config("hvt_ti_1", 64))
     repo = tmp_path_factory.mktemp("repo")
     r = CliRunner().invoke(cli, ["triton", str(export.out_dir), "--repo", str(repo)])
     assert r.exit_code == 0, r.output

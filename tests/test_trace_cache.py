@@ -27,10 +27,11 @@ from deploykit.core.config import default_config
 from deploykit.models import create_model
 from deploykit.models.checkpoints import save_checkpoint
 from deploykit.transforms import trace_cache
+from deploykit.transforms import trace_cache_trust as trust
 from deploykit.transforms.trace_cache import TraceCacheInfo
 
 SIZE = 64
-HEADER = len(trace_cache.MAGIC) + trace_cache.MAC_BYTES
+HEADER = len(trust.MAGIC) + trust.MAC_BYTES
 AS_ROOT = os.geteuid() == 0
 OTHER_UID = 65534  # nobody
 
@@ -52,7 +53,7 @@ def _cache_env(patch: pytest.MonkeyPatch, root: Path, config_home: Path) -> Path
     patch.setenv("DEPLOYKIT_TRACE_CACHE", "on")
     patch.setenv("DEPLOYKIT_CACHE_DIR", str(root / "cache"))
     patch.setenv("XDG_CONFIG_HOME", str(config_home))
-    patch.delenv(trace_cache.KEY_ENV, raising=False)
+    patch.delenv(trust.KEY_ENV, raising=False)
     return root / "cache" / "traces"
 
 
@@ -99,7 +100,7 @@ def cache(tmp_path, monkeypatch, config_home) -> Path:
 
 def _secret() -> bytes:
     info = TraceCacheInfo()
-    secret = trace_cache.secret_key(info)
+    secret = trust.secret_key(info)
     assert secret is not None, info.notes
     return secret
 
@@ -174,7 +175,7 @@ def test_warm_export_fills_other_weights_byte_identical_to_a_fresh_trace(
     cache, stored, cold, monkeypatch, tmp_path
 ):
     assert stored.manifest["trace_cache"]["status"] == "stored"
-    assert stored.entry.startswith(trace_cache.MAGIC)
+    assert stored.entry.startswith(trust.MAGIC)
     skeleton = onnx.load_from_string(stored.entry[HEADER:])
     assert all(not init.raw_data for init in skeleton.graph.initializer)  # no weights in the cache
     assert len(stored.entry) < 0.1 * len(stored.onnx)
@@ -190,10 +191,11 @@ def test_warm_export_fills_other_weights_byte_identical_to_a_fresh_trace(
 
 def test_another_architecture_misses(cache, tmp_path):
     model = _model(1)
-    key = trace_cache.trace_key(model, (3, SIZE, SIZE), 20, "dynamo", 64, 2)
-    assert key == trace_cache.trace_key(_model(2), (3, SIZE, SIZE), 20, "dynamo", 64, 2)  # weights: same key
+    export = {"opset": 20, "exporter": "dynamo", "max_batch": 64, "example_batch": 2}
+    key = trace_cache.trace_key(model, (3, SIZE, SIZE), **export)
+    assert key == trace_cache.trace_key(_model(2), (3, SIZE, SIZE), **export)  # weights: same key
     model.encoder.blocks[0].attn.num_heads = 1  # a plain attribute the forward reads
-    assert trace_cache.trace_key(model, (3, SIZE, SIZE), 20, "dynamo", 64, 2) != key
+    assert trace_cache.trace_key(model, (3, SIZE, SIZE), **export) != key
     base = {"input_shape": (3, SIZE, SIZE), "opset": 20, "exporter": "dynamo", "max_batch": 64}
     for change in (
         {"input_shape": (3, SIZE, 2 * SIZE)},
@@ -224,7 +226,7 @@ def test_an_entry_of_this_user_that_fails_parity_is_traced_afresh(cache, stored,
     wrong = onnx.load_from_string(stored.entry[HEADER:])
     add = next(n for n in wrong.graph.node if n.op_type == "Add")
     add.op_type = "Sub"
-    _plant(cache, stored.name, trace_cache.seal(_secret(), _key(stored), wrong.SerializeToString()))
+    _plant(cache, stored.name, trust.seal(_secret(), _key(stored), wrong.SerializeToString()))
     fixed = deploykit.export(_model(1), tmp_path / "fixed", config=_config())
     info = fixed.manifest["trace_cache"]
     assert info["status"] == "stored" and "failed its parity check" in " ".join(info["notes"])
@@ -309,21 +311,21 @@ def test_an_unusable_entry_is_a_note(kind, cache, stored, tmp_path, monkeypatch)
     elif kind == "a plain graph":
         _plant(cache, stored.name, payload)
     elif kind == "sealed under another key":
-        _plant(cache, stored.name, trace_cache.seal(b"\x01" * 32, key, payload))
+        _plant(cache, stored.name, trust.seal(b"\x01" * 32, key, payload))
     elif kind == "moved from another entry":
-        _plant(cache, stored.name, trace_cache.seal(secret, "f" * 64, payload))
+        _plant(cache, stored.name, trust.seal(secret, "f" * 64, payload))
     elif kind == "sealed garbage":
-        _plant(cache, stored.name, trace_cache.seal(secret, key, b"not an onnx file"))
+        _plant(cache, stored.name, trust.seal(secret, key, b"not an onnx file"))
     before = os.lstat(path)
 
     info = TraceCacheInfo()
-    assert trace_cache.load(cache, key, _model(1), info, secret) is None
+    assert trace_cache.load(cache, key, _model(1), info=info, secret=secret) is None
     assert len(info.notes) == 1 and note in info.notes[0], info.notes
     assert os.lstat(path).st_ino == before.st_ino  # not deleted
 
     # the export traces and its store replaces the entry (a folder stays: then it is not stored)
     _canned_tracing(monkeypatch, stored)
-    monkeypatch.setattr(trace_cache, "trace_key", lambda *args: key)
+    monkeypatch.setattr(trace_cache, "trace_key", lambda *args, **kwargs: key)
     proto, info = _export_cached()
     assert proto.graph.initializer and note in info.notes[0]
     monkeypatch.setattr(trace_cache, "MAX_ENTRY_BYTES", 64 * 2**20)
@@ -331,7 +333,7 @@ def test_an_unusable_entry_is_a_note(kind, cache, stored, tmp_path, monkeypatch)
         assert info.status == "miss" and "not stored" in info.notes[1]
     else:
         assert info.status == "stored" and path.read_bytes() == stored.entry
-        assert trace_cache.load(cache, key, _model(1), TraceCacheInfo(), secret) is not None
+        assert trace_cache.load(cache, key, _model(1), info=TraceCacheInfo(), secret=secret) is not None
 
 
 def _deny_writes(monkeypatch, folder: Path) -> None:
@@ -377,7 +379,7 @@ def test_a_read_only_cache_holding_a_bad_entry_never_fails(cache, stored, monkey
     stored, and nothing raises."""
     entry = _plant(cache, stored.name, b"not an onnx file")
     _canned_tracing(monkeypatch, stored)
-    monkeypatch.setattr(trace_cache, "trace_key", lambda *args: _key(stored))
+    monkeypatch.setattr(trace_cache, "trace_key", lambda *args, **kwargs: _key(stored))
     with monkeypatch.context() as patch:
         _deny_writes(patch, cache)
         try:
@@ -413,7 +415,7 @@ def test_pruning_removes_only_entries_of_this_user(cache, stored, monkeypatch, t
     del oldest["0" * 64 + ".onnx"]  # the only old entry that is this user's and named as a key
 
     _canned_tracing(monkeypatch, stored)
-    monkeypatch.setattr(trace_cache, "trace_key", lambda *args: _key(stored))
+    monkeypatch.setattr(trace_cache, "trace_key", lambda *args, **kwargs: _key(stored))
     _, info = _export_cached()
     assert info.status == "stored"
     left = sorted(p.name for p in cache.iterdir())
@@ -442,7 +444,7 @@ def test_a_cache_folder_of_another_user_is_not_used(cache, stored, monkeypatch):
     _plant(cache, stored.name, stored.entry)
     os.chown(cache, OTHER_UID, OTHER_UID)
     _canned_tracing(monkeypatch, stored)
-    monkeypatch.setattr(trace_cache, "trace_key", lambda *args: _key(stored))
+    monkeypatch.setattr(trace_cache, "trace_key", lambda *args, **kwargs: _key(stored))
     _, info = _export_cached()
     assert info.status == "off"
     assert info.notes == [f"trace cache off: {cache} is owned by another user (uid {OTHER_UID})"]
@@ -453,17 +455,17 @@ def test_the_key_file_is_private_and_binds_the_entries(cache, stored, monkeypatc
     """The key file is made 0600 in a 0700 folder; an entry sealed under one key is refused under another
     (DEPLOYKIT_TRACE_CACHE_KEY); a key that cannot be trusted turns the cache off for the export."""
     _canned_tracing(monkeypatch, stored)
-    monkeypatch.setattr(trace_cache, "trace_key", lambda *args: _key(stored))
+    monkeypatch.setattr(trace_cache, "trace_key", lambda *args, **kwargs: _key(stored))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     _, info = _export_cached()
     assert info.status == "stored" and not info.notes
     key_file = tmp_path / "config" / "deploykit" / "trace-cache.key"
-    assert trace_cache.key_file() == key_file
+    assert trust.key_file() == key_file
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and key_file.stat().st_size == 32
     assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     assert _export_cached()[1].status == "hit"
 
-    monkeypatch.setenv(trace_cache.KEY_ENV, "ab" * 32)  # another key: the entry is not this one's
+    monkeypatch.setenv(trust.KEY_ENV, "ab" * 32)  # another key: the entry is not this one's
     _, info = _export_cached()
     assert info.status == "stored"
     assert info.notes == [
@@ -472,11 +474,11 @@ def test_the_key_file_is_private_and_binds_the_entries(cache, stored, monkeypatc
     ]
     assert _export_cached()[1].status == "hit"
     for bad in ("ab" * 31, "not hex"):
-        monkeypatch.setenv(trace_cache.KEY_ENV, bad)
+        monkeypatch.setenv(trust.KEY_ENV, bad)
         _, info = _export_cached()
-        assert info.status == "off" and info.notes[0].startswith(f"trace cache off: {trace_cache.KEY_ENV}")
+        assert info.status == "off" and info.notes[0].startswith(f"trace cache off: {trust.KEY_ENV}")
 
-    monkeypatch.delenv(trace_cache.KEY_ENV)
+    monkeypatch.delenv(trust.KEY_ENV)
     key_file.chmod(0o640)
     _, info = _export_cached()
     assert info.status == "off"
@@ -494,11 +496,11 @@ def test_the_first_exports_agree_on_one_key_file(tmp_path, monkeypatch):
     """The key file is published with link(): a second writer keeps the first one's key; without hard
     links it is created O_EXCL."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    monkeypatch.delenv(trace_cache.KEY_ENV, raising=False)
-    path = trace_cache.key_file()
-    trace_cache._create_key_file(path)
+    monkeypatch.delenv(trust.KEY_ENV, raising=False)
+    path = trust.key_file()
+    trust._create_key_file(path)
     first = path.read_bytes()
-    trace_cache._create_key_file(path)  # lost the race: the key stays
+    trust._create_key_file(path)  # lost the race: the key stays
     assert path.read_bytes() == first and _secret() == first
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
 
@@ -511,11 +513,11 @@ def test_the_first_exports_agree_on_one_key_file(tmp_path, monkeypatch):
     assert len(_secret()) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
 
     path.unlink()
-    monkeypatch.setenv(trace_cache.KEY_ENV, "0f" * 40)  # the secret given: no key file is made
+    monkeypatch.setenv(trust.KEY_ENV, "0f" * 40)  # the secret given: no key file is made
     assert _secret() == bytes.fromhex("0f" * 40) and not path.exists()
-    monkeypatch.delenv(trace_cache.KEY_ENV)
+    monkeypatch.delenv(trust.KEY_ENV)
     monkeypatch.setenv("XDG_CONFIG_HOME", "relative/config")  # ignored, as the XDG spec says
-    assert trace_cache.key_file() == Path.home() / ".config" / "deploykit" / "trace-cache.key"
+    assert trust.key_file() == Path.home() / ".config" / "deploykit" / "trace-cache.key"
 
 
 def test_unwritable_cache_never_fails_an_export(tmp_path, monkeypatch):

@@ -91,7 +91,8 @@ def test_normalization_and_photos_are_not_noise():
     assert min(synthetic_corr) > 0.4
     assert max(abs(v) for v in noise_corr) < 0.2
     noise = batch.images[[n.startswith("noise-") for n in batch.names]]
-    assert _denormalize(ValidationBatch(noise, ()), SMALL).std() == pytest.approx(1 / math.sqrt(12), rel=0.1)
+    denormalized = _denormalize(ValidationBatch(images=noise, names=()), SMALL)
+    assert denormalized.std() == pytest.approx(1 / math.sqrt(12), rel=0.1)
 
 
 def test_grayscale_model():
@@ -154,7 +155,9 @@ def test_image_dir_loads_sorted_files_and_ignores_other_suffixes(tmp_path):
     assert batch.names == tuple(sorted([*names, "gray.BMP"]))  # fewer than count: used as is, not padded
     assert batch.images.shape == (4, 3, 64, 64)
     gray = batch.images[batch.names.index("gray.BMP")]
-    assert np.allclose(_denormalize(ValidationBatch(gray[None], ()), SMALL), 128 / 255, atol=1e-5)
+    assert np.allclose(
+        _denormalize(ValidationBatch(images=gray[None], names=()), SMALL), 128 / 255, atol=1e-5
+    )
 
     capped = validation_batch(SMALL, count=2, image_dir=tmp_path)
     assert capped.names == batch.names[:2]

@@ -24,11 +24,20 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     from importlib.abc import Traversable
 
+from deploykit.core.artifacts import Named
 from deploykit.core.errors import ConfigError
 
 #: the package the shipped ``<family>.toml`` files are installed as (the repository's ``export_configs/``)
 CONFIG_PACKAGE = "deploykit.export_configs"
-EXPORTERS = ("dynamo", "torchscript")
+
+
+class Exporter(Named):
+    """The torch exporter: ``torch.onnx.export(dynamo=True)``, or the TorchScript one."""
+
+    DYNAMO = "dynamo"
+    TORCHSCRIPT = "torchscript"
+
+
 #: LayerNormalization is a single op from opset 17; TensorRT 11's parser documents opsets up to 24
 MIN_OPSET, MAX_OPSET = 17, 24
 
@@ -76,11 +85,29 @@ class Tolerances:
 #: top-1 and the accuracy drop are what mean something)
 INT8_MAX_ABS = 5.0
 
+
+class CalibMethod(Named):
+    """How INT8 activation ranges are calibrated (ONNX Runtime's calibrators)."""
+
+    ENTROPY = "entropy"
+    MAX = "max"
+    PERCENTILE = "percentile"
+
+    @classmethod
+    def parse(cls, value: object) -> CalibMethod:
+        """``value`` as a method; anything else is the one :class:`ConfigError` every path gives."""
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(m.value for m in cls)
+            raise ConfigError(f"--calib-method must be one of {names}, got {value!r}") from None
+
+
 #: the largest batch a profile may ask for (TensorRT allocates for it; Triton's max_batch_size follows it)
 MAX_BATCH = 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BatchProfile:
     min: int = 1
     opt: int = 1
@@ -100,14 +127,15 @@ class BatchProfile:
         parts = [p.strip() for p in str(text).split(",")]
         if len(parts) != 3 or not all(p.isdigit() for p in parts):
             raise ConfigError(f"--batch must be MIN,OPT,MAX (three positive integers), got {text!r}")
-        return cls(*(int(p) for p in parts))
+        low, opt, high = (int(p) for p in parts)
+        return cls(min=low, opt=opt, max=high)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ExportConfig:
     family: str
     opset: int = 20  # the highest opset TensorRT 10.3's parser documents (trt_operators.json opset_by_target)
-    exporter: str = "dynamo"
+    exporter: Exporter = Exporter.DYNAMO
     simplify: bool = True
     image_size: int | None = None
     #: the classifier's classes (0: a headless feature extractor); default: the checkpoint's, else the preset's
@@ -159,8 +187,9 @@ class ExportConfig:
             or not MIN_OPSET <= self.opset <= MAX_OPSET
         ):
             raise ConfigError(f"opset must be an integer in [{MIN_OPSET}, {MAX_OPSET}], got {self.opset!r}")
-        if self.exporter not in EXPORTERS:
-            raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
+        if self.exporter not in [e.value for e in Exporter]:
+            raise ConfigError(f"exporter must be one of {', '.join(Exporter)}, got {self.exporter!r}")
+        object.__setattr__(self, "exporter", Exporter(self.exporter))
         if not isinstance(self.simplify, bool):
             raise ConfigError(f"simplify must be true or false, got {self.simplify!r}")
         if self.image_size is not None and (

@@ -39,6 +39,11 @@ def distinct_prefixes(ours: str, theirs: str, length: int = 12) -> tuple[str, st
     return ours[:n], theirs[:n]
 
 
+class DeployKitWarning(UserWarning):
+    """Something the user should know that does not stop the command (the command line shows each as one
+    ``warning:`` line; from Python it is an ordinary :mod:`warnings` warning)."""
+
+
 class DeployKitError(Exception):
     """Base class of every error deploykit raises on purpose."""
 

@@ -1,5 +1,6 @@
-"""ONNX files in and out, with one error type: load (checked), serialize (deterministic bytes), metadata,
-the I/O signature and the precision of a graph. Imports onnx, never torch."""
+"""ONNX files in and out, with one error type: load (checked), serialize (deterministic bytes), the I/O
+signature and node attributes. Imports onnx, never torch. (An exported graph's metadata is the artifact
+record's: :mod:`deploykit.core.record`.)"""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ from typing import Any
 import onnx
 
 from deploykit.core.errors import ArtifactError, ExportError, first_line
-
-#: metadata key of the precision deploykit writes into every graph it exports
-PRECISION_KEY = "deploykit.precision"
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
@@ -48,14 +46,6 @@ def serialize(proto: onnx.ModelProto) -> bytes:
     return data
 
 
-def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
-    """Replace the model's ``metadata_props`` with ``metadata`` (sorted keys: deterministic bytes)."""
-    del proto.metadata_props[:]
-    for key in sorted(metadata):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(metadata[key])
-
-
 def io_signature(proto: onnx.ModelProto) -> dict[str, Any]:
     """``{"inputs": [{"name", "dtype", "shape"}], "outputs": [...]}``; a symbolic dim is its name."""
 
@@ -68,21 +58,6 @@ def io_signature(proto: onnx.ModelProto) -> dict[str, Any]:
         }
 
     return {"inputs": [desc(v) for v in proto.graph.input], "outputs": [desc(v) for v in proto.graph.output]}
-
-
-def onnx_precision(proto: onnx.ModelProto) -> str:
-    """``int8`` for an explicitly quantized graph (QuantizeLinear/DequantizeLinear nodes, whatever its
-    metadata says: TensorRT builds their int8 layers strongly typed), else ``fp16`` when the graph says so
-    (deploykit metadata) or most weights are half precision, else ``fp32``."""
-    qdq = ("QuantizeLinear", "DequantizeLinear")
-    nodes = [*proto.graph.node, *(n for f in proto.functions for n in f.node)]
-    if any(n.op_type in qdq and n.domain in ("", "ai.onnx") for n in nodes):
-        return "int8"
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if PRECISION_KEY in meta:
-        return meta[PRECISION_KEY]
-    half = sum(1 for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
-    return "fp16" if half > len(proto.graph.initializer) / 2 else "fp32"
 
 
 def node_attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:

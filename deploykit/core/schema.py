@@ -13,15 +13,15 @@ The files, their schema here and the one reader that applies it:
 file                        schema                 checked by
 ==========================  =====================  ==================================================
 ``--baseline`` JSON         :data:`BASELINE`       ``deploykit.validation.baseline.read_baseline``
-engine sidecar JSON         :data:`SIDECAR`        ``deploykit.engine.runner.read_sidecar``
+engine sidecar JSON         ``SIDECAR``            ``deploykit.core.record.read_sidecar``
 ``reference.npz`` record    :data:`REFERENCE`      ``deploykit.validation.reference.read_reference``
-ONNX ``deploykit.*`` keys   :data:`METADATA`       :func:`read_metadata` (predict, engine builder)
-``manifest.json`` (record)  :data:`MANIFEST`       ``deploykit.workflows.predict`` (``_read_manifest``)
+ONNX ``deploykit.*`` keys   ``METADATA``           ``deploykit.core.record.ArtifactRecord.from_metadata``
+``manifest.json``           ``MANIFEST``           ``deploykit.core.record.read_manifest``
 a preprocessing record      :data:`PREPROCESSING`  inside each of the above, and ``Preprocessing.from_dict``
 ==========================  =====================  ==================================================
 
-(``deploykit triton`` reads the manifest's serving fields with its own checks:
-``deploykit.serving.repository.read_export``.) Class names inside a record are only checked to be a
+(The artifact record's three schemas — ``METADATA``, ``SIDECAR``, ``MANIFEST`` — live beside the record
+in :mod:`deploykit.core.record`.) Class names inside a record are only checked to be a
 list here; each name is checked where it is used (:mod:`deploykit.core.labels`).
 
 Standard library only (the layer's rule): no jsonschema dependency for a few dozen fields.
@@ -98,7 +98,7 @@ class Node:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Leaf(Node):
     what: str
     test: Callable[[Any], bool]
@@ -113,11 +113,11 @@ class Leaf(Node):
         return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Opt(Node):
     """``node``, or absent, or (unless not ``null``) ``null``."""
 
-    node: Node
+    node: Node = field(kw_only=False)
     null: bool = True
 
     @property
@@ -128,12 +128,12 @@ class Opt(Node):
         return None if value is None and self.null else self.node.check(value, where)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Obj(Node):
     """A JSON object: the named ``fields`` (required unless :class:`Opt`); other keys are kept unchecked
     unless ``closed``."""
 
-    fields: Mapping[str, Node]
+    fields: Mapping[str, Node] = field(kw_only=False)
     closed: bool = False
     what: str = "a JSON object"
 
@@ -157,9 +157,9 @@ class Obj(Node):
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ListOf(Node):
-    item: Node
+    item: Node = field(kw_only=False)
     min_len: int = 0
     max_len: int | None = None
     what: str = ""
@@ -171,11 +171,11 @@ class ListOf(Node):
         return [self.item.check(v, join(where, i)) for i, v in enumerate(value)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MapOf(Node):
     """A JSON object whose every value is ``value`` (its keys are free)."""
 
-    value: Node
+    value: Node = field(kw_only=False)
     what: str = ""
 
     def check(self, value: Any, where: str) -> dict[str, Any]:
@@ -184,11 +184,11 @@ class MapOf(Node):
         return {k: self.value.check(v, join(where, k)) for k, v in value.items()}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Json(Node):
     """A string holding JSON that is ``node`` (an ONNX metadata value); returns the parsed value."""
 
-    node: Node
+    node: Node = field(kw_only=False)
 
     @property
     def what(self) -> str:  # type: ignore[override]
@@ -204,7 +204,7 @@ class Json(Node):
         return self.node.check(parsed, where)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Custom(Node):
     """A check written as a function ``check(value, where) -> value`` that raises :class:`Invalid`."""
 
@@ -266,19 +266,21 @@ def _int(v: Any) -> bool:
 
 def int_in(low: int, high: int | None = None) -> Leaf:
     if high is None:
-        return Leaf(f"an integer >= {low}", lambda v: _int(v) and v >= low)
-    return Leaf(f"an integer in [{low}, {high}]", lambda v: _int(v) and low <= v <= high)
+        return Leaf(what=f"an integer >= {low}", test=lambda v: _int(v) and v >= low)
+    return Leaf(what=f"an integer in [{low}, {high}]", test=lambda v: _int(v) and low <= v <= high)
 
 
-STRING = Leaf("a string", lambda v: isinstance(v, str))
-BOOL = Leaf("true or false", lambda v: isinstance(v, bool))
-FINITE = Leaf("a finite number", lambda v: _number(v) and math.isfinite(v))
-SHA256 = Leaf("a sha256 (64 hex digits)", lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v))
-LIST = Leaf("a list", lambda v: isinstance(v, list))
+STRING = Leaf(what="a string", test=lambda v: isinstance(v, str))
+BOOL = Leaf(what="true or false", test=lambda v: isinstance(v, bool))
+FINITE = Leaf(what="a finite number", test=lambda v: _number(v) and math.isfinite(v))
+SHA256 = Leaf(
+    what="a sha256 (64 hex digits)", test=lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
+)
+LIST = Leaf(what="a list", test=lambda v: isinstance(v, list))
 #: a file name beside the file that names it: no folder, no way out of it
 FILE_NAME = Leaf(
-    "a plain file name",
-    lambda v: isinstance(v, str) and v not in ("", ".", "..") and not re.search(r"[/\\\x00-\x1f]", v),
+    what="a plain file name",
+    test=lambda v: isinstance(v, str) and v not in ("", ".", "..") and not re.search(r"[/\\\x00-\x1f]", v),
 )
 
 MODEL_ARGS = Obj(
@@ -304,7 +306,7 @@ def _input_shape(v: Any) -> bool:
     )
 
 
-INPUT_SHAPE = Leaf('["batch", C, H, W] (C 1 or 3, H and W integers in [1, 8192])', _input_shape)
+INPUT_SHAPE = Leaf(what='["batch", C, H, W] (C 1 or 3, H and W integers in [1, 8192])', test=_input_shape)
 
 
 # ----------------------------------------------------------------------------------- preprocessing
@@ -313,7 +315,7 @@ def _preprocessing(value: Any, where: str) -> dict[str, Any]:
     per channel (std positive), ``interpolation`` a PIL filter, ``crop_pct`` as
     :func:`~deploykit.core.config.crop_pct_problem` allows for that input size. Lists or tuples."""
     record = Obj(
-        {"input_size": Leaf("[C, H, W] (C 1 or 3, H and W integers in [1, 8192])", _size3)},
+        {"input_size": Leaf(what="[C, H, W] (C 1 or 3, H and W integers in [1, 8192])", test=_size3)},
         what="a JSON object (input_size, mean, std, interpolation, crop_pct)",
     ).check(value, where)
     channels = int(record["input_size"][0])
@@ -349,7 +351,7 @@ def _size3(v: Any) -> bool:
 
 
 PREPROCESSING = Custom(
-    "a preprocessing record (input_size, mean, std, interpolation, crop_pct)", _preprocessing
+    what="a preprocessing record (input_size, mean, std, interpolation, crop_pct)", fn=_preprocessing
 )
 
 
@@ -372,81 +374,6 @@ BASELINE = Obj(
     what="a JSON object (a deploykit baseline)",
 )
 
-_PROFILE_SHAPE = ListOf(int_in(1), min_len=1, max_len=8, what="a shape (a list of positive integers)")
-#: an engine's ``model.engine.json`` (``deploykit.engine.builder``'s sidecar); only what is read is checked
-SIDECAR = Obj(
-    {
-        "precision": Opt(STRING),
-        "preset": Opt(STRING),
-        "model_args": Opt(MODEL_ARGS),
-        "labels": Opt(LIST),
-        "weights_state_sha256": Opt(SHA256),
-        "random_weights": Opt(BOOL),
-        "reference_sha256": Opt(SHA256),
-        "preprocessing": Opt(PREPROCESSING),
-        # readers take these two as objects when present (`.get(...)` on them)
-        "profile": Opt(
-            Obj(
-                {
-                    "input": Opt(STRING),
-                    "min": Opt(_PROFILE_SHAPE),
-                    "opt": Opt(_PROFILE_SHAPE),
-                    "max": Opt(_PROFILE_SHAPE),
-                }
-            ),
-            null=False,
-        ),
-        "source_onnx": Opt(Obj({"file": Opt(FILE_NAME), "sha256": Opt(SHA256)}), null=False),
-    },
-    what="a JSON object (an engine sidecar)",
-)
-
-#: the ``deploykit.*`` metadata of an exported ONNX file that deploykit reads back (``""``: absent)
-METADATA = Obj(
-    {
-        "deploykit.preset": Opt(STRING),
-        "deploykit.model_args": Opt(Json(MODEL_ARGS)),
-        "deploykit.labels": Opt(Json(LIST)),
-        "deploykit.weights_state_sha256": Opt(SHA256),
-        "deploykit.preprocessing": Opt(Json(PREPROCESSING)),
-        "deploykit.reference_sha256": Opt(SHA256),
-    }
-)
-
-
-def read_metadata(meta: Mapping[str, str], where: str | Path) -> dict[str, Any]:
-    """An ONNX file's ``metadata_props`` with deploykit's keys checked and their JSON values parsed (an
-    empty value counts as absent); a value of the wrong kind is one :class:`ArtifactError` line."""
-    present = {k: v for k, v in meta.items() if v != ""}
-    return validate(present, METADATA, where)
-
-
-#: what ``manifest.json`` tells about an artifact beside it (``deploykit.workflows.predict``)
-MANIFEST = Obj(
-    {
-        "preset": Opt(STRING),
-        "model": Opt(
-            Obj(
-                {
-                    "model_args": Opt(MODEL_ARGS),
-                    "weights": Opt(
-                        Leaf("file, memory or random", lambda v: v in ("file", "memory", "random"))
-                    ),
-                    "weights_state_sha256": Opt(SHA256),
-                }
-            )
-        ),
-        "weights": Opt(Obj({"path": Opt(STRING), "sha256": Opt(SHA256), "format": Opt(STRING)})),
-        "random_weights": Opt(BOOL),
-        "export_config": Opt(Obj({"seed": Opt(int_in(0, 2**32 - 1))})),
-        "labels": Opt(LIST),
-        "preprocessing": Opt(PREPROCESSING),
-        "reference": Opt(Obj({"sha256": Opt(SHA256)})),
-        "io": Opt(Obj({"inputs": Opt(LIST), "outputs": Opt(LIST)})),
-    },
-    what="a JSON object (a deploykit manifest)",
-)
-
 _TOLERANCES = MapOf(
     MapOf(Opt(FINITE), what="a JSON object of finite numbers"),
     what="a JSON object of precisions, each a JSON object of finite numbers",
@@ -455,7 +382,7 @@ _TOLERANCES = MapOf(
 #: are checked against it by ``read_reference``
 REFERENCE = Obj(
     {
-        "format": Leaf("1", lambda v: _int(v) and v == 1),
+        "format": Leaf(what="1", test=lambda v: _int(v) and v == 1),
         "tolerances": _TOLERANCES,
         "identity": Obj(
             {

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 import onnx
 
-SCOPES_KEY = "deploykit.scopes"
+from deploykit.core.record import KEY_NODE_SCOPES
+
+SCOPES_KEY = KEY_NODE_SCOPES
 DYNAMO_KEY = "pkg.torch.onnx.name_scopes"
 
 
@@ -62,7 +64,7 @@ def carry_scopes(source: onnx.ModelProto, target: onnx.ModelProto) -> int:
     return carried
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModuleOutput:
     """A module's output in the graph: the tensor, where it is produced and the nodes of the module."""
 
@@ -106,7 +108,11 @@ def module_outputs(proto: onnx.ModelProto, tensors: set[str] | None = None) -> l
         ]
         if len(leaving) == 1:
             i, name = leaving[0]
-            found.append(ModuleOutput(scope, name, i, tuple(nodes[j].name for j in indices)))
+            found.append(
+                ModuleOutput(
+                    module=scope, tensor=name, position=i, nodes=tuple(nodes[j].name for j in indices)
+                )
+            )
     return sorted(found, key=lambda m: (m.position, -m.depth))
 
 

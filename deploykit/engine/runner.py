@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from deploykit.core.errors import ArtifactError, EngineUnavailableError, InputError
-from deploykit.core.schema import SIDECAR, read_json, validate
-from deploykit.engine.builder import EngineError, require_tensorrt, sidecar_path_for
+from deploykit.core.record import variant_of
+from deploykit.engine.device import require_tensorrt
+from deploykit.engine.errors import EngineError
 
 #: Every TensorRT name this module uses; tests/test_engine_api.py checks each against the TensorRT 10.3 and
 #: 11.4 bindings.
@@ -46,26 +46,6 @@ TRT_API_USED = (
     "set_tensor_address",
     "execute_async_v3",
 )
-
-
-def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
-    """The engine's sidecar JSON (written by build_engine), ``{}`` when there is none. One that is there
-    is checked against :data:`deploykit.core.schema.SIDECAR` before anything reads it (predict, validate,
-    bench, triton): unreadable, not JSON, or a field of the wrong kind is one :class:`ArtifactError` line
-    (exit 2), whether or not TensorRT is installed here."""
-    path = sidecar_path_for(engine_path)
-    try:
-        data = read_json(path, "an engine sidecar")
-    except FileNotFoundError:
-        return {}
-    return validate(data, SIDECAR, path)
-
-
-def engine_precision(engine_path: str | Path) -> str:
-    """``precision`` from the engine's sidecar JSON (``fp32``, ``fp16`` or ``int8``: built from a Q/DQ
-    graph), else ``fp32``."""
-    value = read_sidecar(engine_path).get("precision", "fp32")
-    return value if value in ("fp16", "fp32", "int8") else "fp32"
 
 
 def require_cudart():
@@ -114,11 +94,12 @@ class TensorRTRunner:
         path = Path(engine_path)
         if not path.is_file():
             raise ArtifactError(f"engine not found: {path}")
-        precision = engine_precision(path)  # a bad sidecar is bad input (exit 2) before a missing TensorRT
+        variant = variant_of(path)  # a bad sidecar is bad input (exit 2) before a missing TensorRT
         trt = require_tensorrt()
         cudart = require_cudart()
         self._cudart = cudart
-        self.precision = precision
+        #: the variant the sidecar records (fp32, fp16 or int8: built from a Q/DQ graph)
+        self.variant = variant
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())

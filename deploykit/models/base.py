@@ -19,7 +19,7 @@ class InputShapeError(DeployKitError, ValueError):
     """An input tensor whose rank, channels or resolution the model cannot take."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataConfig:
     """How to feed the model: ``input_size`` is ``(C, H, W)``; mean/std apply to [0, 1] pixels."""
 

@@ -391,7 +391,7 @@ class CeiT(VisionModel):
 
 
 # -------------------------------------------------------------------------------- checkpoint conversion
-#: coeusguo/ceit key -> ours (SPEC §3.4). ``cls_token``, ``pos_embed``, ``pos_layer_embed``, ``lca.*`` and
+#: coeusguo/ceit key -> ours (docs/models.md#pretrained-weights). ``cls_token``, ``pos_embed``, ``pos_layer_embed``, ``lca.*`` and
 #: ``norm.*`` keep their names; the I2T stem loses its ``backbone`` level, LeFF becomes the block's ``mlp``
 _FROM_OFFICIAL = (
     (r"^i2t\.backbone\.", "i2t."),
@@ -470,7 +470,7 @@ for _name, _dim, _heads, _params_m in (
 ):
     register_preset(
         Preset(
-            _name,
+            name=_name,
             kwargs=_official(_dim, _heads),
             reference=f"coeusguo/ceit {_name}_patch16_224",
             reference_params_m=_params_m,

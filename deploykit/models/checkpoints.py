@@ -22,14 +22,16 @@ from torch import nn
 from deploykit.core.errors import ConfigError, WeightsError
 from deploykit.core.io import atomic_write_bytes
 from deploykit.core.labels import check_labels
+from deploykit.core.record import KEY_LABELS, KEY_MODEL_ARGS, KEY_PREPROCESSING, KEY_PRESET
 
-PRESET_KEY = "deploykit.preset"
-ARGS_KEY = "deploykit.model_args"
-LABELS_KEY = "deploykit.labels"
-PREPROCESSING_KEY = "deploykit.preprocessing"
+# a checkpoint's header uses the artifact record's keys (the same facts, spelled once)
+PRESET_KEY = KEY_PRESET
+ARGS_KEY = KEY_MODEL_ARGS
+LABELS_KEY = KEY_LABELS
+PREPROCESSING_KEY = KEY_PREPROCESSING
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointRecord:
     """What a deploykit checkpoint's header says: ``preset`` and ``model_args`` (constructor arguments
     beyond the preset), ``labels`` and ``preprocessing`` (``None`` when not recorded)."""
@@ -123,8 +125,8 @@ def read_checkpoint_record(path: str | Path) -> CheckpointRecord | None:
     if pre is not None and not isinstance(pre, dict):
         raise WeightsError(f"{path}: its {PREPROCESSING_KEY} metadata is malformed")
     return CheckpointRecord(
-        str(meta[PRESET_KEY]),
-        args,
-        check_labels(labels, f"{path}: its {LABELS_KEY} metadata") if labels is not None else None,
-        pre,
+        preset=str(meta[PRESET_KEY]),
+        model_args=args,
+        labels=check_labels(labels, f"{path}: its {LABELS_KEY} metadata") if labels is not None else None,
+        preprocessing=pre,
     )

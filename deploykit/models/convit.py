@@ -3,7 +3,7 @@
 Paper: d'Ascoli et al., "ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases",
 ICML 2021, arXiv 2103.10697. Reference implementations: facebookresearch/convit and timm
 ``timm/models/convit.py`` (the presets below reproduce timm's layout). Documented API:
-``cv.backbones.ConViT.model.ConViT`` (shivam7569/cv), without that library's defects (SPEC §1.9/§2.5):
+``cv.backbones.ConViT.model.ConViT`` (shivam7569/cv), without that library's defects (docs/models.md, "Where deploykit deliberately differs"):
 the relative-position table is built at construction (any batch size, stable state_dict), the head check
 uses ``%``, ``ln_order='residual'`` works, and ``updateStochasticDepthRate`` works.
 """
@@ -291,7 +291,7 @@ class ConViT(VisionModel):
 
 
 # -------------------------------------------------------------------------------- checkpoint conversion
-#: timm ``ConVit`` key -> ours (SPEC §2.7); GPSA (``qk, v, proj, pos_proj, gating_param``) and MHSA (``qkv,
+#: timm ``ConVit`` key -> ours (docs/models.md#pretrained-weights); GPSA (``qk, v, proj, pos_proj, gating_param``) and MHSA (``qkv,
 #: proj``) blocks keep their sub-module names, so only the block prefix and the head move
 _FROM_TIMM = ((r"^blocks\.", "encoder.blocks."), (r"^head\.", "head.fc."))
 _TO_TIMM = ((r"^encoder\.blocks\.", "blocks."), (r"^head\.fc\.", "head."))
@@ -340,7 +340,7 @@ for _name, _heads, _hd, _params in (
 ):
     register_preset(
         Preset(
-            _name,
+            name=_name,
             family="convit",
             builder=ConViT,
             kwargs=_timm(_heads, _hd),

@@ -260,7 +260,7 @@ class CvT(VisionModel):
     """Convolutional vision transformer built from a :class:`CvTConfig` (official ``cls_cvt`` semantics).
 
     Stages are attributes ``stage0 .. stage{n-1}`` (the official names, so official checkpoints load
-    as-is; HF keys map by the renaming in SPEC §5.4). Head: when the last stage has a class token,
+    as-is; HF keys map by the renaming below). Head: when the last stage has a class token,
     ``LayerNorm(cls) -> Linear``; otherwise ``LayerNorm`` over the tokens, mean, ``Linear``.
     ``num_classes=0`` leaves the features (``head = Identity``).
     """
@@ -299,7 +299,7 @@ class CvT(VisionModel):
 
     def set_mlp_activation(self, act_layer: Callable[[], nn.Module]) -> None:
         """Replace every MLP activation (and ``config.act_layer``): HF checkpoints were trained with exact
-        GELU, the official ones with QuickGELU (SPEC §5.4). No parameters change."""
+        GELU, the official ones with QuickGELU. No parameters change."""
         self.config.act_layer = act_layer
         for module in self.modules():
             if isinstance(module, Mlp):
@@ -319,7 +319,7 @@ def _init_weights(m: nn.Module) -> None:
 
 # -------------------------------------------------------------------------------- checkpoint conversion
 # The official microsoft/CvT keys are this module's own names. Hugging Face ``CvtForImageClassification``
-# keys map by the renaming in SPEC §5.4, one table read both ways: (HF suffix, our suffix) per block,
+# keys map by this renaming, one table read both ways: (HF suffix, our suffix) per block,
 # per stage, and at the top (``CvtModel`` saves without the ``cvt.`` prefix; both are read).
 _HF_BLOCK = (
     ("layernorm_before.", "norm1."),
@@ -418,7 +418,7 @@ def _official(
 _CVT = dict(family="cvt", builder=_build, reference_params_decimals=2)
 register_preset(
     Preset(
-        "cvt_13",
+        name="cvt_13",
         kwargs=_official(dims=(64, 192, 384), heads=(1, 3, 6), depth=(1, 2, 10)),
         reference="microsoft/CvT CvT-13 (HF microsoft/cvt-13)",
         reference_params_m=20.00,
@@ -427,7 +427,7 @@ register_preset(
 )
 register_preset(
     Preset(
-        "cvt_21",
+        name="cvt_21",
         kwargs=_official(dims=(64, 192, 384), heads=(1, 3, 6), depth=(1, 4, 16)),
         reference="microsoft/CvT CvT-21 (HF microsoft/cvt-21)",
         reference_params_m=31.62,
@@ -436,7 +436,7 @@ register_preset(
 )
 register_preset(
     Preset(
-        "cvt_w24",
+        name="cvt_w24",
         kwargs=_official(
             dims=(192, 768, 1024),
             heads=(3, 12, 16),

@@ -44,7 +44,7 @@ PER_STAGE_FIELDS = (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CvTConfig:
     """Stage layout of a CvT (lucid field names, order and defaults).
 

@@ -212,7 +212,7 @@ class DeepViT(VisionModel):
 
 
 # -------------------------------------------------------------------------------- checkpoint conversion
-#: zhoudaquan/dvit_repo key -> ours (SPEC §4.3), for both patch stems (``patch_embed.proj`` or the CNN stem's
+#: zhoudaquan/dvit_repo key -> ours (docs/models.md#pretrained-weights), for both patch stems (``patch_embed.proj`` or the CNN stem's
 #: ``patch_embed.{conv1,bn1,conv2,bn2,proj}``, whose names are kept); re-attention moves under the
 #: attention's ``attn_transform``
 _FROM_OFFICIAL = (
@@ -270,7 +270,7 @@ _DVIT = dict(
 )
 register_preset(
     Preset(
-        "deepvit_16b",
+        name="deepvit_16b",
         kwargs=_official(16),
         reference="dvit_repo deepvit_patch16_224_re_attn_16b",
         reference_params_m=24.43,
@@ -279,7 +279,7 @@ register_preset(
 )
 register_preset(
     Preset(
-        "deepvit_24b",
+        name="deepvit_24b",
         kwargs=_official(24),
         reference="dvit_repo deepvit_patch16_224_re_attn_24b",
         reference_params_m=36.26,
@@ -288,7 +288,7 @@ register_preset(
 )
 register_preset(
     Preset(
-        "deepvit_32b",
+        name="deepvit_32b",
         kwargs=_official(32),
         reference="dvit_repo deepvit_patch16_224_re_attn_32b",
         reference_params_m=48.10,
@@ -297,7 +297,7 @@ register_preset(
 )
 register_preset(
     Preset(
-        "deepvit_s",
+        name="deepvit_s",
         kwargs=_official(
             16, dim=396, re_attention_depth=5, re_attention_scale=True, residual_scale=0.5, patch_stem="cnn"
         ),
@@ -308,7 +308,7 @@ register_preset(
 )
 register_preset(
     Preset(
-        "deepvit_l",
+        name="deepvit_l",
         kwargs=_official(32, dim=420, re_attention_depth=12, residual_scale=0.5, patch_stem="cnn"),
         reference="dvit_repo deepvit_L",
         reference_params_m=58.88,

@@ -292,7 +292,7 @@ _VARIANTS = (
 for _name, _heads, _width, _params in _VARIANTS:
     register_preset(
         Preset(
-            _name,
+            name=_name,
             family="hvt",
             builder=HPool_ViT,
             kwargs=_official(_heads, _width),

@@ -15,9 +15,11 @@ Source layouts (:data:`FORMATS`), detected from the keys in this order (``weight
   (zhuang-group/HVT)
 * ``deploykit``: ``encoder.blocks.*`` (a deploykit state_dict)
 
-Each family's conversion lives in its own module (``convert_*_checkpoint`` and the inverse). Loading is
-strict: a checkpoint of another family or another preset size is refused in one line; otherwise every
-missing, unexpected or mis-shaped key is listed before anything is copied. Where the references differ
+Each family's conversion lives in its own module (``convert_*_checkpoint`` and the inverse). A preset name
+is built at the classes and resolution the checkpoint says (:mod:`deploykit.models.shapes`, the rule
+``export`` uses too). Loading is strict: a checkpoint of another family or another preset size, or a built
+model of other classes or another resolution, is refused in one line; otherwise every missing, unexpected
+or mis-shaped key is listed before anything is copied. Where the references differ
 in math, the model is adjusted to compute what the checkpoint's own code computes (HF CvT: exact GELU in
 the MLPs instead of the official QuickGELU) and the adjustment is recorded in :class:`WeightsInfo`.
 """
@@ -26,9 +28,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +43,7 @@ from deploykit.core.labels import check_labels
 from deploykit.models import ceit, convit, cvt, deepvit, hvt
 from deploykit.models.checkpoints import CheckpointRecord, read_checkpoint_record
 from deploykit.models.registry import create_model, get_preset, list_models
+from deploykit.models.shapes import SIZE_ARGS, infer_model_args, resolve_model_args, size_mismatch
 from deploykit.models.weights import WeightsInfo, check_state_dict, read_state_dict
 
 StateDict = dict[str, torch.Tensor]
@@ -246,21 +250,25 @@ def _shape_summary(state: StateDict) -> str:
     return ", ".join(parts)
 
 
-def _matching_presets(state: StateDict, family: str, image_size: int | None) -> list[str]:
-    """Presets of ``family`` whose state_dict has exactly these keys and shapes (built on the meta device)."""
+def _matching_presets(state: StateDict, family: str) -> list[str]:
+    """Presets of ``family`` that have exactly these keys and shapes at the classes and resolution the
+    checkpoint says (built on the meta device): ``convit_small``, ``ceit_tiny at image_size=384``."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     found = []
     for name in list_models():
         if get_preset(name).family != family:
             continue
         try:
+            inferred = infer_model_args(name, state)
             with torch.device("meta"):
-                overrides = {"image_size": image_size} if image_size is not None else {}
-                own = create_model(name, **overrides).state_dict()
+                default = create_model(name)
+                sizes = {k: getattr(inferred, k) for k in SIZE_ARGS if getattr(inferred, k) is not None}
+                sizes = {k: v for k, v in sizes.items() if v != getattr(default, k)}
+                own = create_model(name, **sizes).state_dict()
         except Exception:  # a preset that cannot be built at this size simply does not match
             continue
         if {k: tuple(v.shape) for k, v in own.items()} == shapes:
-            found.append(name)
+            found.append(name + (" at " + ", ".join(f"{k}={v}" for k, v in sizes.items()) if sizes else ""))
     return found
 
 
@@ -274,9 +282,7 @@ def _check_fits(model: nn.Module, state: StateDict, fmt: SourceFormat, source: s
     family = model_family(model)
     theirs, ours = _shape_summary(state), _shape_summary(own)
     if family is not None and theirs and theirs != ours:
-        fits = _matching_presets(state, family, getattr(model, "image_size", None)) or _matching_presets(
-            state, family, None
-        )
+        fits = _matching_presets(state, family)
         hint = ", ".join(fits) if fits else "no registered preset"
         raise WeightsError(
             f"{source}: checkpoint is {fmt.label} with {theirs} ({hint}), model is {_model_name(model)} ({ours})"
@@ -285,18 +291,14 @@ def _check_fits(model: nn.Module, state: StateDict, fmt: SourceFormat, source: s
         check_state_dict(model, state, f"{source} ({fmt.label} layout)")
     except WeightsError as exc:
         if family is not None and all(k in own for k in state) and all(k in state for k in own):
-            native = _matching_presets(state, family, None)
+            native = _matching_presets(state, family)
             if native:
-                size = get_preset(native[0]).kwargs.get("image_size")
-                raise WeightsError(
-                    f"{exc}; the checkpoint fits {native[0]} at image_size={size} "
-                    "(position embeddings fix the input size)"
-                ) from None
+                raise WeightsError(f"{exc}; the checkpoint fits {native[0]}") from None
         raise
 
 
 # ----------------------------------------------------------------------------------------------- loading
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Checkpoint:
     """A checkpoint read and converted to deploykit's layout, not yet loaded into a model; ``labels`` and
     ``preprocessing`` come from a Hugging Face directory's ``config.json`` (``id2label``) and
@@ -352,17 +354,31 @@ def read_pretrained(
         except ConfigError as exc:
             raise WeightsError(f"{path}: {exc}") from None
     converted = fmt.convert(state)
-    return Checkpoint(path, converted, fmt, container, sha, ckpt_family, labels, preprocessing, record)
+    return Checkpoint(
+        path=path,
+        state=converted,
+        format=fmt,
+        container=container,
+        sha256=sha,
+        family=ckpt_family,
+        labels=labels,
+        preprocessing=preprocessing,
+        record=record,
+    )
 
 
 def load_checkpoint(model: nn.Module, checkpoint: Checkpoint) -> WeightsInfo:
-    """Load a read checkpoint into ``model`` strictly (every mismatch named before anything is copied)."""
+    """Load a read checkpoint into ``model`` strictly (every mismatch named before anything is copied; a
+    model of other classes or another resolution than the checkpoint's is one line naming what to build)."""
     family = model_family(model)
     if family is not None and checkpoint.family is not None and checkpoint.family != family:
         raise WeightsError(
             f"{checkpoint.source}: checkpoint is {checkpoint.format.label} ({checkpoint.family} family), "
             f"model is {_model_name(model)} ({family} family)"
         )
+    mismatch = size_mismatch(model, checkpoint.state, checkpoint.path.name)
+    if mismatch is not None:
+        raise WeightsError(mismatch)
     _check_fits(model, checkpoint.state, checkpoint.format, checkpoint.source)
     model.load_state_dict(checkpoint.state, strict=True)
     adjust = checkpoint.format.adjust
@@ -377,17 +393,42 @@ def load_checkpoint(model: nn.Module, checkpoint: Checkpoint) -> WeightsInfo:
 
 
 def load_pretrained(
-    model_or_preset: nn.Module | str, path: str | Path, weights_format: str | None = None
+    model_or_preset: nn.Module | str,
+    path: str | Path,
+    weights_format: str | None = None,
+    *,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+    architecture: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, WeightsInfo]:
-    """Load a reference checkpoint (or a deploykit state_dict) into a model, strictly.
+    """Load a reference checkpoint (or a deploykit one) into a model, strictly.
 
-    ``model_or_preset``: a built model (loaded in place, its train/eval mode kept) or a preset name (built
-    first, returned in eval mode). ``weights_format`` forces a :data:`FORMATS` layout instead of detecting
-    it. Returns ``(model, info)``; raises :class:`~deploykit.core.errors.WeightsError` naming the problem
-    (wrong family, wrong size, the offending keys).
+    ``model_or_preset``: a preset name (or family alias), built at the classes and resolution the
+    checkpoint says, as ``deploykit export PRESET --weights PATH`` builds it (a deploykit checkpoint's
+    recorded preset and architecture win; see :func:`~deploykit.models.shapes.resolve_model_args`) and
+    returned in eval mode; or a built model, loaded in place with its train/eval mode kept (built for
+    other classes or another resolution than the checkpoint's: a one-line ``WeightsError`` naming what to
+    build). ``num_classes`` / ``image_size`` / ``architecture`` go with a preset name: a value that
+    contradicts the checkpoint is a one-line ``ConfigError`` naming both. ``weights_format`` forces a
+    :data:`FORMATS` layout instead of detecting it. Returns ``(model, info)``; raises
+    :class:`~deploykit.core.errors.WeightsError` naming the problem (wrong family, wrong size, the
+    offending keys).
     """
-    model = create_model(model_or_preset).eval() if isinstance(model_or_preset, str) else model_or_preset
-    checkpoint = read_pretrained(path, weights_format)
+    if not isinstance(model_or_preset, str):
+        given = {"num_classes": num_classes, "image_size": image_size, "architecture": architecture or None}
+        named = [f"{k}={v!r}" for k, v in given.items() if v is not None]
+        if named:
+            raise ConfigError(
+                f"{', '.join(named)} build a model from a preset name, and this {_model_name(model_or_preset)} "
+                "is already built: pass the preset name (or build the model with them)"
+            )
+        return model_or_preset, load_checkpoint(model_or_preset, read_pretrained(path, weights_format))
+    spec = get_preset(model_or_preset)
+    checkpoint = read_pretrained(path, weights_format, family=spec.family, model=spec.name)
+    args = resolve_model_args(
+        spec.name, checkpoint, num_classes=num_classes, image_size=image_size, architecture=architecture
+    )
+    model = create_model(args.preset, **args.kwargs).eval()
     return model, load_checkpoint(model, checkpoint)
 
 

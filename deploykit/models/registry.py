@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable, Mapping
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -20,12 +20,11 @@ from deploykit.core.errors import ConfigError, UnknownModelError
 from deploykit.models.base import IMAGENET_MEAN, IMAGENET_STD
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Preset:
     """A named configuration of a family's constructor, plus what the reference says about it."""
 
     name: str
-    _: KW_ONLY
     family: str
     builder: Callable[..., nn.Module]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -34,7 +33,7 @@ class Preset:
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
     reference: str = ""
-    #: trainable parameter count of the reference implementation, in millions, as rounded in SPEC
+    #: trainable parameter count of the reference implementation, in millions, as rounded in the paper's or repository's table
     reference_params_m: float | None = None
     reference_params_decimals: int = 2
 
@@ -85,7 +84,11 @@ def get_preset(name: str) -> Preset:
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Build preset ``name`` (or a family alias); keyword ``overrides`` replace preset values."""
+    """Build preset ``name`` (or a family alias); keyword ``overrides`` replace preset values.
+
+    Random weights: a checkpoint is loaded by :func:`deploykit.models.load_pretrained(name, path)
+    <deploykit.models.pretrained.load_pretrained>`, which builds the preset at the classes and resolution
+    the checkpoint says."""
     preset = get_preset(name)
     model = preset.builder(**{**preset.kwargs, **overrides})
     model.preset_name = preset.name

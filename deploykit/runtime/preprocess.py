@@ -45,7 +45,7 @@ INTERPOLATIONS = {
 ImageLike = str | Path | Image.Image | np.ndarray | bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Preprocessing:
     """The input contract of an artifact: ``input_size`` is ``(C, H, W)``; mean/std apply to [0, 1]."""
 

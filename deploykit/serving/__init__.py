@@ -2,4 +2,4 @@
 real server (``deploykit serve``).
 
 Owns: Triton repositories, configs, the Python-backend models and the server process.
-May import: core, runtime, engine, workflows."""
+May import: core, runtime, engine."""

@@ -32,26 +32,34 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from deploykit.core.artifacts import VARIANT_FILES
-from deploykit.core.config import BatchProfile
-from deploykit.core.errors import ArtifactError, ConfigError, first_line
+from deploykit.core.artifacts import Precision, Variant
+from deploykit.core.errors import ArtifactError, ConfigError
 from deploykit.core.io import sha256_file
+from deploykit.core.record import (
+    MANIFEST_NAME,
+    ExportManifest,
+    artifact_record,
+    read_export_manifest,
+    read_sidecar,
+    variant_of,
+)
 from deploykit.runtime.postprocess import class_labels
+from deploykit.serving.choices import Backend, InstanceKind
 from deploykit.serving.pbtxt import Enum
 from deploykit.serving.versions import choose_version, locked, open_repository, publish
-from deploykit.workflows.predict import artifact_record, recorded_labels
 
-BACKENDS = ("onnxruntime", "tensorrt", "python")
-KINDS = ("cpu", "gpu")
-PRECISIONS = ("fp32", "fp16", "int8")
 #: the export's ONNX file each precision serves through ONNX Runtime (onnxruntime and python backends)
 ONNX_SOURCES = {
-    "fp32": VARIANT_FILES["fp32"],
-    "fp16": VARIANT_FILES["fp16"],
-    "int8": VARIANT_FILES["int8-cpu"],
+    Precision.FP32: Variant.FP32.file,
+    Precision.FP16: Variant.FP16.file,
+    Precision.INT8: Variant.INT8_CPU.file,
 }
 #: the ONNX file a TensorRT engine of each precision is built from
-ENGINE_SOURCES = {"fp32": VARIANT_FILES["fp32"], "fp16": VARIANT_FILES["fp16"], "int8": VARIANT_FILES["int8"]}
+ENGINE_SOURCES = {
+    Precision.FP32: Variant.FP32.file,
+    Precision.FP16: Variant.FP16.file,
+    Precision.INT8: Variant.INT8.file,
+}
 #: ONNX element types (as io_signature and the manifest spell them) -> Triton data types
 TRITON_TYPES = {"float": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 IMAGE_INPUT = "IMAGE"
@@ -59,119 +67,77 @@ TOPK_OUTPUTS = (("CLASSES", "TYPE_INT64"), ("PROBS", "TYPE_FP32"), ("LABELS", "T
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: "$" would accept a trailing newline
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RepositoryResult:
     repo: Path
     name: str
     version: int
-    backend: str
+    backend: Backend
     models: list[str] = field(default_factory=list)
     replaced: bool = False
     #: the export's file the main model serves (model.int8.cpu.onnx, model.fp16.engine, ...)
     artifact: str = ""
 
 
-@dataclass(frozen=True)
-class _Export:
-    """What the repository needs to know about an export directory (from its manifest.json)."""
-
-    dir: Path
-    preset: str
-    input_name: str
-    output_name: str
-    input_dims: list[int]
-    output_dims: list[int]
-    batch: dict[str, int]
-    preprocessing: dict[str, Any]
-    manifest: dict[str, Any]
+def read_export(export_dir: str | Path) -> ExportManifest:
+    """What the repository needs to know about an export directory: its manifest
+    (:func:`~deploykit.core.record.read_export_manifest`)."""
+    return read_export_manifest(export_dir)
 
 
-def read_export(export_dir: str | Path) -> _Export:
-    path = Path(export_dir)
-    manifest_path = path / "manifest.json"
-    if not path.is_dir():
-        raise ArtifactError(f"export directory not found: {path}")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        io = manifest["io"]
-        (inp,), (out,) = io["inputs"], io["outputs"]
-        in_dims, out_dims = [int(d) for d in inp["shape"][1:]], [int(d) for d in out["shape"][1:]]
-        batch = BatchProfile(**{k: manifest["export_config"]["batch"][k] for k in ("min", "opt", "max")})
-        if len(in_dims) != 3 or len(out_dims) != 1 or min(in_dims + out_dims) < 1:
-            raise ValueError(
-                f"input {inp['shape']} / output {out['shape']} is not (batch, C, H, W) -> (batch, N)"
-            )
-        if not isinstance(manifest["artifacts"], dict) or not isinstance(manifest["preprocessing"], dict):
-            raise TypeError("'artifacts' and 'preprocessing' must be JSON objects")
-        return _Export(
-            path,
-            str(manifest["preset"]),
-            str(inp["name"]),
-            str(out["name"]),
-            in_dims,
-            out_dims,
-            {"min": batch.min, "opt": batch.opt, "max": batch.max},
-            manifest["preprocessing"],
-            manifest,
-        )
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} has no manifest.json (not a deploykit export directory?)") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, ConfigError) as exc:
-        reason = f"{type(exc).__name__}: {first_line(exc)}"[:200]
-        raise ArtifactError(f"{manifest_path} is not a readable deploykit manifest ({reason})") from None
-
-
-def _artifact(export: _Export, backend: str, precision: str) -> tuple[Path, str]:
+def _artifact(export: ExportManifest, backend: Backend, precision: Precision) -> tuple[Path, str]:
     """The file to serve and its name inside the version directory; ONNX files are checked against the
     manifest's sha256 (a corrupt or swapped file is refused)."""
-    if backend == "tensorrt":
-        from deploykit.engine.runner import engine_precision
-
+    if backend is Backend.TENSORRT:
         onnx_name = ENGINE_SOURCES[precision]
         # deploykit build writes model[.fp16|.int8].engine; deploykit export's engine stage writes model.engine
-        for source in (export.dir / onnx_name.replace(".onnx", ".engine"), export.dir / "model.engine"):
-            if source.is_file() and engine_precision(source) == precision:
+        for source in (
+            export.directory / onnx_name.replace(".onnx", ".engine"),
+            export.directory / "model.engine",
+        ):
+            if source.is_file() and variant_of(source) == precision:
                 return source, "model.plan"
         raise ArtifactError(
-            f"no {precision} engine in {export.dir}: engines are built on the target GPU (deploykit build "
-            f"{export.dir / onnx_name}, or build_engine.sh there); or use --backend onnxruntime"
+            f"no {precision} engine in {export.directory}: engines are built on the target GPU (deploykit build "
+            f"{export.directory / onnx_name}, or build_engine.sh there); or use --backend onnxruntime"
         )
-    source = export.dir / ONNX_SOURCES[precision]
-    recorded = export.manifest.get("artifacts", {}).get(source.name)
+    source = export.directory / ONNX_SOURCES[precision]
+    recorded = export.artifacts.get(source.name)
     if not source.is_file() or recorded is None:
-        hint = {"fp16": " (export with --fp16)", "int8": " (export with --int8)"}.get(precision, "")
+        hints = {Precision.FP16: " (export with --fp16)", Precision.INT8: " (export with --int8)"}
+        hint = hints.get(precision, "")
         raise ArtifactError(f"{source} not found in the export{hint}")
-    if sha256_file(source) != recorded["sha256"]:
-        raise ArtifactError(f"{source} does not match the sha256 in manifest.json (modified or corrupt)")
+    if sha256_file(source) != recorded.get("sha256"):
+        raise ArtifactError(f"{source} does not match the sha256 in {MANIFEST_NAME} (modified or corrupt)")
     return source, "model.onnx"
 
 
-def _io_type(export: _Export, precision: str, backend: str = "python") -> str:
+def _io_type(export: ExportManifest, precision: Precision, backend: Backend = Backend.PYTHON) -> str:
     """The Triton type of the served model's input and output: the export's, FP16 for the FP16 graph (and
     the INT8 engine built on it) when that has FP16 I/O, and the INT8 CPU artifact's own (FP32)."""
-    dtype = export.manifest["io"]["inputs"][0]["dtype"]
-    if precision == "int8" and backend != "tensorrt":
+    dtype = export.input_dtype
+    if precision is Precision.INT8 and backend is not Backend.TENSORRT:
         dtype = _int8_cpu_io(export)
-    elif precision in ("fp16", "int8") and export.manifest.get("fp16", {}).get("io") == "fp16":
+    elif precision in (Precision.FP16, Precision.INT8) and export.fp16_io:
         dtype = "float16"
     return TRITON_TYPES.get(dtype, "TYPE_FP32")
 
 
-def _int8_cpu_io(export: _Export) -> str:
+def _int8_cpu_io(export: ExportManifest) -> str:
     """The element type of the INT8 CPU artifact's input and output, after checking that its names and dims
     are the export's (the configs carry the export's); an ArtifactError otherwise."""
     from deploykit.core.onnx_io import io_signature, read_onnx_graph
 
-    path = export.dir / ONNX_SOURCES["int8"]
+    path = export.directory / ONNX_SOURCES[Precision.INT8]
     signature = io_signature(read_onnx_graph(path))
     want = {
-        "inputs": [(export.input_name, export.input_dims)],
-        "outputs": [(export.output_name, export.output_dims)],
+        "inputs": [(export.input_name, list(export.input_dims))],
+        "outputs": [(export.output_name, list(export.output_dims))],
     }
     for kind, expected in want.items():
         got = [(v["name"], v["shape"][1:]) for v in signature[kind]]
         if got != expected:
-            raise ArtifactError(f"{path}: {kind} {got} are not the export's {expected} (see manifest.json)")
+            raise ArtifactError(f"{path}: {kind} {got} are not the export's {expected} (see {MANIFEST_NAME})")
     dtypes = {v["dtype"] for v in signature["inputs"] + signature["outputs"]}
     if len(dtypes) != 1 or next(iter(dtypes)) not in TRITON_TYPES:
         raise ArtifactError(f"{path}: input/output types {sorted(dtypes)} are not one float type")
@@ -187,36 +153,34 @@ def _params(**values: Any) -> list[dict[str, Any]]:
 
 
 def _engine_max_batch(engine: Path) -> int | None:
-    from deploykit.engine.runner import read_sidecar
-
     profile = read_sidecar(engine).get("profile", {})
     return int(profile["max"][0]) if profile.get("max") else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Options:
     """The checked choices that shape the four configs (see :func:`write_repository`)."""
 
     name: str
-    backend: str
+    backend: Backend
     max_batch: int
     instances: int
-    kind: str
+    kind: InstanceKind
     queue_delay_us: int
-    precision: str
+    precision: Precision
     top_k: int
     ort_tensorrt: bool
 
 
 #: how the main model names what serves it
 _SERVED_BY = {
-    "tensorrt": {"platform": "tensorrt_plan", "default_model_filename": "model.plan"},
-    "onnxruntime": {"platform": "onnxruntime_onnx", "default_model_filename": "model.onnx"},
-    "python": {"backend": "python"},
+    Backend.TENSORRT: {"platform": "tensorrt_plan", "default_model_filename": "model.plan"},
+    Backend.ONNXRUNTIME: {"platform": "onnxruntime_onnx", "default_model_filename": "model.onnx"},
+    Backend.PYTHON: {"backend": "python"},
 }
 
 
-def model_configs(export: _Export, options: _Options) -> dict[str, dict[str, Any]]:
+def model_configs(export: ExportManifest, options: _Options) -> dict[str, dict[str, Any]]:
     """The four ``ModelConfig`` messages (as plain data for :func:`to_pbtxt`), keyed by model name."""
     io_type = _io_type(export, options.precision, options.backend)
     main = _main_config(export, options, io_type)
@@ -226,7 +190,7 @@ def model_configs(export: _Export, options: _Options) -> dict[str, dict[str, Any
     return {main["name"]: main, pre["name"]: pre, post["name"]: post, ensemble["name"]: ensemble}
 
 
-def _main_config(export: _Export, options: _Options, io_type: str) -> dict[str, Any]:
+def _main_config(export: ExportManifest, options: _Options, io_type: str) -> dict[str, Any]:
     """The model that serves the artifact, with dynamic batching at the export's batch profile."""
     max_batch, instances = options.max_batch, options.instances
     preferred = sorted(
@@ -243,11 +207,11 @@ def _main_config(export: _Export, options: _Options, io_type: str) -> dict[str, 
         },
         "instance_group": [{"kind": Enum(f"KIND_{options.kind.upper()}"), "count": instances}],
     }
-    if options.backend == "python":  # ONNX Runtime threads per instance: the cores shared between instances
+    if options.backend is Backend.PYTHON:  # ONNX Runtime threads per instance: the cores shared by instances
         main["parameters"] = _params(
             onnx_file="model.onnx", intra_op_threads=max(1, (os.cpu_count() or 1) // instances)
         )
-    if options.backend == "onnxruntime" and options.ort_tensorrt:
+    if options.backend is Backend.ONNXRUNTIME and options.ort_tensorrt:
         accelerator = {
             "name": "tensorrt",
             "parameters": [{"key": "precision_mode", "value": options.precision.upper()}],
@@ -256,7 +220,7 @@ def _main_config(export: _Export, options: _Options, io_type: str) -> dict[str, 
     return main
 
 
-def _preprocess_config(export: _Export, options: _Options, io_type: str) -> dict[str, Any]:
+def _preprocess_config(export: ExportManifest, options: _Options, io_type: str) -> dict[str, Any]:
     """Python backend: encoded image bytes -> the preset's preprocessing, one instance per main instance."""
     return {
         "name": f"{options.name}_preprocess",
@@ -269,7 +233,7 @@ def _preprocess_config(export: _Export, options: _Options, io_type: str) -> dict
     }
 
 
-def _postprocess_config(export: _Export, options: _Options, io_type: str) -> dict[str, Any]:
+def _postprocess_config(export: ExportManifest, options: _Options, io_type: str) -> dict[str, Any]:
     """Python backend: logits -> top-k classes, probabilities and labels."""
     return {
         "name": f"{options.name}_postprocess",
@@ -293,7 +257,7 @@ def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict[s
 
 
 def _ensemble_config(
-    export: _Export, options: _Options, pre: dict[str, Any], post: dict[str, Any]
+    export: ExportManifest, options: _Options, pre: dict[str, Any], post: dict[str, Any]
 ) -> dict[str, Any]:
     """``NAME_classify``: preprocess -> the main model -> postprocess (image bytes in, top-k out)."""
     name, inp, out = options.name, export.input_name, export.output_name
@@ -322,12 +286,12 @@ def write_repository(
     repo: str | Path,
     *,
     name: str | None = None,
-    backend: str = "python",
+    backend: Backend | str = Backend.PYTHON,
     max_batch: int | None = None,
     instances: int = 1,
-    kind: str = "cpu",
+    kind: InstanceKind | str = InstanceKind.CPU,
     queue_delay_us: int = 1000,
-    precision: str = "fp32",
+    precision: Precision | str = Precision.FP32,
     version: int | None = None,
     force: bool = False,
     top_k: int = 5,
@@ -337,7 +301,9 @@ def write_repository(
     """Write (or add a version to) the four models of ``export_dir`` in ``repo``; see the module doc."""
     export = read_export(export_dir)
     name = name or export.preset
-    _check_choices(name, backend=backend, kind=kind, precision=precision, ort_tensorrt=ort_tensorrt)
+    backend, kind, precision = _check_choices(
+        name, backend=backend, kind=kind, precision=precision, ort_tensorrt=ort_tensorrt
+    )
     source, target_name = _artifact(export, backend, precision)
     options = _Options(
         name=name,
@@ -357,39 +323,53 @@ def write_repository(
             "repository's classify ensemble needs a classifier (export with --num-classes N)"
         )
     _check_counts(options, num_classes=export.output_dims[-1])
-    names = class_labels(export.output_dims[-1], labels if labels is not None else recorded_labels(record))
+    names = class_labels(export.output_dims[-1], labels if labels is not None else record.checked_labels())
     configs = model_configs(export, options)
     repo = open_repository(repo)
     with locked(repo):  # two `deploykit triton` runs into one repository: one after the other
         version, replaced = choose_version(repo, list(configs), version, force)
         publish(repo, version, _version_files(options, source, target_name, names), configs)
-    return RepositoryResult(repo, name, version, backend, list(configs), replaced, source.name)
+    return RepositoryResult(
+        repo=repo,
+        name=name,
+        version=version,
+        backend=backend,
+        models=list(configs),
+        replaced=replaced,
+        artifact=source.name,
+    )
 
 
-def _check_choices(name: str, *, backend: str, kind: str, precision: str, ort_tensorrt: bool) -> None:
-    """The model name and the options that must be one of a fixed set (ConfigError, exit 2, otherwise)."""
+def _check_choices(
+    name: str, *, backend: str, kind: str, precision: str, ort_tensorrt: bool
+) -> tuple[Backend, InstanceKind, Precision]:
+    """The model name and the options that must be one of a fixed set (ConfigError, exit 2, otherwise);
+    returns those options as members of their sets."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"model name {name!r} may only hold letters, digits, '_', '.' and '-'")
     for what, value, allowed in (
-        ("backend", backend, BACKENDS),
-        ("kind", kind, KINDS),
-        ("precision", precision, PRECISIONS),
+        ("backend", backend, Backend),
+        ("kind", kind, InstanceKind),
+        ("precision", precision, Precision),
     ):
-        if value not in allowed:
-            raise ConfigError(f"--{what} must be one of {', '.join(allowed)}, got {value!r}")
-    if ort_tensorrt and (backend != "onnxruntime" or kind != "gpu"):
+        names = [member.value for member in allowed]
+        if value not in names:
+            raise ConfigError(f"--{what} must be one of {', '.join(names)}, got {value!r}")
+    backend, kind, precision = Backend(backend), InstanceKind(kind), Precision(precision)
+    if ort_tensorrt and (backend is not Backend.ONNXRUNTIME or kind is not InstanceKind.GPU):
         raise ConfigError("the TensorRT execution accelerator needs --backend onnxruntime --kind gpu")
-    if ort_tensorrt and precision == "int8":
+    if ort_tensorrt and precision is Precision.INT8:
         raise ConfigError(
             "--ort-tensorrt takes fp32 or fp16: the INT8 ONNX Runtime artifact is dynamically quantized for "
             "the CPU; for INT8 on a GPU serve the engine of model.int8.onnx (--backend tensorrt)"
         )
+    return backend, kind, precision
 
 
-def _max_batch(export: _Export, backend: str, source: Path, max_batch: int | None) -> int:
+def _max_batch(export: ExportManifest, backend: Backend, source: Path, max_batch: int | None) -> int:
     """``max_batch``, or the artifact's batch profile maximum when None (an engine's own profile, else the
     export's); a value outside 1..that maximum is a ConfigError."""
-    limit = _engine_max_batch(source) if backend == "tensorrt" else None
+    limit = _engine_max_batch(source) if backend is Backend.TENSORRT else None
     limit = limit or export.batch["max"]
     max_batch = limit if max_batch is None else max_batch
     if not 1 <= max_batch <= limit:
@@ -421,7 +401,7 @@ def _version_files(
     name = options.name
     return {
         name: {target_name: source}
-        | ({"model.py": _template("onnx_model.py")} if options.backend == "python" else {}),
+        | ({"model.py": _template("onnx_model.py")} if options.backend is Backend.PYTHON else {}),
         f"{name}_preprocess": {"model.py": _template("preprocess_model.py")},
         f"{name}_postprocess": {
             "model.py": _template("postprocess_model.py"),

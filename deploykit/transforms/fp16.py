@@ -15,27 +15,31 @@ FP32 islands come from two places, both listed in the report with the reason:
      in-graph for computing ops, derived for data movement, see :func:`activation_ranges`). A PyTorch
      screen (:func:`torch_peak`) skips the measurement when no activation comes within
      :data:`SCREEN_MARGIN` of the limit;
-   * *segments*: if the converted graph still misses the FP16 tolerances, the graph is cut into
-     segments at each LayerNormalization (one transformer sub-block each), each segment's error is
-     measured with only that segment in FP16, and the worst segments are kept FP32 until the tolerances
-     hold.
+   * *modules*: if the converted graph misses the FP16 tolerances, the first module drifting from the FP32
+     graph is kept FP32 (up to :data:`MODULE_ROUNDS` times);
+   * *segments*: if it still misses them, the graph is cut into segments at each LayerNormalization (one
+     transformer sub-block each) and the higher-precision search INT8 uses too
+     (:mod:`deploykit.transforms.precision_search`) keeps whole segments FP32: each segment's error
+     measured with only that segment in FP16, worst first, until the tolerances hold.
 
-The conversion itself is onnxconverter-common's ``convert_float_to_float16`` with a node block list.
+The conversion itself (:func:`convert`) is onnxconverter-common's ``convert_float_to_float16`` with a node
+block list, run with the FLOAT initializers emptied; :mod:`deploykit.transforms.fp16_weights` converts the
+weights after it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
 
-from deploykit.validation.metrics import Tolerances
+from deploykit.transforms.fp16_weights import convert_float_to_float16
+from deploykit.transforms.precision_search import GateResult, keep_in_higher_precision, worst_first_later_ties
+from deploykit.validation.metrics import Check, Tolerances
 
 FP32_OPS: dict[str, str] = {
     "LayerNormalization": "mean/variance reductions lose precision and overflow in FP16",
@@ -55,7 +59,7 @@ OVERFLOW_LIMIT = FP16_MAX / 2
 SCREEN_LIMIT = OVERFLOW_LIMIT / SCREEN_MARGIN
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Fp16Report:
     kept_fp32: list[dict] = field(default_factory=list)  # {"node", "op", "reason"}
     fp16_nodes: int = 0
@@ -64,6 +68,7 @@ class Fp16Report:
     modules_checked: int = 0
     timings_s: dict[str, float] = field(default_factory=dict)
     logits: np.ndarray | None = None  # of the returned graph on the images (not serialized)
+    gate: GateResult | None = None  # the returned graph's gate result (not serialized)
     range_images: int = 0
     range_tensors: int = 0  # tensors the range check measured (the others derived)
     range_screen: float | None = None  # PyTorch's max |x| over every op output, when the screen ran
@@ -186,7 +191,7 @@ def activation_ranges(
     Runtime. Where an upper bound follows from the inputs' (:func:`_derived_bound`: data movement, ops
     bounded by 1, scaling by a constant or by a gate in [-1, 1]) it is used instead: fewer exposed tensors
     leave ONNX Runtime its fusions (e.g. QuickGelu), which keeps the run close to a plain inference. Runs
-    ``chunk`` images at a time (2: 20 % faster than 8 for CvT-13 here, the activations stay in cache)."""
+    ``chunk`` images at a time (a small chunk keeps the activations in cache; docs/measured.md)."""
     from deploykit.core.scopes import tensor_types
     from deploykit.runtime.ort_runner import OrtRunner
 
@@ -281,52 +286,30 @@ def range_blocks(proto: onnx.ModelProto, peaks: dict[str, float]) -> list[dict]:
     return list(kept.values())
 
 
-def weights_to_fp16(
-    values: np.ndarray, min_positive_val: float = 1e-7, max_finite_val: float = 1e4
-) -> np.ndarray:
-    """onnxconverter-common's ``convert_np_to_float16``, bit for bit, in one pass: nonzero magnitudes below
-    ``min_positive_val`` become ``min_positive_val``, finite magnitudes above ``max_finite_val`` become
-    ``max_finite_val`` (sign kept; 0, -0, inf and NaN unchanged), then FP16. The library's version
-    computes its warnings' statistics with four boolean-indexed copies and four ``np.where`` passes per
-    tensor — 0.9 s of CvT-13's 1.0 s conversion (20 M weights) here; this one is ~20× faster."""
-    magnitude = np.abs(values)
-    tiny = (magnitude < min_positive_val) & (magnitude > 0)
-    huge = (magnitude > max_finite_val) & np.isfinite(magnitude)
-    if tiny.any() or huge.any():
-        values = values.copy()
-        values[tiny] = np.copysign(min_positive_val, values[tiny])
-        values[huge] = np.copysign(max_finite_val, values[huge])
-    return values.astype(np.float16)
+def convert(proto: onnx.ModelProto, block_nodes: Collection[str], fp16_io: bool = False) -> onnx.ModelProto:
+    """``proto`` in FP16 but for :data:`FP32_OPS` and ``block_nodes``, FP32 graph I/O unless ``fp16_io``
+    (:func:`deploykit.transforms.fp16_weights.convert_float_to_float16`)."""
+    return convert_float_to_float16(
+        proto, op_block_list=FP32_OPS, block_nodes=block_nodes, max_finite_val=FP16_MAX, fp16_io=fp16_io
+    )
 
 
-def convert(proto: onnx.ModelProto, block_nodes: set[str], fp16_io: bool = False) -> onnx.ModelProto:
-    from unittest import mock
-
-    from onnxconverter_common import float16
-
-    from deploykit.core.scopes import types_declared
-
-    src = onnx.ModelProto()
-    src.CopyFrom(proto)
-    with (
-        contextlib.redirect_stdout(io.StringIO()),
-        warnings.catch_warnings(),
-        # the library's own per-tensor conversion, replaced by the same values computed in one pass
-        mock.patch.object(float16, "convert_np_to_float16", weights_to_fp16),
-    ):
-        warnings.simplefilter("ignore")
-        out = float16.convert_float_to_float16(
-            src,
-            keep_io_types=not fp16_io,
-            op_block_list=list(FP32_OPS),
-            node_block_list=sorted(block_nodes),
-            max_finite_val=FP16_MAX,
-            disable_shape_infer=types_declared(src),  # its inference would add nothing then
-        )
-    return out
+#: what :func:`make_fp16`'s gate returns for logits: the Check records they were gated by, or a plain verdict
+Verdict = bool | Iterable[Check]
 
 
-@dataclass
+def gate_result(logits: np.ndarray, verdict: Verdict) -> GateResult:
+    """``logits`` with their gate's verdict as Check records; a plain bool becomes one record (metric
+    ``passes``: 1 passed, 0 failed)."""
+    if isinstance(verdict, (bool, np.bool_)):
+        value = 1.0 if verdict else 0.0
+        checks = (Check(output="logits", metric="passes", value=value, threshold=1.0, passed=bool(verdict)),)
+    else:
+        checks = tuple(verdict)
+    return GateResult(checks=checks, logits=logits)
+
+
+@dataclass(kw_only=True)
 class _Conversion:
     """One FP16 conversion in progress: the named FP32 graph, the images and reference logits it is
     checked on, what is kept FP32 so far (``blocked``) and the report being written."""
@@ -334,15 +317,22 @@ class _Conversion:
     fp32: onnx.ModelProto
     images: np.ndarray
     reference: np.ndarray
-    passes: Callable[[np.ndarray], bool]
+    verdict: Callable[[np.ndarray], Verdict]
     fp16_io: bool
     max_batch: int
     report: Fp16Report
     ops: dict[str, str]
     blocked: set[str] = field(default_factory=set)
 
-    def convert(self) -> onnx.ModelProto:
-        return convert(self.fp32, self.blocked, self.fp16_io)
+    @classmethod
+    def start(cls, proto: onnx.ModelProto, **checked: Any) -> _Conversion:
+        """The conversion of ``proto`` (its named copy, report and ops: :func:`_prepare`) on ``checked``."""
+        fp32, report, ops = _prepare(proto)
+        return cls(fp32=fp32, report=report, ops=ops, **checked)
+
+    def build(self, kept: Collection[str]) -> onnx.ModelProto:
+        """The graph with ``kept`` (node names) FP32, besides the op types that always are."""
+        return convert(self.fp32, kept, self.fp16_io)
 
     def logits(self, model: onnx.ModelProto) -> np.ndarray:
         from deploykit.runtime.base import run_batched
@@ -350,22 +340,31 @@ class _Conversion:
 
         return run_batched(OrtRunner(model.SerializeToString()), self.images, self.max_batch)
 
+    def gate(self, model: onnx.ModelProto) -> GateResult:
+        """The FP16 gate on ``model``: its logits on the images and their verdict."""
+        logits = self.logits(model)
+        return gate_result(logits, self.verdict(logits))
+
+    def damage(self, model: onnx.ModelProto) -> float:
+        """The segment check's metric: the max abs error of ``model``'s logits against the reference."""
+        return float(np.abs(self.logits(model) - self.reference).max())
+
     def keep(self, nodes, reason: str) -> None:
-        """Record ``nodes`` (sorted) as kept FP32 for ``reason`` (ops that are always FP32 are listed once)."""
+        """Record ``nodes`` as kept FP32 for ``reason`` (ops that are always FP32 are listed once)."""
         self.report.kept_fp32.extend(
             {"node": n, "op": self.ops[n], "reason": reason} for n in nodes if self.ops[n] not in FP32_OPS
         )
 
 
-def _module_check(run: _Conversion, converted: onnx.ModelProto, out: np.ndarray, tol: Tolerances):
+def _module_check(run: _Conversion, converted: onnx.ModelProto, found: GateResult, tol: Tolerances):
     """Keep FP32 the nodes of the first module that drifts in FP16 from the FP32 graph, again and again,
-    until the logits pass, no module drifts past the module tolerances, or :data:`MODULE_ROUNDS` is
-    reached. Returns the last converted graph and its logits."""
+    until the gate passes, no module drifts past the module tolerances, or :data:`MODULE_ROUNDS` is
+    reached. Returns the last converted graph and its gate result."""
     from deploykit.core.scopes import module_nodes
     from deploykit.validation.locate import locate_between_graphs, worst_images
 
     for _ in range(MODULE_ROUNDS):
-        picked = run.images[worst_images(run.reference, out)]
+        picked = run.images[worst_images(run.reference, found.logits)]
         first = locate_between_graphs(run.fp32, converted, picked, tol, "fp16").first
         run.report.modules_checked += 1
         nodes = module_nodes(run.fp32, first.module) - run.blocked if first is not None else set()
@@ -377,31 +376,35 @@ def _module_check(run: _Conversion, converted: onnx.ModelProto, out: np.ndarray,
             f"cosine {first.cosine_min:.6f})"
         )
         run.keep(sorted(nodes), reason)
-        converted = run.convert()
-        out = run.logits(converted)
-        if run.passes(out):
+        converted = run.build(run.blocked)
+        found = run.gate(converted)
+        if found.passed:
             break
-    return converted, out
+    return converted, found
 
 
-def _segment_check(run: _Conversion, converted: onnx.ModelProto, out: np.ndarray):
-    """Each segment alone in FP16 (the rest FP32), worst first: keep whole segments FP32 until the logits
-    pass. Returns the last converted graph and its logits."""
-    groups = segments(run.fp32)
-    errors = []
-    for i, group in enumerate(groups):
-        others = {n for g in groups for n in g} - set(group)
-        out = run.logits(convert(run.fp32, others | run.blocked, run.fp16_io))
-        errors.append((float(np.abs(out - run.reference).max()), i))
+def _segment_check(run: _Conversion, converted: onnx.ModelProto, found: GateResult):
+    """The shared higher-precision search over the segments
+    (:func:`~deploykit.transforms.precision_search.keep_in_higher_precision`): each segment's max abs logit
+    error alone in FP16 (the rest FP32), then whole segments kept FP32, worst first (ties: the later
+    segment), until the gate passes. Returns the last converted graph and its gate result."""
+    groups = {f"segment {i}": group for i, group in enumerate(segments(run.fp32))}
+    search = keep_in_higher_precision(
+        groups,
+        build=run.build,
+        damage=run.damage,
+        gate=run.gate,
+        reason=lambda group, err: f"segment check: {group} alone in FP16 gives max abs logit error {err:.3g}",
+        order=worst_first_later_ties,
+        kept=frozenset(run.blocked),
+    )
     run.report.segments_checked = len(groups)
-    for err, i in sorted(errors, reverse=True):
-        run.blocked |= set(groups[i])
-        run.keep(groups[i], f"segment check: segment {i} alone in FP16 gives max abs logit error {err:.3g}")
-        converted = run.convert()
-        out = run.logits(converted)
-        if run.passes(out):
-            break
-    return converted, out
+    for kept in search.kept:
+        run.blocked.update(kept.nodes)
+        run.keep(kept.nodes, kept.reason)
+    if search.graph is None or search.gate is None:  # no segment
+        return converted, found
+    return search.graph, search.gate
 
 
 def _prepare(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, Fp16Report, dict[str, str]]:
@@ -433,7 +436,7 @@ def make_fp16(
     proto: onnx.ModelProto,
     images: np.ndarray,
     reference: np.ndarray,
-    passes: Callable[[np.ndarray], bool],
+    gate: Callable[[np.ndarray], Verdict],
     *,
     fp16_io: bool = False,
     max_batch: int = 16,
@@ -442,7 +445,7 @@ def make_fp16(
     range_screen: float | None = None,
 ) -> tuple[onnx.ModelProto, Fp16Report]:
     """Convert ``proto`` (FP32, nodes named) to mixed precision, keeping FP32 what the checks require;
-    ``passes(logits)`` says whether logits meet the FP16 tolerances.
+    ``gate(logits)`` gives the Check records of logits against the FP16 tolerances (or a plain bool).
 
     With ``tol`` (the FP16 tolerances) a graph that misses them is first fixed module by module: the first
     module whose FP16 output drifts from the FP32 graph (``module_max_rel`` / ``module_min_cosine``, see
@@ -452,10 +455,12 @@ def make_fp16(
     :data:`SCREEN_LIMIT`: no activation within :data:`SCREEN_MARGIN` of the overflow limit, so no node to
     keep FP32 (the margin covers the few ONNX intermediates PyTorch's ops do not show, such as a matmul
     before its bias or GELU's decomposition, which stay within a small factor of what they show).
-    ``report.logits`` holds the final graph's logits on ``images``."""
+    ``report.logits`` holds the final graph's logits on ``images``, ``report.gate`` their gate result."""
     t = time.perf_counter()
-    fp32, report, ops = _prepare(proto)
-    run = _Conversion(fp32, images, reference, passes, fp16_io, max_batch, report, ops)
+    run = _Conversion.start(
+        proto, images=images, reference=reference, verdict=gate, fp16_io=fp16_io, max_batch=max_batch
+    )
+    fp32, report = run.fp32, run.report
     t = report.lap("prepare", t)
     range_images = images if range_images is None else range_images
     report.range_images = len(range_images)
@@ -466,18 +471,18 @@ def make_fp16(
         for kept in range_blocks(fp32, peaks):
             run.blocked.add(kept["node"])
             report.kept_fp32.append(kept)
-    converted = run.convert()
+    converted = run.build(run.blocked)
     t = report.lap("convert", t)
-    out = run.logits(converted)
+    found = run.gate(converted)
     t = report.lap("onnxruntime fp16", t)
-    if not passes(out) and tol is not None:
-        converted, out = _module_check(run, converted, out, tol)
+    if not found.passed and tol is not None:
+        converted, found = _module_check(run, converted, found, tol)
         t = report.lap("module check", t)
-    if not passes(out):
-        converted, out = _segment_check(run, converted, out)
+    if not found.passed:
+        converted, found = _segment_check(run, converted, found)
         t = report.lap("segment check", t)
     report.fp16_nodes = report.total_nodes - len({k["node"] for k in report.kept_fp32})
-    report.logits = out
+    report.logits, report.gate = found.logits, found
     onnx.checker.check_model(converted)
     report.lap("check model", t)
     return converted, report

@@ -17,8 +17,9 @@ graph, whose nodes carry the same names as the FP16 graph's.
 MatMul/Gemm weights - what its CPU kernels run fastest (their Q/DQ kernels are slower than FP32; there is no
 ConvInteger-free fast Conv path, so Conv stays FP32).
 
-Both take ``exclude``: node names kept in higher precision (the sensitivity step excludes whole transformer
-blocks, worst first; :func:`node_blocks` says which block each quantizable node belongs to).
+Both take ``exclude``: node names kept in higher precision (:mod:`deploykit.transforms.int8_gated` keeps
+whole transformer blocks, worst first, until the gate passes; :func:`node_blocks` says which block each
+quantizable node belongs to).
 """
 
 from __future__ import annotations
@@ -36,14 +37,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from deploykit.core.config import CalibMethod
 from deploykit.core.errors import ExportError, first_line
 from deploykit.core.onnx_io import node_attribute, serialize
 from deploykit.core.scopes import node_scopes
 
 #: the op types that get Q/DQ (when their weight is a constant)
 QUANTIZABLE = ("MatMul", "Gemm", "Conv")
-#: --calib-method -> onnxruntime.quantization.CalibrationMethod member
-CALIB_METHODS = {"entropy": "Entropy", "max": "MinMax", "percentile": "Percentile"}
 #: the opset QuantizeLinear/DequantizeLinear take FP16 scales from
 QDQ_OPSET = 19
 #: symmetric int8 range (narrow: -127..127, so +-amax are exact; TensorRT's int8 is symmetric)
@@ -53,7 +53,7 @@ MIN_SCALE = 2.0**-14
 _BLOCK = re.compile(r"(?:^|\.)(?:blocks|layers|stages?\d*\.blocks)\.\d+$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Target:
     """A quantizable node: its activation input, its constant weight and the weight's channel axis."""
 
@@ -87,7 +87,7 @@ def quantizable(proto: onnx.ModelProto) -> list[Target]:
             axis = 1
         else:
             continue
-        found.append(Target(node.name, node.op_type, data, weight, axis))
+        found.append(Target(node=node.name, op=node.op_type, activation=data, weight=weight, axis=axis))
     return found
 
 
@@ -137,16 +137,17 @@ class _Reader:
         return next(self._batches, None)
 
 
-def _calibrator(method: str, model_path: Path, augmented: Path):
+def _calibrator(method: CalibMethod, model_path: Path, augmented: Path):
     """ONNX Runtime's calibrator for ``method`` (symmetric ranges), before it augments the graph."""
     from onnxruntime.quantization import calibrate as ort_calibrate
 
     common = {"op_types_to_calibrate": list(QUANTIZABLE), "augmented_model_path": str(augmented)}
-    if method == "max":
+    if method is CalibMethod.MAX:
         return ort_calibrate.MinMaxCalibrater(str(model_path), symmetric=True, **common)
-    if method == "entropy":
-        # 512 bins (ORT's default is 128; TensorRT's entropy calibrator uses 2048 and is 16x slower here for
-        # no measured accuracy difference on the reference models), 128 quantized bins (int8's half range)
+    if method is CalibMethod.ENTROPY:
+        # 512 bins (ORT's default is 128; TensorRT's entropy calibrator uses 2048, which is much slower for
+        # no measured accuracy difference on the reference models: docs/measured.md), 128 quantized bins
+        # (int8's half range)
         return ort_calibrate.EntropyCalibrater(
             str(model_path), symmetric=True, num_bins=ENTROPY_BINS, num_quantized_bins=128, **common
         )
@@ -161,12 +162,15 @@ ENTROPY_BINS = 512
 
 
 def calibrate(
-    proto32: onnx.ModelProto, images: np.ndarray, method: str = "percentile", *, batch: int = 8
+    proto32: onnx.ModelProto,
+    images: np.ndarray,
+    method: CalibMethod = CalibMethod.PERCENTILE,
+    *,
+    batch: int = 8,
 ) -> dict[str, float]:
     """``amax`` (the symmetric clipping range) of the activation input of every quantizable node, by node
     name, from ONNX Runtime's calibrator ``method`` run over ``images`` on the FP32 graph."""
-    if method not in CALIB_METHODS:
-        raise ExportError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}")
+    method = CalibMethod.parse(method)
     targets = quantizable(proto32)
     wanted = {t.activation for t in targets}
     with tempfile.TemporaryDirectory(prefix="deploykit-calib-") as tmp:
@@ -258,56 +262,20 @@ def make_qdq(
             nodes.append(node)
             continue
         meta = list(node.metadata_props)
-        act_type = types.get(target.activation, TensorProto.FLOAT)
-        dtype = _np_dtype(act_type)
         if target.activation not in shared:
-            base = f"{target.activation}_int8"
-            scale = max(amax[node.name] / QMAX, MIN_SCALE)
-            new_inits += [
-                numpy_helper.from_array(np.array(scale, dtype=dtype), f"{base}_scale"),
-                numpy_helper.from_array(np.array(0, dtype=np.int8), f"{base}_zero_point"),
-            ]
-            qargs = [f"{base}_scale", f"{base}_zero_point"]
-            nodes += [
-                _with_meta(
-                    helper.make_node(
-                        "QuantizeLinear", [target.activation, *qargs], [f"{base}_q"], name=f"{base}_quantize"
-                    ),
-                    meta,
-                ),
-                _with_meta(
-                    helper.make_node(
-                        "DequantizeLinear", [f"{base}_q", *qargs], [f"{base}_dq"], name=f"{base}_dequantize"
-                    ),
-                    meta,
-                ),
-            ]
-            shared[target.activation] = f"{base}_dq"
-        node.input[0] = shared[target.activation]
-        init = inits[target.weight]
-        weight = numpy_helper.to_array(init)
-        q, scale = quantize_weight(weight, target.axis)
-        scale = scale * (weight_scale or {}).get(node.name, 1.0)
-        wbase = f"{node.name}_weight_int8"
-        new_inits += [
-            numpy_helper.from_array(q, f"{wbase}"),
-            numpy_helper.from_array(scale.astype(_np_dtype(init.data_type)), f"{wbase}_scale"),
-            numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{wbase}_zero_point"),
-        ]
-        nodes.append(
-            _with_meta(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [wbase, f"{wbase}_scale", f"{wbase}_zero_point"],
-                    [f"{wbase}_dq"],
-                    name=f"{wbase}_dequantize",
-                    axis=target.axis,
-                ),
-                meta,
+            dtype = _np_dtype(types.get(target.activation, TensorProto.FLOAT))
+            act_inits, act_nodes, shared[target.activation] = _activation_qdq(
+                target.activation, amax[node.name], dtype, meta
             )
-        )
+            new_inits += act_inits
+            nodes += act_nodes
+        node.input[0] = shared[target.activation]
+        factor = (weight_scale or {}).get(node.name, 1.0)
+        weight_inits, weight_dq = _weight_dq(node.name, target, inits[target.weight], factor, meta)
+        new_inits += weight_inits
+        nodes.append(weight_dq)
         uses[target.weight] -= 1
-        node.input[1] = f"{wbase}_dq"
+        node.input[1] = weight_dq.output[0]
         nodes.append(node)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
@@ -316,6 +284,57 @@ def make_qdq(
     del out.graph.initializer[:]
     out.graph.initializer.extend([*kept, *new_inits])
     return out, sorted(targets)
+
+
+def _activation_qdq(
+    activation: str, amax: float, dtype: type, meta: Iterable
+) -> tuple[list[TensorProto], list[onnx.NodeProto], str]:
+    """The Q/DQ pair of an activation tensor (int8, zero point 0, one scale from ``amax`` in ``dtype``): its
+    initializers, its two nodes and the DequantizeLinear output."""
+    base = f"{activation}_int8"
+    scale = max(amax / QMAX, MIN_SCALE)
+    inits = [
+        numpy_helper.from_array(np.array(scale, dtype=dtype), f"{base}_scale"),
+        numpy_helper.from_array(np.array(0, dtype=np.int8), f"{base}_zero_point"),
+    ]
+    qargs = [f"{base}_scale", f"{base}_zero_point"]
+    nodes = [
+        _with_meta(
+            helper.make_node("QuantizeLinear", [activation, *qargs], [f"{base}_q"], name=f"{base}_quantize"),
+            meta,
+        ),
+        _with_meta(
+            helper.make_node(
+                "DequantizeLinear", [f"{base}_q", *qargs], [f"{base}_dq"], name=f"{base}_dequantize"
+            ),
+            meta,
+        ),
+    ]
+    return inits, nodes, f"{base}_dq"
+
+
+def _weight_dq(
+    name: str, target: Target, init: TensorProto, factor: float, meta: Iterable
+) -> tuple[list[TensorProto], onnx.NodeProto]:
+    """Node ``name``'s weight as int8 with a per-channel DequantizeLinear (scales times ``factor``, in the
+    weight's dtype): the initializers and the node."""
+    weight = numpy_helper.to_array(init)
+    q, scale = quantize_weight(weight, target.axis)
+    scale = scale * factor
+    wbase = f"{name}_weight_int8"
+    inits = [
+        numpy_helper.from_array(q, f"{wbase}"),
+        numpy_helper.from_array(scale.astype(_np_dtype(init.data_type)), f"{wbase}_scale"),
+        numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{wbase}_zero_point"),
+    ]
+    dq = helper.make_node(
+        "DequantizeLinear",
+        [wbase, f"{wbase}_scale", f"{wbase}_zero_point"],
+        [f"{wbase}_dq"],
+        name=f"{wbase}_dequantize",
+        axis=target.axis,
+    )
+    return inits, _with_meta(dq, meta)
 
 
 def _with_meta(node: onnx.NodeProto, meta: Iterable) -> onnx.NodeProto:

@@ -30,6 +30,7 @@ Rules (``Violation.rule``):
 - ``qdq-axis``       the ``axis`` of a per-channel Q/DQ is outside the input's rank
 - ``no-einsum``      deploykit rule: exported graphs carry no Einsum
 
+The restrictions an operator's entry lists as ``checks`` are in :mod:`deploykit.transforms.lint_checks`.
 Only ``onnx`` and ``numpy`` are imported, so the lint runs where torch and TensorRT are absent.
 """
 
@@ -46,24 +47,14 @@ import onnx
 import onnx.inliner
 from onnx import TensorProto, numpy_helper
 
-from deploykit.core.onnx_io import node_attribute, read_onnx_graph
+from deploykit.core.onnx_io import read_onnx_graph
+from deploykit.transforms.lint_checks import CHECKS, dtype_name
 
 TABLE_PATH = Path(__file__).with_name("trt_operators.json")
 DEFAULT_DOMAINS = ("", "ai.onnx")
 EINSUM_MESSAGE = "Einsum: rewrite as MatMul (TensorRT Einsum support is limited)"
 MODEL_NODE = "<model>"
 
-# ONNX element types -> the type names the table uses. TensorRT's FP8 is E4M3, so only FLOAT8E4M3FN maps
-# to "FP8"; every other type keeps its ONNX name (e.g. "FLOAT8E5M2", "INT16") and so is never in a list.
-# No ONNX type maps to the table's "TF32" (a math mode for FP32 tensors, not an element type).
-_TABLE_DTYPE_NAMES = {
-    "FLOAT": "FP32",
-    "FLOAT16": "FP16",
-    "BFLOAT16": "BF16",
-    "DOUBLE": "FP64",
-    "FLOAT8E4M3FN": "FP8",
-    "FLOAT4E2M1": "FP4",
-}
 # Explicit quantization: their data tensor is input 0 (see _data_tensors) and their quantized side is typed
 # by the `qdq_dtype` check.
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -78,7 +69,7 @@ _NONDETERMINISTIC = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Violation:
     node: str
     op_type: str
@@ -86,7 +77,7 @@ class Violation:
     message: str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LintReport:
     violations: list[Violation] = field(default_factory=list)
     tensorrt_version: str = ""
@@ -114,12 +105,6 @@ def load_table() -> dict[str, Any]:
     return json.loads(TABLE_PATH.read_text())
 
 
-def dtype_name(elem_type: int) -> str:
-    """An ONNX ``TensorProto`` element type in the table's spelling (``FLOAT`` -> ``FP32``)."""
-    onnx_name = TensorProto.DataType.Name(elem_type)
-    return _TABLE_DTYPE_NAMES.get(onnx_name, onnx_name)
-
-
 def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
     """Check ``model`` against the TensorRT ONNX-parser operator table; never needs a GPU or TensorRT."""
     proto = _load(model)
@@ -135,20 +120,20 @@ def lint_model(model: onnx.ModelProto | str | Path) -> LintReport:
     if opset is not None and not lo <= opset <= hi:
         report.violations.append(
             Violation(
-                MODEL_NODE,
-                "opset_import",
-                "opset-range",
-                f"default-domain opset {opset} is outside the opset {lo}-{hi} range "
+                node=MODEL_NODE,
+                op_type="opset_import",
+                rule="opset-range",
+                message=f"default-domain opset {opset} is outside the opset {lo}-{hi} range "
                 f"TensorRT {table['tensorrt_version']} documents",
             )
         )
     elif opset is not None and oldest is not None and opset > targets[oldest]:
         report.violations.append(
             Violation(
-                MODEL_NODE,
-                "opset_import",
-                "opset-range",
-                f"default-domain opset {opset} is above opset {targets[oldest]}, the highest TensorRT "
+                node=MODEL_NODE,
+                op_type="opset_import",
+                rule="opset-range",
+                message=f"default-domain opset {opset} is above opset {targets[oldest]}, the highest TensorRT "
                 f"{oldest}'s parser documents (deploykit targets TensorRT 10.3+ and 11.x)",
             )
         )
@@ -258,7 +243,7 @@ def _lint_node(
     name = node.name or f"<{node.op_type} #{index}>"
 
     def violation(rule: str, message: str) -> Violation:
-        return Violation(name, node.op_type, rule, message)
+        return Violation(node=name, op_type=node.op_type, rule=rule, message=message)
 
     if node.domain not in DEFAULT_DOMAINS:
         return [
@@ -286,7 +271,7 @@ def _lint_node(
         ]
     out.extend(violation("dtype", msg) for msg in _check_types(node, entry, graph, opset))
     for check in entry.get("checks", []):
-        out.extend(violation(rule, msg) for rule, msg in _CHECKS[check["kind"]](node, check, graph))
+        out.extend(violation(rule, msg) for rule, msg in CHECKS[check["kind"]](node, check, graph))
     return out
 
 
@@ -327,195 +312,3 @@ def _data_tensors(node: onnx.NodeProto, opset: int | None) -> list[str]:
         if formal.type_str == out_type and i < len(node.input) and node.input[i]:
             return [node.input[i]]
     return [node.input[0]]
-
-
-def _input(node: onnx.NodeProto, index: int) -> str:
-    return node.input[index] if index < len(node.input) else ""
-
-
-def _check_pool_rank(node, check, graph):
-    kernel = node_attribute(node, "kernel_shape")
-    if kernel is not None:
-        rank, what = len(kernel), f"kernel_shape {list(kernel)}"
-    else:  # kernel_shape is required by the spec; fall back on the input's rank
-        input_rank = graph.ranks.get(_input(node, 0))
-        rank, what = (input_rank - 2 if input_rank else None), "the input"
-    if rank is not None and rank not in check["ranks"]:
-        yield "pool-rank", f"2D or 3D pooling only: {what} is {rank}-D"
-
-
-def _check_dilations(node, check, graph):
-    dilations = node_attribute(node, "dilations")
-    if dilations and any(d != 1 for d in dilations):
-        yield "dilations", f"`dilations` must be empty or all ones, got {list(dilations)}"
-
-
-def _check_max_outputs(node, check, graph):
-    used = [o for o in node.output[check["count"] :] if o]
-    if used:
-        yield "extra-output", f"{check['what']} unsupported, but output `{used[0]}` is used"
-
-
-def _check_const_input(node, check, graph):
-    tensor = _input(node, check["index"])
-    if not tensor:
-        return
-    if check["level"] == "initializer":
-        if not graph.is_weight(tensor):
-            yield (
-                "const-input",
-                f"`{check['name']}` must be an initializer, but `{tensor}` is computed at run time",
-            )
-            return
-    elif tensor not in graph.build_time:
-        yield "const-input", f"`{check['name']}` must be a build-time constant, but `{tensor}` is not"
-        return
-    if "value" in check:
-        value = graph.value(tensor)
-        if value is not None and bool(np.any(value)) != check["value"]:
-            yield "const-input", f"`{check['name']}` must evaluate to {check['value']}"
-
-
-def _check_attr_in(node, check, graph):
-    value = node_attribute(node, check["attr"], check["default"])
-    if value not in check["allowed"]:
-        allowed = ", ".join(str(a) for a in check["allowed"])
-        yield "attr-value", f"`{check['attr']}`={value!r} is unsupported (supported: {allowed})"
-
-
-def _check_attr_absent(node, check, graph):
-    for attr in node.attribute:
-        if attr.name in check["attrs"]:
-            yield "attr-value", f"`{attr.name}` attribute is unsupported"
-
-
-def _check_zero_input(node, check, graph):
-    tensor = _input(node, check["index"])
-    if not tensor:
-        return  # absent: zero
-    if tensor not in graph.build_time:
-        yield (
-            "zero-point",
-            f"`{check['name']}` must be a constant zero, but `{tensor}` is computed at run time",
-        )
-        return
-    value = graph.value(tensor)
-    if value is not None and np.any(value.astype(np.float64) != 0):
-        yield "zero-point", f"`{check['name']}` must be zero"
-
-
-def _check_input_dtype(node, check, graph):
-    tensor = _input(node, check["index"])
-    elem_type = graph.elem_types.get(tensor) if tensor else None
-    if elem_type and dtype_name(elem_type) not in check["dtypes"]:
-        yield "dtype", f"`{check['name']}` must be {'/'.join(check['dtypes'])}, got {dtype_name(elem_type)}"
-
-
-# ------------------------------------------------------------------------------- explicit quantization
-
-
-def _quantized_tensor(node: onnx.NodeProto) -> str:
-    """The int8 (FP8/INT4/...) side of a Q/DQ node: Q's output ``y``, DQ's input ``x``."""
-    return node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
-
-
-def _scale_rank(node, check, graph) -> int | None:
-    """The rank of the node's constant scale (``None`` when it is computed: ``scale-const`` reports that)."""
-    scale = _input(node, check["index"])
-    return len(graph.dims[scale]) if scale and graph.is_weight(scale) and scale in graph.dims else None
-
-
-def _per_channel(node, check, graph) -> bool:
-    """A 1-D scale of more than one value (one value scales every element alike: per-tensor in effect)."""
-    return _scale_rank(node, check, graph) == 1 and graph.dims[_input(node, check["index"])] != [1]
-
-
-def _check_qdq_dtype(node, check, graph):
-    tensor = _quantized_tensor(node)
-    elem_type = graph.elem_types.get(tensor) if tensor else None
-    if elem_type is None and node.op_type == "QuantizeLinear":  # no shape inference: the zero point's type
-        elem_type = graph.elem_types.get(_input(node, 2))
-    if elem_type and dtype_name(elem_type) not in check["dtypes"]:
-        yield (
-            "dtype",
-            f"`{tensor}` is {dtype_name(elem_type)}; TensorRT quantizes to {', '.join(check['dtypes'])}",
-        )
-
-
-def _check_scale_const(node, check, graph):
-    scale = _input(node, check["index"])
-    if scale and not graph.is_weight(scale):
-        yield "scale-const", f"`{check['name']}` must be a constant, but `{scale}` is computed at run time"
-
-
-def _check_scale_dtype(node, check, graph):
-    scale = _input(node, check["index"])
-    elem_type = graph.elem_types.get(scale) if scale else None
-    if not elem_type:
-        return
-    got = dtype_name(elem_type)
-    if got not in check["dtypes"]:
-        yield "scale-dtype", f"`{check['name']}` is {got}; TensorRT scales are {', '.join(check['dtypes'])}"
-        return
-    need = check.get("min_opset", {}).get(got)
-    if need is not None and graph.opset is not None and graph.opset < need:
-        yield (
-            "scale-dtype",
-            f"`{check['name']}` is {got}, which needs opset {need} or newer, not {graph.opset}",
-        )
-
-
-def _check_scale_shape(node, check, graph):
-    rank = _scale_rank(node, check, graph)
-    if rank is None or rank == 0 or (rank == 1 and not _per_channel(node, check, graph)):
-        return  # computed (scale-const), scalar or one value: per-tensor
-    name, scale = check["name"], _input(node, check["index"])
-    if rank == 1:
-        if graph.opset is not None and graph.opset < 13:
-            yield "scale-shape", f"per-channel `{name}` needs opset 13 or newer (model: {graph.opset})"
-            return
-        dims = graph.dims.get(node.input[0])
-        axis = node_attribute(node, "axis", 1)
-        if dims is None or not -len(dims) <= axis < len(dims):
-            return  # unknown rank, or qdq-axis
-        size, count = dims[axis], graph.dims[scale][0]
-        if size and count != size:
-            yield (
-                "scale-shape",
-                f"per-channel `{name}` has {count} values, but axis {axis} of `{node.input[0]}` has {size}",
-            )
-        return
-    quantized = graph.elem_types.get(_quantized_tensor(node))
-    if rank == 2 and (quantized is None or dtype_name(quantized) in check["block_dtypes"]):
-        return  # block quantization
-    yield (
-        "scale-shape",
-        f"`{name}` is {rank}-D: TensorRT takes a scalar (per-tensor), 1-D (per-channel) or, for "
-        f"{'/'.join(check['block_dtypes'])} only, 2-D (block) scale",
-    )
-
-
-def _check_qdq_axis(node, check, graph):
-    if not _per_channel(node, check, graph):
-        return  # ONNX ignores `axis` for per-tensor scales
-    dims = graph.dims.get(node.input[0])
-    axis = node_attribute(node, "axis", 1)
-    if dims is not None and not -len(dims) <= axis < len(dims):
-        yield "qdq-axis", f"`axis`={axis} is outside [{-len(dims)}, {len(dims) - 1}] for `{node.input[0]}`"
-
-
-_CHECKS = {
-    "pool_rank": _check_pool_rank,
-    "dilations_ones": _check_dilations,
-    "max_outputs": _check_max_outputs,
-    "const_input": _check_const_input,
-    "attr_in": _check_attr_in,
-    "attr_absent": _check_attr_absent,
-    "zero_input": _check_zero_input,
-    "input_dtype": _check_input_dtype,
-    "qdq_dtype": _check_qdq_dtype,
-    "scale_const": _check_scale_const,
-    "scale_dtype": _check_scale_dtype,
-    "scale_shape": _check_scale_shape,
-    "qdq_axis": _check_qdq_axis,
-}

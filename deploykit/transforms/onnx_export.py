@@ -11,6 +11,7 @@ import onnx
 import torch
 from torch import nn
 
+from deploykit.core.config import Exporter
 from deploykit.core.errors import ExportError, first_line
 from deploykit.core.interrupts import reraise_if_interrupted
 
@@ -39,7 +40,7 @@ def export_onnx(
     model: nn.Module,
     input_shape: tuple[int, int, int],
     opset: int,
-    exporter: str = "dynamo",
+    exporter: str = Exporter.DYNAMO,
     max_batch: int = 64,
 ) -> onnx.ModelProto:
     """Trace ``model`` (eval mode) into an ONNX model whose input ``input`` is ``(batch, C, H, W)``.
@@ -51,7 +52,7 @@ def export_onnx(
     example = torch.randn(EXAMPLE_BATCH, *input_shape, generator=torch.Generator().manual_seed(0))
     try:
         with _quiet(), torch.no_grad():
-            if exporter == "dynamo":
+            if exporter == Exporter.DYNAMO:
                 batch = torch.export.Dim(BATCH_DIM, min=1, max=max(max_batch, EXAMPLE_BATCH))
                 program = torch.onnx.export(
                     model,
@@ -67,7 +68,7 @@ def export_onnx(
                     report=False,
                 )
                 proto = program.model_proto
-            elif exporter == "torchscript":
+            elif exporter == Exporter.TORCHSCRIPT:
                 buf = io.BytesIO()
                 torch.onnx.export(
                     model,

@@ -8,13 +8,22 @@ from dataclasses import dataclass
 
 import onnx
 
+from deploykit.core.artifacts import Named
 from deploykit.core.errors import first_line
 from deploykit.core.interrupts import reraise_if_interrupted
 
 
-@dataclass(frozen=True)
+class Simplifier(Named):
+    """What simplified the graph: onnxsim, onnxslim, or nothing (the graph as exported)."""
+
+    ONNXSIM = "onnxsim"
+    ONNXSLIM = "onnxslim"
+    NONE = "none"
+
+
+@dataclass(frozen=True, kw_only=True)
 class SimplifyResult:
-    tool: str  # "onnxsim", "onnxslim" or "none"
+    tool: Simplifier
     nodes_before: int
     nodes_after: int
     notes: tuple[str, ...] = ()
@@ -42,7 +51,9 @@ def simplify_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifyResu
             simplified, ok = onnxsim.simplify(proto)
         if not ok:
             raise RuntimeError("onnxsim's own check failed")
-        return simplified, SimplifyResult("onnxsim", before, len(simplified.graph.node))
+        return simplified, SimplifyResult(
+            tool=Simplifier.ONNXSIM, nodes_before=before, nodes_after=len(simplified.graph.node)
+        )
     except Exception as exc:
         reraise_if_interrupted(exc)
         notes.append(f"onnxsim failed: {_first_line(exc)}")
@@ -51,9 +62,14 @@ def simplify_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, SimplifyResu
 
         with contextlib.redirect_stdout(io.StringIO()):
             simplified = onnxslim.slim(proto)
-        return simplified, SimplifyResult("onnxslim", before, len(simplified.graph.node), tuple(notes))
+        after = len(simplified.graph.node)
+        return simplified, SimplifyResult(
+            tool=Simplifier.ONNXSLIM, nodes_before=before, nodes_after=after, notes=tuple(notes)
+        )
     except Exception as exc:
         reraise_if_interrupted(exc)
         notes.append(f"onnxslim failed: {_first_line(exc)}")
     notes.append("kept the unsimplified graph")
-    return proto, SimplifyResult("none", before, before, tuple(notes))
+    return proto, SimplifyResult(
+        tool=Simplifier.NONE, nodes_before=before, nodes_after=before, notes=tuple(notes)
+    )

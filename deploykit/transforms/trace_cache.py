@@ -15,19 +15,11 @@ submodule's class (with the source of classes from outside torch and deploykit),
 plain attributes. A graph whose initializers are not all parameters or buffers by name (the TorchScript
 exporter folds constants into new ones) is never stored.
 
-Trust (docs/export.md#trace-cache): the parity checks cannot prove a cached graph right — a graph that
-differs only at a batch size they do not run, or by less than the tolerance, passes them — so an entry is
-used only if this user's deploykit wrote it. An entry is ``MAGIC`` + HMAC-SHA256 + the serialized graph;
-the MAC covers the magic, the entry's key (its file name) and the graph, under a per-user secret that is
-not in the cache folder: ``DEPLOYKIT_TRACE_CACHE_KEY`` (hex, at least 32 bytes) or the key file
-``$XDG_CONFIG_HOME/deploykit/trace-cache.key`` (default ``~/.config/deploykit/``; 32 random bytes, created
-0600 in a folder created 0700). The MAC is checked before the graph is parsed. An entry is opened without
-following a symbolic link and without blocking (a FIFO), and is used only if it is a regular file owned by
-this user, not writable by group or others, at most :data:`MAX_ENTRY_BYTES` long, with a valid MAC. The
-folder is created 0700; one owned by this user but open to group or others is made 0700, one owned by
-another user is not used. Every refusal is a note on :class:`TraceCacheInfo` and the export traces; a
-refused entry is not deleted (the fresh trace's store replaces it with one rename). Pruning only removes
-regular files owned by this user whose name is a key.
+Trust (docs/export.md#trace-cache): the parity checks cannot prove a cached graph right, so an entry is
+used only if this user's deploykit wrote it — sealed with an HMAC under a per-user secret, in a regular
+file and a folder of this user's (:mod:`deploykit.transforms.trace_cache_trust`). Every refusal is a note
+on :class:`TraceCacheInfo` and the export traces; a refused entry is not deleted (the fresh trace's store
+replaces it with one rename). Pruning only removes regular files owned by this user whose name is a key.
 
 ``DEPLOYKIT_TRACE_CACHE=off`` turns the cache off; ``DEPLOYKIT_CACHE_DIR`` moves it (default
 ``$XDG_CACHE_HOME/deploykit`` or ``~/.cache/deploykit``; traces go to its ``traces/``). A cache that cannot
@@ -38,16 +30,12 @@ errors: the cache only saves time.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
-import hmac
 import inspect
 import json
 import os
 import re
-import secrets
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,31 +43,43 @@ import onnx
 import torch
 from torch import nn
 
+from deploykit.core.artifacts import Named
 from deploykit.core.io import atomic_write_bytes
+from deploykit.transforms.trace_cache_trust import (
+    Refused,
+    make_private_dirs,
+    read_own_file,
+    seal,
+    secret_key,
+    unseal,
+    usable_folder,
+)
 
 #: traces kept (least recently used go first); one is 0.1-2.5 MB
 MAX_ENTRIES = 64
 #: an entry longer than this is not read (a trace is 0.1-2.5 MB)
 MAX_ENTRY_BYTES = 64 * 2**20
-#: the first bytes of an entry; the HMAC-SHA256 of MAGIC + key + graph follows, then the graph
-MAGIC = b"DKTRACE1"
-MAC_BYTES = 32
-#: the per-user secret, hex (for a CI that shares its cache between its own jobs: keep it a CI secret)
-KEY_ENV = "DEPLOYKIT_TRACE_CACHE_KEY"
-KEY_BYTES = 32
-_KEY_FILE_LIMIT = 4096
 _ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.onnx")
 _OFF = {"0", "off", "false", "no"}
 _SOURCE_HASH: str | None = None
 
 
-@dataclass
+class CacheStatus(Named):
+    """What the cache did for one export (see :class:`TraceCacheInfo`)."""
+
+    OFF = "off"
+    MISS = "miss"
+    HIT = "hit"
+    STORED = "stored"
+
+
+@dataclass(kw_only=True)
 class TraceCacheInfo:
     """What the cache did for one export (recorded in the manifest): ``off`` (turned off, or its folder
     or key cannot be used: see ``notes``), ``miss`` (traced), ``hit`` (a cached graph filled) or
     ``stored`` (traced and kept)."""
 
-    status: str = "off"  # "off", "miss", "hit", "stored"
+    status: CacheStatus = CacheStatus.OFF
     key: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -97,192 +97,6 @@ def cache_dir() -> Path | None:
     return Path(root) / "traces"
 
 
-def key_file() -> Path:
-    """The file holding this user's secret (used when ``DEPLOYKIT_TRACE_CACHE_KEY`` is not set):
-    ``$XDG_CONFIG_HOME/deploykit/trace-cache.key``, ``~/.config/deploykit/`` when that is unset or
-    relative (as the XDG spec says: a relative one would put the key wherever an export runs)."""
-    root = os.environ.get("XDG_CONFIG_HOME", "")
-    if not os.path.isabs(root):
-        root = os.path.join(os.path.expanduser("~"), ".config")
-    return Path(root) / "deploykit" / "trace-cache.key"
-
-
-class _Refused(Exception):
-    """A file that is there but must not be used; the message says why."""
-
-
-def _read_own_file(path: Path, limit: int, forbidden_mode: int) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file owned by this user, with none of the
-    ``forbidden_mode`` bits and at most ``limit`` bytes; None if there is no such path. A symbolic link
-    (also a dangling one) is refused, never followed; a FIFO never blocks; at most ``limit + 1`` bytes are
-    read. Raises :class:`_Refused` (or OSError when the file cannot be opened or read)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW on a symbolic link (EMLINK: BSDs)
-            raise _Refused("a symbolic link") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _Refused("not a regular file")
-        if st.st_uid != os.geteuid():
-            raise _Refused(f"owned by another user (uid {st.st_uid})")
-        if st.st_mode & forbidden_mode:
-            how = "writable" if st.st_mode & forbidden_mode & 0o022 else "readable"
-            raise _Refused(f"{how} by group or others (mode {stat.S_IMODE(st.st_mode):04o})")
-        if st.st_size > limit:
-            raise _Refused(f"larger than {limit} bytes")
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(limit + 1 - size, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
-            raise _Refused(f"larger than {limit} bytes")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _make_private_dirs(folder: Path) -> None:
-    """Create ``folder`` and its missing parents, each 0700 (an existing one is left as it is)."""
-    missing = []
-    path = folder
-    while not path.exists():
-        missing.append(path)
-        if path.parent == path:
-            break
-        path = path.parent
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # another export made it meanwhile
-            path.mkdir(mode=0o700)
-            os.chmod(path, 0o700)  # whatever the umask
-
-
-def _create_key_file(path: Path) -> None:
-    """32 random bytes in ``path``, 0600 (in a folder created 0700). Written to an O_EXCL temp file and
-    published with link(): concurrent first exports never read a partial key, and an existing key file is
-    never replaced (the loser of a race uses the winner's)."""
-    _make_private_dirs(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600, O_EXCL
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(KEY_BYTES))
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        except OSError:  # a file system without hard links: create the key file itself, O_EXCL
-            key_fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(key_fd, "wb") as f:
-                f.write(secrets.token_bytes(KEY_BYTES))
-                f.flush()
-                os.fsync(f.fileno())
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def secret_key(info: TraceCacheInfo) -> bytes | None:
-    """This user's secret: ``DEPLOYKIT_TRACE_CACHE_KEY`` (hex), else the key file (created on first use).
-    None, with a note, when neither can be used: then the cache is off for this export."""
-    given = os.environ.get(KEY_ENV, "").strip()
-    if given:
-        try:
-            secret = bytes.fromhex(given)
-        except ValueError:
-            info.notes.append(f"trace cache off: {KEY_ENV} is not hexadecimal")
-            return None
-        if len(secret) < KEY_BYTES:
-            info.notes.append(f"trace cache off: {KEY_ENV} holds {len(secret)} bytes, fewer than {KEY_BYTES}")
-            return None
-        return secret
-    path = key_file()
-    try:
-        secret = _read_own_file(path, _KEY_FILE_LIMIT, 0o077)
-        if secret is None:
-            _create_key_file(path)
-            secret = _read_own_file(path, _KEY_FILE_LIMIT, 0o077)
-        if secret is None or len(secret) < KEY_BYTES:
-            raise _Refused(f"shorter than {KEY_BYTES} bytes")
-    except _Refused as exc:
-        info.notes.append(
-            f"trace cache off: key file {path} not used ({exc}; it must be a regular file of this user, "
-            "mode 0600; delete it and the next export makes a new one)"
-        )
-        return None
-    except OSError as exc:
-        info.notes.append(
-            f"trace cache off: key file {path} cannot be read or created ({exc.strerror or exc})"
-        )
-        return None
-    return secret
-
-
-def _mac(secret: bytes, key: str, payload: bytes) -> bytes:
-    return hmac.new(secret, MAGIC + key.encode("ascii") + payload, hashlib.sha256).digest()
-
-
-def seal(secret: bytes, key: str, payload: bytes) -> bytes:
-    """An entry: ``MAGIC`` + HMAC-SHA256(secret, MAGIC + key + payload) + ``payload``."""
-    return MAGIC + _mac(secret, key, payload) + payload
-
-
-def unseal(secret: bytes, key: str, data: bytes) -> bytes:
-    """The payload of an entry sealed under ``secret`` for ``key``; raises :class:`_Refused` otherwise
-    (checked before anything parses the payload)."""
-    if not data:
-        raise _Refused("empty")
-    head = len(MAGIC) + MAC_BYTES
-    if len(data) < head or not data.startswith(MAGIC):
-        raise _Refused("no deploykit trace header")
-    payload = data[head:]
-    if not hmac.compare_digest(data[len(MAGIC) : head], _mac(secret, key, payload)):
-        raise _Refused("its MAC does not match this user's key")
-    return payload
-
-
-def _usable_folder(folder: Path, info: TraceCacheInfo) -> bool:
-    """False (with a note) if ``folder`` must not be used: not a folder, owned by another user, or open
-    to group or others and not ours to make private. A folder of this user's that group or others may
-    read or write is made 0700 (its entries are checked one by one anyway). A missing folder is usable
-    (the store creates it)."""
-    try:
-        st = os.stat(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError as exc:
-        info.notes.append(f"trace cache off: {folder} cannot be read ({exc.strerror or exc})")
-        return False
-    if not stat.S_ISDIR(st.st_mode):
-        info.notes.append(f"trace cache off: {folder} is not a folder")
-        return False
-    if st.st_uid != os.geteuid():
-        info.notes.append(f"trace cache off: {folder} is owned by another user (uid {st.st_uid})")
-        return False
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        try:
-            os.chmod(folder, 0o700)
-        except OSError as exc:
-            if mode & 0o022:
-                info.notes.append(
-                    f"trace cache off: {folder} is writable by group or others (mode {mode:04o}) and could "
-                    f"not be made private ({exc.strerror or exc})"
-                )
-                return False
-        else:
-            info.notes.append(f"{folder} was open to group or others (mode {mode:04o}): made it 0700")
-    return True
-
-
 def _source_hash() -> str:
     """sha256 over deploykit's own .py files (an edited checkout invalidates every trace)."""
     global _SOURCE_HASH
@@ -297,7 +111,8 @@ def _source_hash() -> str:
 
 
 def _version(distribution: str) -> str | None:
-    """An installed package's version without importing it (onnxscript takes 0.1-0.5 s to import)."""
+    """An installed package's version, read without importing the package (importing onnxscript takes
+    long enough to matter, docs/measured.md)."""
     from importlib import metadata
 
     try:
@@ -349,6 +164,7 @@ def _module_tree(model: nn.Module) -> list:
 def trace_key(
     model: nn.Module,
     input_shape: tuple[int, ...],
+    *,
     opset: int,
     exporter: str,
     max_batch: int,
@@ -370,7 +186,7 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load(
-    folder: Path, key: str, model: nn.Module, info: TraceCacheInfo, secret: bytes
+    folder: Path, key: str, model: nn.Module, *, info: TraceCacheInfo, secret: bytes
 ) -> onnx.ModelProto | None:
     """The cached graph of ``key`` with ``model``'s tensors filled in, or None: not cached, or an entry
     that is refused (not a regular file of this user's, not sealed under ``secret`` for ``key``) or does
@@ -378,10 +194,10 @@ def load(
     store replaces the entry."""
     path = folder / f"{key}.onnx"
     try:
-        data = _read_own_file(path, MAX_ENTRY_BYTES, 0o022)
+        data = read_own_file(path, MAX_ENTRY_BYTES, 0o022)
         if data is None:  # not cached (yet)
             return None
-    except _Refused as exc:
+    except Refused as exc:
         info.notes.append(f"cache entry not used ({exc}), traced instead")
         return None
     except OSError as exc:
@@ -389,7 +205,7 @@ def load(
         return None
     try:
         payload = unseal(secret, key, data)
-    except _Refused as exc:
+    except Refused as exc:
         info.notes.append(f"cache entry not written by this user's deploykit ({exc}), traced instead")
         return None
     tensors = _tensors(model)
@@ -431,7 +247,7 @@ def _prune(folder: Path) -> None:
 
 
 def store(
-    folder: Path, key: str, proto: onnx.ModelProto, model: nn.Module, info: TraceCacheInfo, secret: bytes
+    folder: Path, key: str, proto: onnx.ModelProto, model: nn.Module, *, info: TraceCacheInfo, secret: bytes
 ) -> None:
     """Keep ``proto``'s structure under ``key`` (initializers emptied, sealed under ``secret``) if every
     initializer is one of ``model``'s tensors by name; prune the oldest entries beyond
@@ -449,7 +265,7 @@ def store(
     for init in skeleton.graph.initializer:
         init.ClearField("raw_data")
     try:
-        _make_private_dirs(folder)
+        make_private_dirs(folder)
         atomic_write_bytes(
             folder / f"{key}.onnx",
             seal(secret, key, skeleton.SerializeToString(deterministic=True)),
@@ -460,7 +276,7 @@ def store(
         return
     with contextlib.suppress(OSError):
         _prune(folder)
-    info.status = "stored"
+    info.status = CacheStatus.STORED
 
 
 def export_cached(
@@ -478,18 +294,20 @@ def export_cached(
     from deploykit.transforms.onnx_export import EXAMPLE_BATCH, export_onnx
 
     folder, info = cache_dir(), TraceCacheInfo()
-    if folder is None or not _usable_folder(folder, info):
+    if folder is None or not usable_folder(folder, info):
         return export_onnx(model, input_shape, opset, exporter, max_batch), info
     secret = secret_key(info)
     if secret is None:
         return export_onnx(model, input_shape, opset, exporter, max_batch), info
-    info.key = trace_key(model, input_shape, opset, exporter, max_batch, EXAMPLE_BATCH)
+    info.key = trace_key(
+        model, input_shape, opset=opset, exporter=exporter, max_batch=max_batch, example_batch=EXAMPLE_BATCH
+    )
     if not fresh:
-        proto = load(folder, info.key, model, info, secret)
+        proto = load(folder, info.key, model, info=info, secret=secret)
         if proto is not None:
-            info.status = "hit"
+            info.status = CacheStatus.HIT
             return proto, info
-    info.status = "miss"
+    info.status = CacheStatus.MISS
     proto = export_onnx(model, input_shape, opset, exporter, max_batch)
-    store(folder, info.key, proto, model, info, secret)
+    store(folder, info.key, proto, model, info=info, secret=secret)
     return proto, info

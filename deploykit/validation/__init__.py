@@ -6,7 +6,7 @@ May import: core, models, runtime."""
 from deploykit.validation.inputs import ValidationBatch, validation_batch
 from deploykit.validation.metrics import (
     Check,
-    Failure,
+    CheckKind,
     OutputMetrics,
     ParityResult,
     Tolerances,
@@ -17,7 +17,7 @@ from deploykit.validation.metrics import (
 
 __all__ = [
     "Check",
-    "Failure",
+    "CheckKind",
     "OutputMetrics",
     "ParityResult",
     "Tolerances",

@@ -20,7 +20,7 @@ import deploykit
 from deploykit.core.errors import ArtifactError, ConfigError, display_path
 from deploykit.core.io import atomic_write_text
 from deploykit.core.schema import BASELINE, read_json, validate
-from deploykit.validation.metrics import Check
+from deploykit.validation.metrics import Check, CheckKind
 
 ERROR_METRICS = ("max_abs", "mean_abs", "max_rel")
 AGREEMENT_METRICS = ("cosine_min", "cosine_mean", "top1", "top5")
@@ -105,7 +105,7 @@ def compare_baseline(report, baseline: dict[str, Any], factor: float) -> list[Ch
                     value=value,
                     threshold=limit,
                     passed=bool(within),
-                    kind="baseline",
+                    kind=CheckKind.BASELINE,
                     baseline=base,
                 )
             )

@@ -24,7 +24,7 @@ MAX_EVAL_IMAGES = 512
 DEFAULT_CALIB_COUNT = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CalibrationSet:
     """``images`` (N, C, H, W) float32, preprocessed, to calibrate on; ``eval_images`` (every image of
     the folder, up to :data:`MAX_EVAL_IMAGES`) to check the INT8 graphs on and, for a labelled folder,
@@ -120,8 +120,8 @@ def calibration_set(
         except DeployKitError as exc:
             raise InputError(f"calibration folder {shown}: {exc}") from None
     return CalibrationSet(
-        preprocessing.normalize(np.stack([pixels[i] for i in picks])),
-        f"{folder} ({count} of {len(entries)} images{', labelled' if labelled else ''})",
-        preprocessing.normalize(np.stack([pixels[i] for i in evaluated])),
-        np.array([entries[i][1] for i in evaluated], dtype=np.int64) if labelled else None,
+        images=preprocessing.normalize(np.stack([pixels[i] for i in picks])),
+        source=f"{folder} ({count} of {len(entries)} images{', labelled' if labelled else ''})",
+        eval_images=preprocessing.normalize(np.stack([pixels[i] for i in evaluated])),
+        eval_labels=np.array([entries[i][1] for i in evaluated], dtype=np.int64) if labelled else None,
     )

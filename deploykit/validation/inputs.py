@@ -50,7 +50,7 @@ PHOTOS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ValidationBatch:
     """``images`` is float32 ``(N, C, H, W)``, normalized; ``names[i]`` says where image ``i`` came from."""
 
@@ -78,11 +78,11 @@ def validation_batch(
     :class:`ConfigError` for an unknown interpolation or channel count.
     """
     pre = Preprocessing(
-        tuple(data_config.input_size),
-        tuple(data_config.mean),
-        tuple(data_config.std),
-        data_config.interpolation,
-        data_config.crop_pct,
+        input_size=tuple(data_config.input_size),
+        mean=tuple(data_config.mean),
+        std=tuple(data_config.std),
+        interpolation=data_config.interpolation,
+        crop_pct=data_config.crop_pct,
     )
     if count < 1:
         raise InputError(f"count must be at least 1, got {count}")
@@ -93,7 +93,9 @@ def validation_batch(
     if image_dir is not None:
         names, pixels = _load_directory(Path(image_dir), mode, count, preprocess)
     else:
-        names, pixels = _generated_images(mode, height, width, count, seed, preprocess)
+        names, pixels = _generated_images(
+            mode, height=height, width=width, count=count, seed=seed, preprocess=preprocess
+        )
 
     images = pre.normalize(np.stack(pixels))  # (N, H, W, C) in [0, 1] -> normalized (N, C, H, W)
     return ValidationBatch(images=images, names=tuple(names))
@@ -115,7 +117,13 @@ def _load_directory(
 
 
 def _generated_images(
-    mode: str, height: int, width: int, count: int, seed: int, preprocess: Callable[[Image.Image], np.ndarray]
+    mode: str,
+    *,
+    height: int,
+    width: int,
+    count: int,
+    seed: int,
+    preprocess: Callable[[Image.Image], np.ndarray],
 ) -> tuple[list[str], list[np.ndarray]]:
     n_noise = max(1, count // 16) if count >= 2 else 0
     n_synthetic = (count - n_noise) * 2 // 5

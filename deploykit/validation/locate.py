@@ -30,7 +30,7 @@ from deploykit.validation.metrics import Tolerances, sample_cosine
 LOCATE_IMAGES = 4
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModuleDivergence:
     module: str
     module_type: str
@@ -65,7 +65,7 @@ class ModuleDivergence:
         }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LocateReport:
     stage: str
     first: ModuleDivergence | None
@@ -231,14 +231,14 @@ def _divergence(
     name: str, stats: _Stats, module_type: str, stage: str, where: ModuleOutput | None
 ) -> ModuleDivergence:
     return ModuleDivergence(
-        name,
-        module_type,
-        stage,
-        stats.max_abs,
-        stats.max_rel,
-        stats.cos_min,
-        where.tensor if where else None,
-        list(where.nodes) if where else [],
+        module=name,
+        module_type=module_type,
+        stage=stage,
+        max_abs=stats.max_abs,
+        max_rel=stats.max_rel,
+        cosine_min=stats.cos_min,
+        tensor=where.tensor if where else None,
+        nodes=list(where.nodes) if where else [],
     )
 
 
@@ -261,7 +261,19 @@ def locate_in_torch(
     )
     modules = dict(reference_model.named_modules())
     found = _divergence(first, stats[first], type(modules[first]).__name__, stage, None) if first else None
-    return LocateReport(stage, found, len(stats), len(order) - len(stats), len(images), _thresholds(tol))
+    return _report(stage, found, stats=stats, order=order, images=images, tol=tol)
+
+
+def _report(stage: str, found, *, stats: dict, order: list, images, tol) -> LocateReport:
+    """The report of a module-by-module comparison: the first divergence and how much was compared."""
+    return LocateReport(
+        stage=stage,
+        first=found,
+        compared=len(stats),
+        unmatched=len(order) - len(stats),
+        images=len(images),
+        thresholds=_thresholds(tol),
+    )
 
 
 def _same_module(reference_model, candidate_model, name: str) -> bool:
@@ -287,7 +299,15 @@ def locate_in_onnx(
     graph = OnnxModules(proto)
     if not graph.outputs:
         note = "the graph records no module scopes (export it with deploykit)"
-        return LocateReport(stage, None, 0, 0, len(images), _thresholds(tol), note)
+        return LocateReport(
+            stage=stage,
+            first=None,
+            compared=0,
+            unmatched=0,
+            images=len(images),
+            thresholds=_thresholds(tol),
+            note=note,
+        )
     modules = dict(reference_model.named_modules())
     by_module = {m.module: m for m in graph.outputs if m.module in modules}
     order = [m.module for m in graph.outputs if m.module in by_module]
@@ -300,7 +320,12 @@ def locate_in_onnx(
         else None
     )
     return LocateReport(
-        stage, found, len(stats), len(graph.outputs) - len(stats), len(images), _thresholds(tol)
+        stage=stage,
+        first=found,
+        compared=len(stats),
+        unmatched=len(graph.outputs) - len(stats),
+        images=len(images),
+        thresholds=_thresholds(tol),
     )
 
 
@@ -314,4 +339,4 @@ def locate_between_graphs(
     order = [m.module for m in ref.outputs]
     first, stats = first_divergence(order, ref, cand, images, tol)
     found = _divergence(first, stats[first], "module", stage, by_module[first]) if first else None
-    return LocateReport(stage, found, len(stats), len(order) - len(stats), len(images), _thresholds(tol))
+    return _report(stage, found, stats=stats, order=order, images=images, tol=tol)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deploykit.core.artifacts import Named
 from deploykit.core.config import Tolerances
 from deploykit.core.errors import ComparisonError
 
@@ -54,8 +55,16 @@ class OutputMetrics:
         return out
 
 
-#: what a :class:`Check` checked: a parity metric, a metric against a stored baseline, or ``--locate``
-CHECK_KINDS = ("parity", "baseline", "locate", "accuracy")
+class CheckKind(Named):
+    """What a :class:`Check` checked: a parity metric, a metric against a stored baseline, ``--locate``, or
+    the accuracy on labelled images."""
+
+    PARITY = "parity"
+    BASELINE = "baseline"
+    LOCATE = "locate"
+    ACCURACY = "accuracy"
+
+
 #: metrics that must stay at or below their threshold (the others: at or above it)
 UPPER_BOUNDS = ("nonfinite", "max_abs", "mean_abs", "max_rel", "accuracy_drop")
 
@@ -75,13 +84,14 @@ class Check:
     value: float | None
     threshold: float | None
     passed: bool
-    kind: str = "parity"
+    kind: CheckKind = CheckKind.PARITY
     baseline: float | None = None
     detail: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in CHECK_KINDS:
-            raise ValueError(f"check kind must be one of {', '.join(CHECK_KINDS)}, got {self.kind!r}")
+        if not isinstance(self.kind, CheckKind):
+            kinds = ", ".join(k.value for k in CheckKind)
+            raise ValueError(f"check kind must be a CheckKind ({kinds}), got {self.kind!r}")
 
     def excess(self) -> float:
         """How far past its threshold (relative), for picking the worst failure; non-finite is infinite."""
@@ -92,9 +102,9 @@ class Check:
         return (self.threshold - self.value) / max(self.threshold, 1e-30) + 1.0
 
     def describe(self) -> str:
-        if self.kind in ("locate", "accuracy"):
+        if self.kind in (CheckKind.LOCATE, CheckKind.ACCURACY):
             return self.detail
-        if self.kind == "baseline":
+        if self.kind is CheckKind.BASELINE:
             verdict = "within" if self.passed else "regressed from"
             return (
                 f"{self.output}: {self.metric} = {self.value:.6g} {verdict} baseline {self.baseline:.6g} "
@@ -112,7 +122,7 @@ class Check:
             return None if isinstance(v, float) and not math.isfinite(v) else v
 
         return {
-            "kind": self.kind,
+            "kind": self.kind.value,
             "output": self.output,
             "metric": self.metric,
             "value": plain(self.value),
@@ -137,16 +147,12 @@ def accuracy_check(
         value=drop,
         threshold=max_drop,
         passed=passed,
-        kind="accuracy",
+        kind=CheckKind.ACCURACY,
         detail=(
             f"{output}: accuracy {accuracy:.2%} vs {reference:.2%} on {images} labelled images "
             f"(drop {drop:+.2%}, {limit})"
         ),
     )
-
-
-#: the name earlier callers import: a failure is a :class:`Check` that did not pass
-Failure = Check
 
 
 def sample_cosine(r: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -250,7 +256,7 @@ def check(metrics: OutputMetrics, tol: Tolerances) -> list[Check]:
     return checks
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ParityResult:
     """Parity of one stage: the metrics of every output and the :class:`Check` records they were gated by;
     the verdict, the failures and the worst failure are all derived from the records."""
@@ -298,7 +304,7 @@ def compare_outputs(
     missing = sorted(set(references) - set(candidates))
     if missing:
         raise ComparisonError(f"candidate is missing output(s): {', '.join(missing)}")
-    result = ParityResult(stage, tolerances)
+    result = ParityResult(stage=stage, tolerances=tolerances)
     for name, ref in references.items():
         metrics = compute_metrics(ref, candidates[name], name, tolerances.top1_margin)
         result.outputs[name] = metrics

@@ -77,7 +77,7 @@ MAX_ENTRIES = 64
 _CHUNK = 16 * _MIB
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GoldenReference:
     images: np.ndarray  # uint8 (N, H, W, C)
     outputs: np.ndarray
@@ -187,17 +187,17 @@ def read_reference(
         if name in arrays and not np.isfinite(arrays[name]).all():
             raise _refused(path, f"{name} hold NaN or Inf")
     return GoldenReference(
-        arrays["images"],
-        arrays["outputs"],
-        record,
-        arrays.get("int8_images"),
-        arrays.get("int8_outputs"),
-        sha,
-        str(path),
+        images=arrays["images"],
+        outputs=arrays["outputs"],
+        record=record,
+        int8_images=arrays.get("int8_images"),
+        int8_outputs=arrays.get("int8_outputs"),
+        sha256=sha,
+        path=str(path),
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Member:
     """One ``.npy`` member as its header declares it (nothing inflated yet)."""
 
@@ -284,7 +284,14 @@ def _members(path: Path, archive: zipfile.ZipFile) -> dict[str, _Member]:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             else:
                 raise _refused(path, f"{name}.npy has .npy format version {version} (1.0 or 2.0 only)")
-            member = _Member(name, info, tuple(int(d) for d in shape), dtype, bool(fortran), f.tell())
+            member = _Member(
+                name=name,
+                info=info,
+                shape=tuple(int(d) for d in shape),
+                dtype=dtype,
+                fortran=bool(fortran),
+                header=f.tell(),
+            )
         if dtype.hasobject or not _allowed(name, dtype):
             raise _refused(path, f"{name}.npy holds {dtype} (pickled objects are never read)")
         if member.nbytes > cap:

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
-
+from deploykit.core.artifacts import Variant
 from deploykit.core.config import BatchProfile, ExportConfig, load_config
 from deploykit.core.errors import ConfigError, EngineUnavailableError
 from deploykit.core.io import ensure_writable_dir
-from deploykit.core.onnx_io import load_onnx, onnx_precision, read_onnx_graph
+from deploykit.core.onnx_io import load_onnx, read_onnx_graph
+from deploykit.core.record import variant_of
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EngineOutcome:
     """What the engine step did: ``result`` (an EngineResult) when it built, else ``script`` and ``reason``.
     ``extra``: the ``(source ONNX name, engine name)`` of each further build asked for, and
@@ -53,7 +53,8 @@ def build_or_script(
     folder (e.g. ``model.int8.onnx`` -> ``model.int8.engine``), built after the first with the same settings
     (each FP16-gated only when its own graph is FP16; a Q/DQ graph is recorded ``int8``), or added to the
     same ``build_engine.sh``."""
-    from deploykit.engine.builder import build_engine, tensorrt_available
+    from deploykit.engine.builder import build_engine
+    from deploykit.engine.device import tensorrt_available
     from deploykit.engine.script import write_build_script
 
     extra = tuple((Path(s), Path(e)) for s, e in extra_builds)
@@ -87,7 +88,7 @@ def build_or_script(
     }
     result = build_engine(source, engine_path, expect_fp16=expect_fp16, **settings)
     extra_results = tuple(
-        build_engine(s, e, expect_fp16=onnx_precision(read_onnx_graph(s)) == "fp16", **settings)
+        build_engine(s, e, expect_fp16=variant_of(proto=read_onnx_graph(s)) is Variant.FP16, **settings)
         for s, e in extra
     )
     return EngineOutcome(result=result, extra=names, extra_results=extra_results)
@@ -123,17 +124,18 @@ def export_engine_info(outcome: EngineOutcome, source: str) -> dict[str, Any]:
     return info
 
 
-def build_command(
-    onnx_file: str,
+def build_onnx(
+    onnx_file: str | Path,
     *,
     batch: str | None = None,
-    config_path: str | None = None,
-    timing_cache: str | None = None,
-    out_dir: str | None = None,
-) -> None:
+    config_path: str | Path | None = None,
+    timing_cache: str | Path | None = None,
+    out_dir: str | Path | None = None,
+):
     """``deploykit build``: the engine of ``onnx_file`` (FP16 when the graph is; INT8 from a Q/DQ graph,
-    strongly typed: ``model.int8.onnx`` -> ``model.int8.engine``), or build_engine.sh and
-    :class:`EngineUnavailableError` where TensorRT or a GPU is missing."""
+    strongly typed: ``model.int8.onnx`` -> ``model.int8.engine``) and its
+    :class:`~deploykit.engine.builder.EngineResult`, or build_engine.sh and :class:`EngineUnavailableError`
+    where TensorRT or a GPU is missing."""
     import dataclasses
 
     from deploykit.engine.builder import onnx_input
@@ -157,7 +159,7 @@ def build_command(
             script_cache_name=cache.name,
             input_name=name,
             input_chw=chw,
-            expect_fp16=onnx_precision(proto) == "fp16",
+            expect_fp16=variant_of(proto=proto) is Variant.FP16,
             script_dir=out,
         )
     except BaseException:
@@ -170,8 +172,4 @@ def build_command(
         raise EngineUnavailableError(
             f"engine not built: {outcome.reason}; wrote {outcome.script} (trtexec, TensorRT 10.3+ / 11.x)"
         )
-    result = outcome.result
-    click.echo(
-        f"built {result.engine_path} ({result.sidecar.get('precision')}, FP16 layers "
-        f"{result.fp16_share:.0%}, {result.build_seconds:.1f} s) + {result.sidecar_path.name}"
-    )
+    return outcome.result

@@ -4,77 +4,99 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import click
-
-from deploykit.core.artifacts import VARIANT_DESCRIPTIONS, graph_variant, variant_precision
+from deploykit.core.artifacts import Variant
 from deploykit.core.io import atomic_write_text
 from deploykit.core.onnx_io import io_signature, load_onnx
+from deploykit.core.record import metadata_of, variant_of
 
 
-def list_command(pattern: str | None) -> None:
-    """A table of the registered presets (optionally matching an fnmatch ``pattern``) and the aliases."""
-    from rich.console import Console
-    from rich.table import Table
+@dataclass(frozen=True, kw_only=True)
+class PresetRow:
+    """One registered preset as ``deploykit list`` shows it."""
 
-    from deploykit.models import get_preset, list_aliases, list_models, preset_parameter_count
+    name: str
+    family: str
+    params: int
+    reference_params: str
+    image_size: int
+    reference: str
 
-    table = Table(title="deploykit presets")
-    for col in ("preset", "family", "params (M)", "reference (M)", "input size", "reference"):
-        table.add_column(col, justify="right" if "(M)" in col else "left")
+
+def preset_rows(pattern: str | None = None) -> list[PresetRow]:
+    """The registered presets (optionally matching an fnmatch ``pattern``), with their parameter counts."""
+    from deploykit.models import get_preset, list_models, preset_parameter_count
+
+    rows = []
     for name in list_models(pattern):
         p = get_preset(name)
-        params = preset_parameter_count(name)
         ref = (
             "" if p.reference_params_m is None else f"{p.reference_params_m:.{p.reference_params_decimals}f}"
         )
-        size = p.kwargs.get("image_size", 224)
-        table.add_row(name, p.family, f"{params / 1e6:.3f}", ref, f"{size}x{size}", p.reference)
-    console = Console(width=max(Console().width, 120))
-    console.print(table)
-    aliases = ", ".join(f"{a} -> {t}" for a, t in list_aliases().items())
-    console.print(f"family aliases: {aliases}")
+        rows.append(
+            PresetRow(
+                name=name,
+                family=p.family,
+                params=preset_parameter_count(name),
+                reference_params=ref,
+                image_size=p.kwargs.get("image_size", 224),
+                reference=p.reference,
+            )
+        )
+    return rows
 
 
-def inspect_command(onnx_file: str, json_out: str | None = None) -> None:
-    """Opset, I/O, op histogram, precision, size, metadata and TensorRT-parser lint of ``onnx_file``."""
-    from deploykit.transforms.lint import format_report, lint_model
+@dataclass(frozen=True, kw_only=True)
+class OnnxFacts:
+    """What ``deploykit inspect`` reports about one ONNX file."""
+
+    file: str
+    bytes: int
+    nodes: int
+    initializers: int
+    opsets: dict[str, int]
+    ops: Counter
+    signature: dict[str, Any]
+    variant: Variant
+    metadata: dict[str, str]
+    lint: Any  # deploykit.transforms.lint.LintReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "bytes": self.bytes,
+            "nodes": self.nodes,
+            "opsets": self.opsets,
+            "ops": dict(self.ops.most_common()),
+            "precision": self.variant.precision,
+            "variant": self.variant,
+            **self.signature,
+            "metadata": self.metadata,
+            "lint": self.lint.to_dict(),
+        }
+
+
+def inspect_onnx(onnx_file: str | Path, json_out: str | Path | None = None) -> OnnxFacts:
+    """Opset, I/O, op histogram, variant (by its operators: a quantized graph keeps FP32 metadata), size,
+    metadata and TensorRT-parser lint of ``onnx_file``; with ``json_out`` also written as JSON."""
+    from deploykit.transforms.lint import lint_model
 
     proto = load_onnx(onnx_file)
-    size = Path(onnx_file).stat().st_size
-    opsets = {(o.domain or "ai.onnx"): o.version for o in proto.opset_import}
-    ops = Counter(n.op_type for n in proto.graph.node)
-    sig = io_signature(proto)
-    lint = lint_model(proto)
-    variant = graph_variant(proto, onnx_file)  # by its operators: a quantized graph keeps FP32 metadata
-    click.echo(
-        f"{onnx_file}: {size / 1e6:.2f} MB, {len(proto.graph.node)} nodes, "
-        f"{len(proto.graph.initializer)} initializers, opsets {opsets}"
+    facts = OnnxFacts(
+        file=str(onnx_file),
+        bytes=Path(onnx_file).stat().st_size,
+        nodes=len(proto.graph.node),
+        initializers=len(proto.graph.initializer),
+        opsets={(o.domain or "ai.onnx"): o.version for o in proto.opset_import},
+        ops=Counter(n.op_type for n in proto.graph.node),
+        signature=io_signature(proto),
+        variant=variant_of(onnx_file, proto=proto),
+        metadata=metadata_of(proto),
+        lint=lint_model(proto),
     )
-    for kind in ("inputs", "outputs"):
-        for v in sig[kind]:
-            click.echo(f"  {kind[:-1]:<6} {v['name']}: {v['dtype']} {v['shape']}")
-    click.echo("  ops: " + ", ".join(f"{op} {n}" for op, n in ops.most_common()))
-    click.echo(f"  precision: {variant} ({VARIANT_DESCRIPTIONS.get(variant, variant)})")
-    for p in proto.metadata_props:
-        click.echo(f"  meta {p.key} = {p.value}")
-    click.echo(
-        "  lint: " + ("no TensorRT-parser violations" if lint.ok else f"{len(lint.violations)} violation(s)")
-    )
-    if not lint.ok:
-        click.echo(format_report(lint))
     if json_out:
-        facts = {
-            "file": onnx_file,
-            "bytes": size,
-            "nodes": len(proto.graph.node),
-            "opsets": opsets,
-            "ops": dict(ops.most_common()),
-            "precision": variant_precision(variant),
-            "variant": variant,
-            **sig,
-            "metadata": {p.key: p.value for p in proto.metadata_props},
-            "lint": lint.to_dict(),
-        }
-        atomic_write_text(json_out, json.dumps(facts, indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(facts.to_dict(), indent=2) + "\n")
+    return facts

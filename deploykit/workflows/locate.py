@@ -16,6 +16,7 @@ def locate_failure(
     images: np.ndarray,
     reference: np.ndarray,
     candidate: np.ndarray,
+    *,
     fp32: Tolerances,
     tol: Tolerances,
     graph: onnx.ModelProto | None,

@@ -57,7 +57,7 @@ register_rewrite(
             "removes the BatchNormalization and Mul over the (B, H, N, N) attention maps, and the mixing is "
             "an H x H MatMul over the flattened maps instead of a 1x1 Conv: on ONNX Runtime CPU the Conv "
             "over H channels ran in the blocked NCHWc layout and paid a reorder of every attention map back "
-            "(14 % of DeepViT-16B's batch-1 time; docs/measured.md). Equivalent: in eval mode BN is an "
+            "(docs/measured.md, against the naive route). Equivalent: in eval mode BN is an "
             "affine map per head, so it and the head_dim**-0.5 scale fold exactly into the mixing matrix "
             "and a bias; a 1x1 conv over channels is that matrix applied at every position."
         ),

@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from deploykit.core.config import ExportConfig
-from deploykit.core.errors import ConfigError, UnknownModelError, first_line
+from deploykit.core.errors import ConfigError
 from deploykit.core.labels import check_labels
+from deploykit.core.record import WeightsSource
 from deploykit.models import create_model, get_preset
 from deploykit.models.checkpoints import jsonable_args
 from deploykit.models.pretrained import Checkpoint, load_checkpoint, model_family, read_pretrained
 from deploykit.models.registry import Preset, list_models
-from deploykit.models.shapes import InferredArgs, infer_model_args
+from deploykit.models.shapes import InferredArgs, resolve_model_args
 from deploykit.models.weights import WeightsInfo
 from deploykit.runtime.postprocess import read_labels
 
@@ -35,7 +36,7 @@ from deploykit.runtime.postprocess import read_labels
 FAMILY_CLASSES = ("ConViT", "CeiT", "DeepViT", "CvT", "HPool_ViT")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PreparedModel:
     """An eval-mode model ready to export, with what it was built from."""
 
@@ -46,12 +47,12 @@ class PreparedModel:
     model_args: dict[str, Any] = field(default_factory=dict)
     inferred: InferredArgs | None = None
     labels: tuple[str, ...] | None = None
-    #: where the weights came from: "file", "memory" (a model handed to the Python API) or "random"
-    weights_source: str = "random"
+    #: where the weights came from: a file, a model handed to the Python API, or random
+    weights_source: WeightsSource = WeightsSource.RANDOM
 
     @property
     def random_weights(self) -> bool:
-        return self.weights_source == "random"
+        return self.weights_source is WeightsSource.RANDOM
 
     def state_sha256(self) -> str:
         """A fingerprint of the weights themselves (names, dtypes, shapes, bytes), the same for a
@@ -68,17 +69,6 @@ def state_sha256(model: nn.Module) -> str:
             value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes()
         )
     return digest.hexdigest()
-
-
-def _agree(what: str, flag: int | None, inferred: InferredArgs | None, flag_name: str) -> int | None:
-    """The value of ``what``: the flag's, the checkpoint's, or ``None`` (the preset's); a flag that
-    contradicts the checkpoint is an error naming both."""
-    found = getattr(inferred, what, None) if inferred is not None else None
-    if flag is not None and found is not None and flag != found:
-        raise ConfigError(
-            f"{flag_name} {flag} contradicts the checkpoint: {inferred.sources[what]} means {what} {found}"
-        )
-    return flag if flag is not None else found
 
 
 def prepare_model(
@@ -99,56 +89,28 @@ def prepare_model(
         if weights is not None
         else None
     )
-    architecture = dict(architecture or {})
-    if checkpoint is not None and checkpoint.record is not None:
-        spec = _recorded_preset(preset, spec, checkpoint)
-        recorded = {k: v for k, v in checkpoint.record.model_args.items() if k not in _SIZE_ARGS}
-        architecture = recorded | architecture
-    for key in _SIZE_ARGS:
-        architecture.pop(key, None)
-    try:
-        inferred = (
-            infer_model_args(spec.name, checkpoint.state, architecture) if checkpoint is not None else None
-        )
-    except TypeError as exc:  # an architecture argument the family's constructor does not take
-        raise ConfigError(f"{spec.name}: {first_line(exc)}") from None
-    args = {
-        "num_classes": _agree("num_classes", config.num_classes, inferred, "--num-classes"),
-        "image_size": _agree("image_size", config.image_size, inferred, "--image-size"),
-    }
-    if args["image_size"] is None and checkpoint is not None and checkpoint.preprocessing:
-        args["image_size"] = checkpoint.preprocessing.get("image_size")
-    if args["image_size"] is None and checkpoint is not None and checkpoint.record is not None:
-        args["image_size"] = checkpoint.record.model_args.get("image_size")  # the size it was trained at
-    args = {k: v for k, v in args.items() if v is not None}
+    # the same rule load_pretrained(preset, path) follows: API = CLI
+    args = resolve_model_args(
+        spec.name,
+        checkpoint,
+        num_classes=config.num_classes,
+        image_size=config.image_size,
+        architecture=architecture,
+        spelling="--{flag} {value}",
+    )
     torch.manual_seed(config.seed)
-    model = create_model(spec.name, **architecture, **args).eval()
+    model = create_model(args.preset, **args.kwargs).eval()
     info = load_checkpoint(model, checkpoint) if checkpoint is not None else None
     prepared = PreparedModel(
-        model.eval(),
-        spec,
-        info,
-        _model_args(model),
-        inferred,
-        weights_source="file" if checkpoint is not None else "random",
+        model=model.eval(),
+        spec=get_preset(args.preset),
+        weights_info=info,
+        model_args=_model_args(model),
+        inferred=args.inferred,
+        weights_source=WeightsSource.FILE if checkpoint is not None else WeightsSource.RANDOM,
     )
     finish(prepared, config, labels=labels, checkpoint=checkpoint)
     return prepared
-
-
-_SIZE_ARGS = ("num_classes", "image_size")
-
-
-def _recorded_preset(asked: str, spec: Preset, checkpoint: Checkpoint) -> Preset:
-    """The preset a deploykit checkpoint was saved from (with its recorded overrides it is the whole
-    architecture, so it wins over the preset named on the command line, which only picks the family)."""
-    try:
-        return get_preset(checkpoint.record.preset)
-    except UnknownModelError:
-        raise ConfigError(
-            f"{checkpoint.source} was saved from preset {checkpoint.record.preset!r}, which this deploykit "
-            "does not know"
-        ) from None
 
 
 def _model_args(model: nn.Module) -> dict[str, Any]:
@@ -219,7 +181,9 @@ def from_memory(
         wanted = getattr(config, key)
         if wanted is not None and wanted != value:
             raise ConfigError(f"{key} {wanted} asked for, the model has {key} {value}")
-    prepared = PreparedModel(copied, spec, None, _model_args(copied), None, weights_source="memory")
+    prepared = PreparedModel(
+        model=copied, spec=spec, model_args=_model_args(copied), weights_source=WeightsSource.MEMORY
+    )
     finish(prepared, config, labels=labels)
     return prepared
 
@@ -279,3 +243,22 @@ def model_record(prepared: PreparedModel) -> dict[str, Any]:
         "weights": prepared.weights_source,
         "weights_state_sha256": None if prepared.random_weights else prepared.state_sha256(),
     }
+
+
+def build_model(
+    preset: str,
+    image_size: int | None = None,
+    weights: str | Path | None = None,
+    *,
+    seed: int = 0,
+    weights_format: str | None = None,
+    num_classes: int | None = None,
+) -> tuple[nn.Module, WeightsInfo | None]:
+    """The registered preset in eval mode, built with a fixed seed, optionally with weights (a reference
+    checkpoint or a deploykit state_dict, see :func:`deploykit.models.load_pretrained`) whose head and
+    position embedding set the classes and resolution unless given."""
+    config = ExportConfig(
+        family=get_preset(preset).family, image_size=image_size, num_classes=num_classes, seed=seed
+    )
+    prepared = prepare_model(preset, config=config, weights=weights, weights_format=weights_format)
+    return prepared.model, prepared.weights_info

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deploykit.core.artifacts import Precision, Variant
 from deploykit.core.errors import ArtifactError, first_line
-from deploykit.workflows.bench_report import CaseResult
+from deploykit.workflows.bench.report import CaseResult, Runtime
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,30 +27,31 @@ if TYPE_CHECKING:
 #: seed of the random inputs (the benchmark's batches and the MatMul probe's matrices)
 INPUT_SEED = 0
 #: the runtimes, in the order the results list them
-RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+RUNTIMES = tuple(Runtime)
 #: the precisions (variants of the export's graphs, see deploykit.core.artifacts), in the order the results
 #: list them within a runtime: int8 is model.int8.onnx (Q/DQ, the TensorRT graph), int8-cpu is
 #: model.int8.cpu.onnx (ONNX Runtime's dynamic quantization)
-PRECISION_ORDER = ("fp32", "fp16", "int8", "int8-cpu")
+PRECISION_ORDER = tuple(Variant)
 #: element types of the MatMul ceiling probe: precision -> (numpy dtype names of A, B, ONNX op)
 _PROBES = {
-    "fp32": ("float32", "float32", "MatMul"),
-    "fp16": ("float16", "float16", "MatMul"),
-    "int8": ("uint8", "int8", "MatMulInteger"),  # what dynamic quantization runs: uint8 x int8 -> int32
+    Precision.FP32: ("float32", "float32", "MatMul"),
+    Precision.FP16: ("float16", "float16", "MatMul"),
+    # what dynamic quantization runs: uint8 x int8 -> int32
+    Precision.INT8: ("uint8", "int8", "MatMulInteger"),
 }
 
 
 def ceiling_precision(precision: str) -> str:
     """The MatMul probe a precision is compared with: both INT8 variants with the integer MatMul."""
-    return "int8" if precision.startswith("int8") else precision
+    return Precision.INT8 if precision.startswith("int8") else precision
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Case:
     """One runtime x precision x batch: its runner, fixed input and timed samples."""
 
-    runtime: str
-    precision: str
+    runtime: Runtime
+    precision: Variant
     batch: int
     runner: Runner
     x: np.ndarray
@@ -75,16 +77,37 @@ def make_cases(runners, batches, input_size, skipped: list[dict[str, Any]]) -> l
                 skipped.append({"runtime": runtime, "precision": precision, "reason": reason})
                 continue
             x = np.ascontiguousarray(full[:batch], dtype=dtype)
-            cases.append(Case(runtime, precision, batch, runner, x, artifact=artifact))
+            cases.append(
+                Case(runtime=runtime, precision=precision, batch=batch, runner=runner, x=x, artifact=artifact)
+            )
     return cases
 
 
-def time_cases(cases: list[Case], warmup: int, iters: int, settle_s: float, console, progress: bool) -> None:
+class BenchProgress:
+    """What ``bench`` tells while it runs: a line per step (:meth:`say`) and the timing rounds
+    (:meth:`start`, :meth:`advance` per timed run, :meth:`stop`). This one says nothing (the Python API);
+    the command line shows them on stderr."""
+
+    def say(self, message: str) -> None:
+        pass
+
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, phase: str) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def time_cases(
+    cases: list[Case], *, warmup: int, iters: int, settle_s: float, progress: BenchProgress
+) -> None:
     """Interleaved timing: each round runs every case in a seeded random order; a case runs untimed until
     ``settle_s`` have passed (at least once), then once timed. The first ``warmup`` rounds record nothing.
     The garbage collector is paused during a round (as ``timeit`` does) and runs between rounds."""
     import numpy as np
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     for case in cases:  # one call each up front: a runner that cannot run its batch fails here, by name
         try:
@@ -95,34 +118,32 @@ def time_cases(cases: list[Case], warmup: int, iters: int, settle_s: float, cons
                 f"{case.runtime} {case.precision} batch {case.batch} failed: {first}"
             ) from None
     rng = np.random.default_rng(INPUT_SEED)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     gc_was_enabled = gc.isenabled()
     clock = time.perf_counter
-    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
-        task = bar.add_task("warm-up", total=(warmup + iters) * len(cases))
-        try:
-            for round_ in range(warmup + iters):
-                if round_ == warmup:
-                    bar.update(task, description="timing")
-                gc.disable()
-                for i in rng.permutation(len(cases)):
-                    case = cases[i]
-                    settled = clock() + settle_s
+    progress.start((warmup + iters) * len(cases))
+    try:
+        for round_ in range(warmup + iters):
+            phase = "warm-up" if round_ < warmup else "timing"
+            gc.disable()
+            for i in rng.permutation(len(cases)):
+                case = cases[i]
+                settled = clock() + settle_s
+                case.runner.run(case.x)
+                while clock() < settled:
                     case.runner.run(case.x)
-                    while clock() < settled:
-                        case.runner.run(case.x)
-                    start = clock()
-                    case.runner.run(case.x)
-                    elapsed_ms = (clock() - start) * 1e3
-                    if round_ >= warmup:
-                        case.samples_ms.append(elapsed_ms)
-                    bar.advance(task)
-                if gc_was_enabled:
-                    gc.enable()
-                    gc.collect()
-        finally:
+                start = clock()
+                case.runner.run(case.x)
+                elapsed_ms = (clock() - start) * 1e3
+                if round_ >= warmup:
+                    case.samples_ms.append(elapsed_ms)
+                progress.advance(phase)
             if gc_was_enabled:
                 gc.enable()
+                gc.collect()
+    finally:
+        progress.stop()
+        if gc_was_enabled:
+            gc.enable()
 
 
 def case_results(cases: list[Case], gflop_per_image: float, machine: dict[str, Any]) -> list[CaseResult]:
@@ -132,7 +153,7 @@ def case_results(cases: list[Case], gflop_per_image: float, machine: dict[str, A
     stats = [latency_stats(case.samples_ms) for case in cases]
     base: dict[tuple[str, int], float] = {}
     for case, s in zip(cases, stats):
-        if (case.runtime, case.precision) in (("torch", "fp32"), ("onnxruntime", "fp32")):
+        if case.runtime in (Runtime.TORCH, Runtime.ONNXRUNTIME) and case.precision is Variant.FP32:
             base[case.runtime, case.batch] = s["p50_ms"]
     results = []
     for case, s in zip(cases, stats):
@@ -141,7 +162,7 @@ def case_results(cases: list[Case], gflop_per_image: float, machine: dict[str, A
         ceiling = machine.get(f"matmul_gflops_{ceiling_precision(case.precision)}") or machine.get(
             "matmul_gflops_fp32"
         )
-        to_torch, to_fp32 = base.get(("torch", case.batch)), base.get(("onnxruntime", case.batch))
+        to_torch, to_fp32 = base.get((Runtime.TORCH, case.batch)), base.get((Runtime.ONNXRUNTIME, case.batch))
         results.append(
             CaseResult(
                 runtime=case.runtime,
@@ -154,7 +175,7 @@ def case_results(cases: list[Case], gflop_per_image: float, machine: dict[str, A
                 gflops=gflops,
                 ratio_to_torch=s["p50_ms"] / to_torch if to_torch else None,
                 pct_of_matmul_ceiling=100 * gflops / ceiling if ceiling else None,
-                ratio_to_fp32=s["p50_ms"] / to_fp32 if to_fp32 and case.runtime != "torch" else None,
+                ratio_to_fp32=s["p50_ms"] / to_fp32 if to_fp32 and case.runtime != Runtime.TORCH else None,
                 artifact=case.artifact,
             )
         )
@@ -178,7 +199,7 @@ def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
 
 
 def matmul_ceiling(
-    threads: int, precision: str = "fp32", size: int = 1024, seconds: float = 0.5
+    threads: int, precision: str = Precision.FP32, size: int = 1024, seconds: float = 0.5
 ) -> float | None:
     """The dense-MatMul rate (GFLOP/s) ONNX Runtime reaches here: one ``size``^3 MatMul, ``threads`` intra-op
     threads, the same providers the artifacts run with, best of as many runs as fit in ``seconds`` (at
@@ -246,14 +267,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(threads: int, precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
+def machine_info(threads: int, precisions: Sequence[str] = (Precision.FP32,)) -> dict[str, Any]:
     """The machine and software the numbers belong to, with the MatMul ceiling for each precision."""
     import numpy
     import onnxruntime
     import torch
 
     import deploykit
-    from deploykit.engine.builder import tensorrt_available
+    from deploykit.engine.device import tensorrt_available
     from deploykit.runtime.ort_runner import default_providers
 
     info: dict[str, Any] = {
@@ -262,7 +283,7 @@ def machine_info(threads: int, precisions: Sequence[str] = ("fp32",)) -> dict[st
         "threads": threads,
         "onnxruntime_providers": default_providers(),
     }
-    for precision in sorted({"fp32", *(ceiling_precision(p) for p in precisions)}):
+    for precision in sorted({Precision.FP32, *(ceiling_precision(p) for p in precisions)}):
         info[f"matmul_gflops_{precision}"] = matmul_ceiling(threads, precision)
     info["matmul_probe"] = (
         "fastest run of one 1024x1024x1024 ONNX Runtime MatMul (2*n^3 FLOPs; int8: MatMulInteger, uint8 x "

@@ -20,21 +20,21 @@ inside the functions, so importing this module is cheap.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
-
-from deploykit.core.artifacts import VARIANT_FILES
+from deploykit.core.artifacts import Precision, Variant
 from deploykit.core.config import MAX_BATCH
 from deploykit.core.errors import ArtifactError, ConfigError, UnknownModelError
-from deploykit.workflows.bench_measure import (
+from deploykit.core.record import artifact_record, manifest_path, read_export_manifest
+from deploykit.workflows.bench.measure import (
     INPUT_SEED,
     RUNTIMES,
+    BenchProgress,
+    Runtime,
     case_results,
     ceiling_precision,
     count_flops,
@@ -43,11 +43,8 @@ from deploykit.workflows.bench_measure import (
     matmul_ceiling,
     time_cases,
 )
-from deploykit.workflows.bench_report import (
+from deploykit.workflows.bench.report import (
     BenchReport,
-    format_table,
-    plot,
-    require_matplotlib,
 )
 
 if TYPE_CHECKING:
@@ -57,9 +54,13 @@ if TYPE_CHECKING:
 
 #: ONNX files of an export directory and the precision (variant) of each: fp32, fp16, int8 (the Q/DQ graph
 #: for TensorRT, run here by ONNX Runtime), int8-cpu (ONNX Runtime's dynamic quantization)
-ONNX_FILES = dict(VARIANT_FILES)
+ONNX_FILES = {variant: variant.file for variant in Variant}
 #: why an optional ONNX file may be missing
-_MISSING = {"fp16": "export with --fp16", "int8": "export with --int8", "int8-cpu": "export with --int8"}
+_MISSING = {
+    Variant.FP16: "export with --fp16",
+    Variant.INT8: "export with --int8",
+    Variant.INT8_CPU: "export with --int8",
+}
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -78,7 +79,7 @@ def parse_batches(text: str | Sequence[int]) -> tuple[int, ...]:
     return values
 
 
-def parse_runtimes(text: str | Sequence[str]) -> tuple[str, ...]:
+def parse_runtimes(text: str | Sequence[str]) -> tuple[Runtime, ...]:
     """``"torch,onnxruntime"`` (or a sequence) -> the runtimes, each one of :data:`RUNTIMES`."""
     values = tuple(p.strip() for p in text.split(",")) if isinstance(text, str) else tuple(text)
     unknown = [v for v in values if v not in RUNTIMES]
@@ -86,13 +87,13 @@ def parse_runtimes(text: str | Sequence[str]) -> tuple[str, ...]:
         raise ConfigError(
             f"--runtime takes distinct names from {', '.join(RUNTIMES)} separated by commas, got {text!r}"
         )
-    return values
+    return tuple(Runtime(v) for v in values)
 
 
 # ------------------------------------------------------------------------------------------------ target
 @contextmanager
 def _export_dir(
-    target: str | Path, runtimes: Sequence[str], say: Callable[[str], None]
+    target: str | Path, runtimes: Sequence[Runtime], say: Callable[[str], None]
 ) -> Iterator[tuple[Path, bool]]:
     """The export directory of ``target``: the directory itself, the directory of an ``.onnx`` / engine
     file in it, or (a preset name) a fresh FP32 + FP16 export in a temporary directory, removed afterwards.
@@ -121,33 +122,17 @@ def _export_dir(
         raise UnknownModelError(
             f"{str(target)!r} is neither an export directory nor a preset: {exc}"
         ) from None
-    from deploykit.engine.builder import tensorrt_available
-    from deploykit.workflows.pipeline import run_export
+    from deploykit.engine.device import tensorrt_available
+    from deploykit.workflows.export import ExportRequest, run_export
 
-    engine = "tensorrt" in runtimes and tensorrt_available()[0]
+    engine = Runtime.TENSORRT in runtimes and tensorrt_available()[0]
     with tempfile.TemporaryDirectory(prefix=f"deploykit-bench-{preset.name}-") as tmp:
         say(
             f"exporting {preset.name} (default config, FP32 + FP16{' + engine' if engine else ''}) into a "
             f"temporary directory first; `deploykit export {preset.name} --fp16` keeps the files"
         )
-        run_export(preset.name, Path(tmp), fp16=True, engine=engine)
+        run_export(ExportRequest.create(preset.name, out_dir=Path(tmp), fp16=True, engine=engine))
         yield Path(tmp), True
-
-
-def _read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(
-            f"{directory}: no manifest.json (not a deploykit export directory; `deploykit export PRESET "
-            "--out DIR` makes one)"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: unreadable ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("preset"), str):
-        raise ArtifactError(f"{path}: not a deploykit manifest (no 'preset')")
-    return manifest
 
 
 def _eager_model(directory: Path, with_weights: bool, weights=None, weights_format=None) -> nn.Module:
@@ -156,10 +141,9 @@ def _eager_model(directory: Path, with_weights: bool, weights=None, weights_form
     without ``with_weights`` (torch is not benchmarked) only its shape matters and no weights load."""
     from dataclasses import replace
 
-    from deploykit.workflows.predict import artifact_record
     from deploykit.workflows.validate import artifact_preset, rebuild_model
 
-    path = directory / ONNX_FILES["fp32"]
+    path = directory / ONNX_FILES[Variant.FP32]
     record = artifact_record(path, meta=None if path.is_file() else {})  # else: the manifest's record
     weights = weights if with_weights else None
     if not with_weights:
@@ -171,23 +155,24 @@ def _eager_model(directory: Path, with_weights: bool, weights=None, weights_form
 
 def _runners(
     directory: Path,
-    runtimes: Sequence[str],
+    runtimes: Sequence[Runtime],
+    *,
     threads: int,
     model: nn.Module,
     say: Callable[[str], None],
     skipped: list[dict[str, Any]],
-) -> list[tuple[str, str, Runner, tuple[int, int] | None, str | None]]:
+) -> list[tuple[Runtime, Variant, Runner, tuple[int, int] | None, str | None]]:
     """``(runtime, precision, runner, batch range or None, file name or None)`` for every artifact of
     ``directory`` that ``runtimes`` asks for and this machine can run; the rest go to ``skipped`` with the
     reason."""
-    out: list[tuple[str, str, Runner, tuple[int, int] | None, str | None]] = []
-    if "torch" in runtimes:
+    out: list[tuple[Runtime, Variant, Runner, tuple[int, int] | None, str | None]] = []
+    if Runtime.TORCH in runtimes:
         from deploykit.runtime.torch_runner import TorchRunner
 
-        out.append(("torch", "fp32", TorchRunner(model), None, None))
-    if "onnxruntime" in runtimes:
+        out.append((Runtime.TORCH, Variant.FP32, TorchRunner(model), None, None))
+    if Runtime.ONNXRUNTIME in runtimes:
         out += _onnx_runners(directory, threads, say, skipped)
-    if "tensorrt" in runtimes:
+    if Runtime.TENSORRT in runtimes:
         out += _engine_runners(directory, say, skipped)
     return out
 
@@ -199,27 +184,27 @@ def _onnx_runners(directory: Path, threads: int, say, skipped: list[dict[str, An
     for precision, name in ONNX_FILES.items():
         path = directory / name
         if not path.is_file():
-            if precision == "fp32":
+            if precision is Variant.FP32:
                 raise ArtifactError(f"{directory}: no {name} (the export's FP32 artifact)")
             reason = f"no {name} ({_MISSING.get(precision, 'not exported')})"
-            skipped.append({"runtime": "onnxruntime", "precision": precision, "reason": reason})
+            skipped.append({"runtime": Runtime.ONNXRUNTIME, "precision": precision, "reason": reason})
             continue
         say(f"loading {name} (ONNX Runtime, {threads} threads)")
-        out.append(("onnxruntime", precision, OrtRunner(path, threads=threads), None, name))
+        out.append((Runtime.ONNXRUNTIME, precision, OrtRunner(path, threads=threads), None, name))
     return out
 
 
 def _engine_runners(directory: Path, say, skipped: list[dict[str, Any]]) -> list[tuple]:
     """One TensorRT runner per precision among the engines of ``directory`` (where TensorRT runs)."""
     from deploykit.core.artifacts import ENGINE_SUFFIXES
-    from deploykit.engine.builder import tensorrt_available
+    from deploykit.engine.device import tensorrt_available
 
     ok, reason = tensorrt_available()
     engines = sorted(p for p in directory.iterdir() if p.suffix in ENGINE_SUFFIXES and p.is_file())
     if not ok or not engines:
         if ok:
             reason = f"no engine in {directory} (deploykit build {directory / 'model.fp16.onnx'})"
-        skipped.append({"runtime": "tensorrt", "precision": None, "reason": reason})
+        skipped.append({"runtime": Runtime.TENSORRT, "precision": None, "reason": reason})
         return []
     from deploykit.engine.runner import TensorRTRunner
 
@@ -227,12 +212,12 @@ def _engine_runners(directory: Path, say, skipped: list[dict[str, Any]]) -> list
     for path in engines:
         say(f"loading {path.name} (TensorRT)")
         runner = TensorRTRunner(path)
-        if runner.precision in seen:
-            reason = f"{path.name}: {seen[runner.precision]} is already the {runner.precision} engine"
-            skipped.append({"runtime": "tensorrt", "precision": runner.precision, "reason": reason})
+        if runner.variant in seen:
+            reason = f"{path.name}: {seen[runner.variant]} is already the {runner.variant} engine"
+            skipped.append({"runtime": Runtime.TENSORRT, "precision": runner.variant, "reason": reason})
             continue
-        seen[runner.precision] = path.name
-        out.append(("tensorrt", runner.precision, runner, runner.batch_range, path.name))
+        seen[runner.variant] = path.name
+        out.append((Runtime.TENSORRT, runner.variant, runner, runner.batch_range, path.name))
     return out
 
 
@@ -255,7 +240,7 @@ def run_bench(
     threads: int | None = None,
     warmup: int = 5,
     iters: int = 30,
-    progress: bool = True,
+    progress: BenchProgress | None = None,
     settle_ms: float = 50.0,
     weights: str | Path | None = None,
     weights_format: str | None = None,
@@ -265,64 +250,69 @@ def run_bench(
     every batch size of ``batches``: ``warmup`` untimed and ``iters`` timed rounds, each running every case
     once in a shuffled order (after ``settle_ms`` of untimed runs of that case, see the module docstring).
     ``threads`` (default: PyTorch's, i.e. the physical cores) is used by PyTorch, ONNX Runtime and the
-    MatMul probe alike. ``progress`` shows the steps and a progress bar on stderr. An existing path wins
-    over a preset of the same name. ``weights``: the export's, when its recorded weights file moved."""
+    MatMul probe alike. ``progress`` hears of each step and timing round (default: nothing is said). An
+    existing path wins over a preset of the same name. ``weights``: the export's, when its recorded weights file moved."""
     batches = parse_batches(batches)
     runtimes = parse_runtimes(runtimes)
     _check_counts(iters=iters, warmup=warmup, settle_ms=settle_ms, threads=threads)
 
-    from rich.console import Console
-
-    console = Console(stderr=True, quiet=not progress)
-
-    def say(message: str) -> None:
-        console.print(f"[dim]bench[/dim] {message}", highlight=False)
-
+    progress = progress or BenchProgress()
+    say = progress.say
     with _export_dir(target, runtimes, say) as (directory, temporary):
-        manifest = _read_manifest(directory)
-        import torch
-
-        previous_threads = torch.get_num_threads()
-        threads = threads or previous_threads
-        torch.set_num_threads(threads)
-        try:
-            say(f"building {manifest['preset']} (torch eager, from {directory / 'manifest.json'})")
-            model = _eager_model(directory, "torch" in runtimes, weights, weights_format)
+        manifest = read_export_manifest(directory)
+        with _torch_threads(threads) as threads:
+            say(f"building {manifest.preset} (torch eager, from {manifest_path(directory)})")
+            model = _eager_model(directory, Runtime.TORCH in runtimes, weights, weights_format)
             input_size = tuple(int(v) for v in model.input_size)
             gflop_per_image = count_flops(model, input_size) / 1e9
             skipped: list[dict[str, Any]] = []
-            runners = _runners(directory, runtimes, threads, model, say, skipped)
+            runners = _runners(directory, runtimes, threads=threads, model=model, say=say, skipped=skipped)
             cases = make_cases(runners, batches, input_size, skipped)
             if not cases:
                 reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped)
                 raise ArtifactError(
                     f"nothing to benchmark in {directory} ({reasons or 'no runtime asked for'})"
                 )
-            machine = _time_with_ceilings(cases, threads, warmup, iters, settle_ms, console, say)
-        finally:
-            torch.set_num_threads(previous_threads)
+            timing = {"warmup": warmup, "iters": iters, "settle_s": settle_ms / 1e3, "progress": progress}
+            machine = _time_with_ceilings(cases, threads, **timing)
 
     results = case_results(cases, gflop_per_image, machine)
     return BenchReport(
         target=str(target),
-        preset=manifest["preset"],
+        preset=manifest.preset,
         artifact_dir=None if temporary else str(directory.resolve()),
         input_shape=input_size,
         gflop_per_image=gflop_per_image,
         results=results,
         skipped=skipped,
         machine=machine,
-        settings=_settings(batches, runtimes, threads, warmup, iters, settle_ms),
+        settings=_settings(
+            batches, runtimes, threads=threads, warmup=warmup, iters=iters, settle_ms=settle_ms
+        ),
     )
 
 
-def _time_with_ceilings(cases, threads: int, warmup: int, iters: int, settle_ms: float, console, say):
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[int]:
+    """PyTorch's thread count set to ``threads`` (default: its own) while benchmarking, restored after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        yield threads or previous
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _time_with_ceilings(cases, threads: int, *, progress: BenchProgress, **timing):
     """Time ``cases`` between two MatMul ceiling probes; the machine record keeps the better probe of each
     precision (in case the first was disturbed)."""
-    say(f"MatMul ceiling probe (ONNX Runtime, {threads} threads)")
-    precisions = sorted({"fp32", *(ceiling_precision(c.precision) for c in cases if c.runtime != "torch")})
+    progress.say(f"MatMul ceiling probe (ONNX Runtime, {threads} threads)")
+    probed = (ceiling_precision(c.precision) for c in cases if c.runtime is not Runtime.TORCH)
+    precisions = sorted({Precision.FP32, *probed})
     machine = machine_info(threads, precisions)
-    time_cases(cases, warmup, iters, settle_ms / 1e3, console, not console.quiet)
+    time_cases(cases, progress=progress, **timing)
     for precision in precisions:
         key = f"matmul_gflops_{precision}"
         again = matmul_ceiling(threads, precision)
@@ -331,7 +321,7 @@ def _time_with_ceilings(cases, threads: int, warmup: int, iters: int, settle_ms:
     return machine
 
 
-def _settings(batches, runtimes, threads, warmup, iters, settle_ms) -> dict[str, Any]:
+def _settings(batches, runtimes, *, threads, warmup, iters, settle_ms) -> dict[str, Any]:
     return {
         "batches": list(batches),
         "runtimes": list(runtimes),
@@ -342,47 +332,3 @@ def _settings(batches, runtimes, threads, warmup, iters, settle_ms) -> dict[str,
         "settle_ms": settle_ms,
         "input": f"fixed standard-normal batch (seed {INPUT_SEED}) in each runner's input dtype",
     }
-
-
-def bench_command(
-    target: str,
-    *,
-    batch: str,
-    runtime: str,
-    threads: int | None,
-    warmup: int,
-    iters: int,
-    json_out: str | None,
-    plot_out: str | None,
-    quiet: bool,
-    weights: str | None = None,
-    weights_format: str | None = None,
-) -> None:
-    """``deploykit bench``: run, print the table and what was skipped, write the JSON and the plot."""
-    from rich.console import Console
-
-    from deploykit.core.io import atomic_write_text
-
-    if plot_out:
-        require_matplotlib()
-    report = run_bench(
-        target,
-        batches=batch,
-        runtimes=runtime,
-        threads=threads,
-        warmup=warmup,
-        iters=iters,
-        progress=not quiet,
-        weights=weights,
-        weights_format=weights_format,
-    )
-    Console(width=max(Console().width, 150)).print(format_table(report))
-    for s in report.skipped:
-        precision = f" {s['precision']}" if s["precision"] else ""
-        click.echo(f"skipped {s['runtime']}{precision}: {s['reason']}")
-    if json_out:
-        atomic_write_text(json_out, report.to_json())
-        click.echo(f"wrote {json_out}")
-    if plot_out:
-        plot(report, plot_out)
-        click.echo(f"wrote {plot_out}")

@@ -10,21 +10,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deploykit.core.artifacts import Named, Variant
 from deploykit.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.table import Table
 
+
+class Runtime(Named):
+    """What runs a case, in the order the results list them."""
+
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
 #: (runtime, precision) -> what the table's precision column says
 PRECISION_LABELS = {
-    ("onnxruntime", "int8"): "int8 Q/DQ (TRT graph)",
-    ("onnxruntime", "int8-cpu"): "int8 dynamic (CPU)",
+    (Runtime.ONNXRUNTIME, Variant.INT8): "int8 Q/DQ (TRT graph)",
+    (Runtime.ONNXRUNTIME, Variant.INT8_CPU): "int8 dynamic (CPU)",
 }
 #: a note under the table for each INT8 artifact it shows
 INT8_NOTES = {
-    "int8": "int8 Q/DQ: model.int8.onnx, the graph TensorRT builds its INT8 engine from, run by ONNX Runtime "
-    "here (its speed is not TensorRT's)",
-    "int8-cpu": "int8 dynamic: model.int8.cpu.onnx, ONNX Runtime dynamic quantization (the CPU artifact)",
+    Variant.INT8: "int8 Q/DQ: model.int8.onnx, the graph TensorRT builds its INT8 engine from, run by ONNX "
+    "Runtime here (its speed is not TensorRT's)",
+    Variant.INT8_CPU: "int8 dynamic: model.int8.cpu.onnx, ONNX Runtime dynamic quantization (the CPU artifact)",
 }
 
 FLOPS_COUNTED = (
@@ -34,13 +44,13 @@ FLOPS_COUNTED = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CaseResult:
     """One runtime x precision x batch: latency statistics over the timed rounds (``samples_ms`` is kept
     for plots but not written to JSON)."""
 
-    runtime: str
-    precision: str
+    runtime: Runtime
+    precision: Variant
     batch: int
     runner: str
     samples_ms: tuple[float, ...]
@@ -87,7 +97,7 @@ class CaseResult:
         }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BenchReport:
     """What :func:`run_bench` measured; :meth:`to_dict` is the ``--json`` document."""
 
@@ -132,7 +142,7 @@ def format_table(report: BenchReport) -> Table:
     from rich.table import Table
 
     m = report.machine
-    shown = {r.precision for r in report.results if r.runtime == "onnxruntime"}
+    shown = {r.precision for r in report.results if r.runtime is Runtime.ONNXRUNTIME}
     notes = "".join(f"\n{INT8_NOTES[p]}" for p in INT8_NOTES if p in shown)
     table = Table(
         title=f"deploykit bench: {report.preset} {'x'.join(map(str, report.input_shape))}, "
@@ -152,7 +162,7 @@ def format_table(report: BenchReport) -> Table:
         if previous is not None and r.batch != previous:
             table.add_section()
         previous = r.batch
-        table.add_row(
+        cells = [
             r.runtime,
             r.shown_precision,
             str(r.batch),
@@ -162,7 +172,8 @@ def format_table(report: BenchReport) -> Table:
             "" if r.ratio_to_fp32 is None else f"{r.ratio_to_fp32:.2f}",
             f"{r.gflops:.1f}",
             "" if r.pct_of_matmul_ceiling is None else f"{r.pct_of_matmul_ceiling:.0f}%",
-        )
+        ]
+        table.add_row(*cells)
     return table
 
 
