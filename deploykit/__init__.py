@@ -28,6 +28,9 @@ def __getattr__(name: str):
 
         return load
     if name == "export":
+        from deploykit.core.parts import require
+
+        require("torch", "deploykit.export")  # one line naming [export] on a device install
         from deploykit.workflows.export import export
 
         return export

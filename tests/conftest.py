@@ -35,3 +35,13 @@ def exported(tmp_path_factory):
         name: export_preset(name, root / name, small_config(name, size), fp16=True, engine=True)
         for name, size in FAMILY_CASES.items()
     }
+
+
+@pytest.fixture(scope="session")
+def int8_exports(tmp_path_factory):
+    """Every family's trained reference exported with INT8 (both INT8 files, the engine stage) and the
+    held-out digits as its --dataset (recorded in reference.npz)."""
+    from exporting import FAMILIES, HELDOUT, export_reference
+
+    root = tmp_path_factory.mktemp("int8")
+    return {family: export_reference(family, root / family, dataset=HELDOUT) for family in FAMILIES}

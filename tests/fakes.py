@@ -35,9 +35,12 @@ class FakeCudart(types.ModuleType):
         cudaMemcpyHostToDevice = 1
         cudaMemcpyDeviceToHost = 2
 
-    def __init__(self, devices: int = 1) -> None:
+    def __init__(
+        self, devices: int = 1, gpu: str = "Fake Orin", capability: tuple[int, int] = (8, 7)
+    ) -> None:
         super().__init__("cuda.bindings.runtime")
         self.devices = devices
+        self.gpu, self.capability = gpu, capability
         self.calls: list[tuple] = []
         self.buffers: dict[int, ctypes.Array] = {}
         self.streams = 0
@@ -51,8 +54,17 @@ class FakeCudart(types.ModuleType):
         return self._ok(self.devices)
 
     def cudaGetDeviceProperties(self, device):  # noqa: N802
-        props = types.SimpleNamespace(name=b"Fake Orin", major=8, minor=7, totalGlobalMem=8 << 30)
+        major, minor = self.capability
+        props = types.SimpleNamespace(
+            name=self.gpu.encode(), major=major, minor=minor, totalGlobalMem=8 << 30
+        )
         return self._ok(props)
+
+    def cudaDriverGetVersion(self):  # noqa: N802 - 0 when no driver is installed
+        return self._ok(12060 if self.devices else 0)
+
+    def cudaRuntimeGetVersion(self):  # noqa: N802
+        return self._ok(12060)
 
     def cudaGetErrorString(self, err):  # noqa: N802
         return self._ok(f"fake error {int(err)}".encode())
@@ -85,6 +97,30 @@ class FakeCudart(types.ModuleType):
         self.calls.append(("cudaStreamDestroy", stream))
         return self._ok()
 
+    # events: a fake event is a list holding the host time it was recorded at
+    def cudaEventCreate(self):  # noqa: N802
+        self.calls.append(("cudaEventCreate",))
+        return self._ok([None])
+
+    def cudaEventRecord(self, event, stream):  # noqa: N802
+        import time
+
+        self.calls.append(("cudaEventRecord", stream))
+        event[0] = time.perf_counter()
+        return self._ok()
+
+    def cudaEventSynchronize(self, event):  # noqa: N802
+        self.calls.append(("cudaEventSynchronize",))
+        return self._ok()
+
+    def cudaEventElapsedTime(self, start, end):  # noqa: N802
+        self.calls.append(("cudaEventElapsedTime",))
+        return self._ok((end[0] - start[0]) * 1e3)
+
+    def cudaEventDestroy(self, event):  # noqa: N802
+        self.calls.append(("cudaEventDestroy",))
+        return self._ok()
+
 
 def install_cudart(monkeypatch, cudart: FakeCudart) -> None:
     cuda = types.ModuleType("cuda")
@@ -102,7 +138,17 @@ def _array_at(address: int, shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 #: FakeTensorRT's own attributes (not TensorRT names): left out of ``FakeTensorRT.accessed``
-FAKE_INTERNALS = {"calls", "layer_dtypes", "classes", "io_dtype", "batch_range", "built", "accessed"}
+FAKE_INTERNALS = {
+    "calls",
+    "layer_dtypes",
+    "classes",
+    "io_dtype",
+    "batch_range",
+    "built",
+    "accessed",
+    "onnx_backed",
+    "parsed",
+}
 
 
 class FakeTensorRT(types.ModuleType):
@@ -122,6 +168,11 @@ class FakeTensorRT(types.ModuleType):
         FP16 = 0  # 10.x only (weak typing); here so that a call with it would be recorded, not crash
         INT8 = 1  # 10.x only (implicit quantization)
         TF32 = 6
+        VERSION_COMPATIBLE = 13
+
+    class HardwareCompatibilityLevel(enum.IntEnum):
+        NONE = 0
+        AMPERE_PLUS = 1
 
     class MemoryPoolType(enum.IntEnum):
         WORKSPACE = 0
@@ -158,6 +209,7 @@ class FakeTensorRT(types.ModuleType):
         classes: int = 5,
         io_dtype: str = "FLOAT",
         batch_range: tuple[int, int] = (1, 8),
+        onnx_backed: bool = False,
     ) -> None:
         super().__init__("tensorrt")
         self.accessed: set[str] = set()
@@ -168,6 +220,9 @@ class FakeTensorRT(types.ModuleType):
         self.io_dtype = io_dtype
         self.batch_range = batch_range
         self.built: dict[bytes, dict] = {}
+        #: ``onnx_backed``: the engine a build makes runs the parsed ONNX file with ONNX Runtime
+        self.onnx_backed = onnx_backed
+        self.parsed: str | None = None
         trt = self
 
         class Builder:
@@ -187,6 +242,8 @@ class FakeTensorRT(types.ModuleType):
             def build_serialized_network(self, network, config):
                 trt.calls.append(("build_serialized_network", network.flags))
                 blob = f"ENGINE trt={trt.__version__} flags={network.flags}".encode()
+                if trt.onnx_backed:
+                    blob += f" onnx={trt.parsed}".encode()
                 trt.built[blob] = {"profile": config.profiles[0].shapes}
                 return blob
 
@@ -198,15 +255,23 @@ class FakeTensorRT(types.ModuleType):
 
             def parse_from_file(self, path):
                 trt.calls.append(("parse_from_file", path))
+                trt.parsed = str(path)
                 return True
 
         class Runtime:
             def __init__(self, logger) -> None:
                 pass
 
+            def __setattr__(self, name, value):  # engine_host_code_allowed is recorded
+                trt.calls.append(("runtime." + name, value))
+                object.__setattr__(self, name, value)
+
             def deserialize_cuda_engine(self, data):
                 trt.calls.append(("deserialize_cuda_engine", len(data)))
-                return FakeEngine(trt) if bytes(data).startswith(b"ENGINE") else None
+                blob = bytes(data)
+                if b" onnx=" in blob:
+                    return OnnxEngine(trt, blob.split(b" onnx=", 1)[1].decode())
+                return FakeEngine(trt) if blob.startswith(b"ENGINE") else None
 
         self.Builder, self.OnnxParser, self.Runtime = Builder, OnnxParser, Runtime
 
@@ -223,7 +288,7 @@ class FakeConfig:
             self.trt.calls.append(("config." + name, value))
         object.__setattr__(self, name, value)
 
-    def set_flag(self, flag):  # recorded: deploykit must never turn a builder flag on
+    def set_flag(self, flag):  # recorded: deploykit turns on VERSION_COMPATIBLE only, when asked
         self.trt.calls.append(("set_flag", flag.name))
 
     def set_memory_pool_limit(self, pool, size):
@@ -325,14 +390,79 @@ class FakeContext:
         return True
 
 
+class OnnxEngine(FakeEngine):
+    """An engine that computes what its ONNX file computes (ONNX Runtime on the CPU), for the code paths
+    that need a real model behind the engine (validate --dataset): input and output shapes and types are the
+    graph's."""
+
+    def __init__(self, trt: FakeTensorRT, onnx_path: str) -> None:
+        import onnxruntime as ort
+
+        super().__init__(trt)
+        self.session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        self.input, self.output = self.session.get_inputs()[0], self.session.get_outputs()[0]
+
+    def get_tensor_name(self, i):
+        return (self.input.name, self.output.name)[i]
+
+    def get_tensor_mode(self, name):
+        return self.trt.TensorIOMode.INPUT if name == self.input.name else self.trt.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        tensor = self.input if name == self.input.name else self.output
+        return self.trt.DataType.HALF if "float16" in tensor.type else self.trt.DataType.FLOAT
+
+    def get_tensor_shape(self, name):
+        tensor = self.input if name == self.input.name else self.output
+        return (-1, *tensor.shape[1:])
+
+    def get_tensor_profile_shape(self, name, profile):
+        low, high = self.trt.batch_range
+        chw = tuple(self.input.shape[1:])
+        return [(low, *chw), (low, *chw), (high, *chw)]
+
+    def create_execution_context(self):
+        return OnnxContext(self)
+
+
+class OnnxContext(FakeContext):
+    def get_tensor_shape(self, name):
+        engine = self.engine
+        return (self.shape[0], *engine.output.shape[1:]) if name == engine.output.name else self.shape
+
+    def execute_async_v3(self, stream):
+        engine = self.engine
+        engine.trt.calls.append(("execute_async_v3", stream))
+        dtypes = {
+            n: _numpy_type(t.type)
+            for n, t in ((engine.input.name, engine.input), (engine.output.name, engine.output))
+        }
+        x = _array_at(self.addresses[engine.input.name], self.shape, dtypes[engine.input.name])
+        y = engine.session.run(None, {engine.input.name: x.copy()})[0]
+        _array_at(self.addresses[engine.output.name], y.shape, dtypes[engine.output.name])[...] = y
+        return True
+
+
+def _numpy_type(onnx_type: str):
+    return np.float16 if "float16" in onnx_type else np.float32
+
+
 def expected_logits(x: np.ndarray, classes: int = 5) -> np.ndarray:
     weights = np.arange(3 * classes, dtype=np.float32).reshape(3, classes) / 10
     return x.astype(np.float32).mean(axis=(2, 3)) @ weights
 
 
-def install_fakes(monkeypatch, version: str, devices: int = 1, **engine) -> tuple[FakeTensorRT, FakeCudart]:
-    """Make ``import tensorrt`` and ``cuda.bindings.runtime`` the fakes (``engine``: FakeTensorRT options)."""
-    trt, cudart = FakeTensorRT(version, **engine), FakeCudart(devices)
+def install_fakes(
+    monkeypatch,
+    version: str,
+    devices: int = 1,
+    gpu: str = "Fake Orin",
+    capability: tuple[int, int] = (8, 7),
+    **engine,
+) -> tuple[FakeTensorRT, FakeCudart]:
+    """Make ``import tensorrt`` and ``cuda.bindings.runtime`` the fakes (``engine``: FakeTensorRT options;
+    ``gpu``, ``capability``: the GPU the fake CUDA runtime reports)."""
+    trt, cudart = FakeTensorRT(version, **engine), FakeCudart(devices, gpu=gpu, capability=capability)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     install_cudart(monkeypatch, cudart)
     return trt, cudart

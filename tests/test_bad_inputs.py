@@ -61,7 +61,30 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (root / "prep.toml").write_text('family = "hvt"\n[preprocessing]\nmean = [0.5, 0.5]\n')
     _odd_graphs(root)
     _crafted_records(root, out)
+    _datasets(root)
     return {"root": root, "out": out}
+
+
+def _datasets(root: Path) -> None:
+    """Labelled datasets that are wrong in one way each (for ``--dataset``)."""
+    green = Image.new("RGB", (40, 30), (10, 200, 30))
+    for name, folders in {
+        "ds_noclass": ("cat",),
+        "ds_empty": ("3",),
+        "ds_bad": ("2",),
+        "ds_txt": ("4",),
+    }.items():
+        for folder in folders:
+            (root / name / folder).mkdir(parents=True)
+    green.save(root / "ds_noclass" / "cat" / "a.png")
+    green.save(root / "ds_bad" / "2" / "good.png")
+    (root / "ds_bad" / "2" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really" * 10)
+    (root / "ds_txt" / "4" / "notes.txt").write_text("not an image")
+    (root / "ds_none").mkdir()
+    (root / "ds_none" / "readme.txt").write_text("no images here")
+    green.save(root / "ds_row.png")
+    (root / "ds_missing.csv").write_text("path,label\nds_row.png,3\ngone.png,3\n")
+    (root / "ds_label.csv").write_text("ds_row.png,tabby\n")
 
 
 def _odd_graphs(root: Path) -> None:
@@ -330,6 +353,47 @@ CASES = {
     "calibration non-image named with a line break": (
         [*EXPORT, "--int8", "--calib", "{root}/calib_txt", "--calib-count", "1"],
         "notes\\nerror: fake.txt is not an image",
+    ),
+    # issue 28: labelled datasets (validate --dataset, export --dataset)
+    "dataset class folder naming no class": (
+        ["validate", "{out}/model.onnx", "--dataset", "{root}/ds_noclass"],
+        "class folder: 'cat' is not one of the model's classes",
+    ),
+    "dataset with an empty class folder": (
+        ["validate", "{out}/model.onnx", "--dataset", "{root}/ds_empty"],
+        "class folder 3 is empty",
+    ),
+    "dataset folder without images": (
+        ["validate", "{out}/model.onnx", "--dataset", "{root}/ds_none"],
+        "has no class folders",
+    ),
+    "dataset with a file that is not an image": (
+        ["validate", "{out}/model.onnx", "--dataset", "{root}/ds_txt"],
+        "4/notes.txt is not an image",
+    ),
+    "dataset with an unreadable image": (
+        ["validate", "{out}/model.onnx", "--dataset", "{root}/ds_bad"],
+        "dataset image 2/broken.png: cannot decode image",
+    ),
+    "dataset CSV row with a missing file": (
+        ["validate", "{out}/model.onnx", "--dataset", "{root}/ds_missing.csv"],
+        "row 3: image not found: gone.png",
+    ),
+    "dataset CSV row with an unknown label": (
+        ["validate", "{out}/model.onnx", "--dataset", "{root}/ds_label.csv"],
+        "row 1: 'tabby' is not one of the model's classes",
+    ),
+    "export with a dataset without images": (
+        [*EXPORT, "--dataset", "{root}/ds_none"],
+        "has no class folders",
+    ),
+    "accuracy page without a dataset": (
+        ["validate", "{out}/model.onnx", "--html", "{root}/p.html"],
+        "--html renders",
+    ),
+    "accuracy floor over 100 percent": (
+        ["validate", "{out}/model.onnx", "--dataset", "{root}/ds_bad", "--min-accuracy", "150"],
+        "--min-accuracy is in points / percent, 0 to 100",
     ),
 }
 

@@ -169,7 +169,21 @@ def test_ci_installs_what_the_quick_start_names():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     installs = [shlex.split(line) for line in ci.splitlines() if "pip install" in line and "-e" in line]
     extras = {e for cmd in installs for arg in cmd if arg.startswith(".[") for e in arg[2:-1].split(",")}
-    assert {"test", "peers", "serve", "plot"} <= extras, extras
+    assert {"export", "test", "peers", "serve", "plot"} <= extras, extras
+    # ... and at least what the quick start installs (the base install is the torch-free device runtime)
+    quick = {
+        e for arg in shlex.split(quick_start_block()[0]) if arg.startswith(".[") for e in arg[2:-1].split(",")
+    }
+    assert {"export", "test"} <= quick <= extras, (quick, extras)
+
+
+def test_one_torch_version_in_the_readme_ci_and_pyproject():
+    """The quick start and .ci/run install the same torch first, the one pyproject.toml's comment names."""
+    pinned = re.compile(r"torch==(\d+\.\d+\.\d+)")
+    readme = set(pinned.findall(quick_start_block()[0]))
+    ci = set(pinned.findall((ROOT / ".ci" / "run").read_text(encoding="utf-8")))
+    named = set(re.findall(r"torch: (\d+\.\d+\.\d+)", (ROOT / "pyproject.toml").read_text(encoding="utf-8")))
+    assert len(readme) == 1 and readme == ci == named, (readme, ci, named)
 
 
 def test_every_cli_command_is_in_the_readme():

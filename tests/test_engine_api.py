@@ -49,7 +49,6 @@ REMOVED = {
     "FP4",
     "OBEY_PRECISION_CONSTRAINTS",
     "PREFER_PRECISION_CONSTRAINTS",
-    "set_flag",  # still in 11.x, but deploykit never turns a builder flag on (that is how weak typing starts)
     "device_memory_size",
     "get_device_memory_size_for_profile",
     "platform_has_fast_fp16",
@@ -183,6 +182,26 @@ def test_no_api_removed_in_tensorrt11(path: Path):
     names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     assert not names & REMOVED, f"{path.name} uses APIs removed in TensorRT 11: {sorted(names & REMOVED)}"
+
+
+#: the one builder flag deploykit turns on (``set_flag`` is still in 11.x): never a precision flag, which is
+#: how weak typing starts
+ALLOWED_FLAGS = {"trt.BuilderFlag.VERSION_COMPATIBLE"}
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: p.name)
+def test_the_only_builder_flag_set_is_version_compatible(path: Path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "set_flag"
+    ]
+    flags = {ast.unparse(arg) for call in calls for arg in call.args}
+    assert flags <= ALLOWED_FLAGS, f"{path.name} sets builder flags {sorted(flags - ALLOWED_FLAGS)}"
+    assert all(len(call.args) == 1 and not call.keywords for call in calls)
 
 
 def test_engine_package_imports_without_tensorrt():

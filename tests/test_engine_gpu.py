@@ -168,3 +168,31 @@ def test_a_real_engine_validates_against_the_golden_reference(engine_export):
     assert sidecar["reference_sha256"] == result.manifest["reference"]["sha256"]
     report = validate_with_reference(built.engine_path)
     assert report.passed, report.summary()
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_a_version_compatible_engine_records_it_loads_and_matches_torch(engine_export, tmp_path: Path):
+    """Version compatibility on a real GPU: the sidecar records it with this TensorRT and GPU, the runner
+    allows the embedded lean runtime and the engine matches PyTorch; hardware compatibility too where the
+    GPU is Ampere or newer and not a Jetson (else it is refused in one line)."""
+    from deploykit.core.errors import ConfigError
+    from deploykit.engine.compat import AMPERE, capability
+    from deploykit.engine.device import gpu_info, is_jetson
+    from deploykit.engine.runner import TensorRTRunner
+
+    result, config = engine_export
+    gpu = gpu_info()[0]
+    hardware = capability(gpu["compute_capability"]) >= AMPERE and not is_jetson()
+    engine = tmp_path / "model.engine"
+    if not hardware:
+        with pytest.raises(ConfigError):
+            build_engine(result.onnx_path, engine, batch=config.batch, hardware_compatible=True)
+    built = build_engine(
+        result.onnx_path, engine, batch=config.batch, version_compatible=True, hardware_compatible=hardware
+    )
+    assert built.sidecar["version_compatible"] is True
+    assert built.sidecar["hardware_compatibility"] == ("ampere+" if hardware else "none")
+    assert built.sidecar["gpu"]["compute_capability"] == gpu["compute_capability"]
+    parity = _parity(TensorRTRunner(engine), config, TF32)
+    assert parity.passed, parity.worst()

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from exporting import export_preset
+from exporting import CALIB, FAMILIES, HELDOUT, REFERENCES, export_reference
 from onnx import numpy_helper
 
 from deploykit.cli import cli
@@ -20,37 +20,11 @@ from deploykit.runtime.preprocess import Preprocessing
 from deploykit.transforms import int8 as q
 from deploykit.transforms.lint import lint_model
 from deploykit.validation.calibration import calibration_set
-from deploykit.workflows.export import Int8Options
 from deploykit.workflows.export.model import prepare_model
-
-DATA = Path(__file__).parent / "data"
-REFERENCES = DATA / "reference"
-HELDOUT = DATA / "digits" / "heldout"
-CALIB = DATA / "digits" / "calib"
-FAMILIES = ("convit", "ceit", "deepvit", "cvt", "hvt")
-#: entropy is the default; the others are exercised on the rest (and are faster)
-METHODS = {"convit": "entropy", "ceit": "percentile", "deepvit": "max", "cvt": "entropy", "hvt": "percentile"}
 
 
 def _export(family: str, out: Path, **options):
-    from deploykit.models import get_preset
-
-    weights = REFERENCES / f"{family}.safetensors"
-    config = default_config(get_preset(family).family)
-    return export_preset(
-        family,
-        out,
-        config,
-        weights=weights,
-        engine=True,
-        int8=Int8Options(calib=str(CALIB), calib_count=32, calib_method=METHODS[family], **options),
-    )
-
-
-@pytest.fixture(scope="session")
-def int8_exports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("int8")
-    return {family: _export(family, root / family) for family in FAMILIES}
+    return export_reference(family, out, **options)
 
 
 @pytest.fixture(scope="session")

@@ -145,6 +145,28 @@ def test_onnxruntime_gpu_and_tensorrt_backends(export, tmp_path):
     assert r.exit_code == 2 and "--max-batch must be in 1..4" in r.output
 
 
+def test_tensorrt_config_of_a_version_compatible_engine(export, tmp_path):
+    from deploykit.serving.checks import server_args
+    from deploykit.serving.choices import VERSION_COMPATIBLE_ARG
+
+    engine_dir = tmp_path / "with_engine"
+    shutil.copytree(export.out_dir, engine_dir)
+    (engine_dir / "model.engine").write_bytes(b"serialized engine")
+    sidecar = {"profile": {"max": [4, 3, 128, 128]}, "tensorrt": "10.3.0.26", "version_compatible": True}
+    (engine_dir / "model.engine.json").write_text(json.dumps(sidecar))
+    r = _cli("triton", engine_dir, "--repo", tmp_path / "vc", "--backend", "tensorrt", "--kind", "gpu")
+    assert r.exit_code == 0, r.output
+    assert VERSION_COMPATIBLE_ARG in r.output  # what another tritonserver must be started with
+    plan = _parse(tmp_path / "vc" / "hvt_s_4" / "config.pbtxt")  # still a valid ModelConfig
+    assert plan.platform == "tensorrt_plan" and plan.parameters["version_compatible"].string_value == "true"
+    assert server_args(tmp_path / "vc") == (VERSION_COMPATIBLE_ARG,)  # deploykit serve passes it
+    # an engine that is not version-compatible: no mark, no server option
+    (engine_dir / "model.engine.json").write_text(json.dumps({**sidecar, "version_compatible": False}))
+    assert _cli("triton", engine_dir, "--repo", tmp_path / "plain", "--backend", "tensorrt").exit_code == 0
+    assert "version_compatible" not in _parse(tmp_path / "plain" / "hvt_s_4" / "config.pbtxt").parameters
+    assert server_args(tmp_path / "plain") == ()
+
+
 def test_versions_are_added_never_overwritten_silently(export, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     assert _cli("triton", export.out_dir, "--repo", repo, "--name", "m").exit_code == 0

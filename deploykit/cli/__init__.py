@@ -5,7 +5,7 @@ and warns through :mod:`warnings`, which :mod:`deploykit.cli.app` turns into one
 Owns: argument parsing, what a command prints, typed errors -> one-line messages and exit codes.
 May import: everything."""
 
-from deploykit.cli import bench, build, export, info, predict, serving, validate  # noqa: F401  (commands)
+from deploykit.cli import bench, build, doctor, export, info, predict, serving, validate  # noqa: F401  (commands)
 from deploykit.cli.app import WEIGHTS_FORMATS, cli, main
 
 __all__ = ["WEIGHTS_FORMATS", "cli", "main"]

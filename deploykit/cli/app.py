@@ -21,6 +21,7 @@ import click
 from deploykit import __version__
 from deploykit.core.errors import DeployKitError, DeployKitWarning, one_line
 from deploykit.core.interrupts import Terminated, handle_signals
+from deploykit.core.parts import missing_part
 
 #: the layouts of ``deploykit.models.pretrained.FORMATS``, spelled out so that ``--help`` imports no torch
 WEIGHTS_FORMATS = (
@@ -35,17 +36,28 @@ WEIGHTS_FORMATS = (
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn DeployKitError (and OSError) into one clear line on stderr and the error's exit code. The line
+    """Turn DeployKitError (and OSError) into one clear line on stderr and the error's exit code, and the
+    ImportError of an optional part that is not installed (PyTorch, ONNX Runtime, ...) into the line naming
+    its extra (``error: export needs PyTorch: pip install 'deploykit[export]'``, exit 2). The line
     is the last defence of the one-line rule: a line break or terminal escape in a message (a file name,
     a value read from a file) is printed escaped (``\\n``), so no error can span two lines or fake one.
     deploykit's warnings are shown as one ``warning:`` line each."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        verbose = click.get_current_context().find_root().params.get("verbose", False)
+        context = click.get_current_context()
+        verbose = context.find_root().params.get("verbose", False)
         try:
             with _warnings_as_lines():
                 return fn(*args, **kwargs)
+        except ImportError as exc:  # an optional part missing: one line naming its extra, never a traceback
+            missing = missing_part(exc, context.info_name)
+            if missing is None:
+                raise
+            if verbose:
+                traceback.print_exc()
+            click.echo(f"error: {one_line(missing)}", err=True)
+            sys.exit(missing.exit_code)
         except DeployKitError as exc:
             if verbose:
                 traceback.print_exc()

@@ -43,7 +43,9 @@ from deploykit.cli.app import WEIGHTS_FORMATS, cli, handle_errors
 def bench_cmd(target: str, **options: Any) -> None:
     """Latency of ARTIFACT (an export directory, or an .onnx / engine file in one) or of PRESET (exported
     into a temporary directory first) on PyTorch eager, ONNX Runtime FP32/FP16 and TensorRT, interleaved
-    in one process: min/p50/p90/p99/mean ms, images/s, ratio to eager, GFLOP/s beside the MatMul ceiling."""
+    in one process: min/p50/p90/p99/mean ms, images/s, ratio to eager, GFLOP/s beside the MatMul ceiling.
+    ONNX Runtime rows name the provider that ran; engines add the GPU time alone (CUDA events). Without
+    PyTorch (a device) eager is skipped; a Jetson's power mode and clocks are recorded."""
     from rich.console import Console
 
     from deploykit.core.io import atomic_write_text
@@ -61,7 +63,8 @@ def bench_cmd(target: str, **options: Any) -> None:
         progress=progress,
         **options,
     )
-    Console(width=max(Console().width, 150)).print(format_table(report))
+    # wide enough for every column (the provider that ran, the GPU time) on one line per row
+    Console(width=max(Console().width, 170)).print(format_table(report))
     for s in report.skipped:
         precision = f" {s['precision']}" if s["precision"] else ""
         click.echo(f"skipped {s['runtime']}{precision}: {s['reason']}")

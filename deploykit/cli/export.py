@@ -90,6 +90,12 @@ from deploykit.core.config import CalibMethod, Exporter
     type=click.Choice(["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]),
     help="Preprocessing: resize filter.",
 )
+@click.option(
+    "--dataset",
+    type=click.Path(),
+    help="Your labelled images (an ImageFolder, or a CSV of path,label rows): every file's accuracy beside "
+    "PyTorch's, gated by max_accuracy_drop; recorded in reference.npz for validate --dataset without torch.",
+)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @handle_errors
 def export_cmd(model: str, **options: Any) -> None:
@@ -190,6 +196,8 @@ def summary_lines(result, *, fp16: bool) -> list[str]:
         )
     if "int8" in result.manifest:
         lines.extend(_int8_lines(result))
+    if "dataset" in result.manifest:
+        lines.append(_dataset_line(result.manifest["dataset"]))
     engine = result.manifest["engine"]
     if engine["status"].startswith("skipped"):
         lines.append(
@@ -228,3 +236,11 @@ def _int8_lines(result) -> list[str]:
     cal = info["calibration"]
     lines.append(f"int8 calibration: {cal['method']} on {cal['source']}")
     return lines
+
+
+def _dataset_line(info: dict) -> str:
+    """Top-1 on the export's --dataset: PyTorch FP32, then every file (with its drop in points)."""
+    files = ", ".join(
+        f"{name} {f['artifact_top1']:.2%} ({f['drop_top1'] * 100:+.2f})" for name, f in info["files"].items()
+    )
+    return f"dataset: {info['images']} images, top-1 PyTorch {info['pytorch']['top1']:.2%}, {files}"

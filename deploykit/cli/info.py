@@ -15,6 +15,9 @@ def list_cmd(pattern: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from deploykit.core.parts import require
+
+    require("torch", "list")  # the presets are PyTorch models: their parameters are counted on them
     from deploykit.models import list_aliases
     from deploykit.workflows.info import preset_rows
 

@@ -72,6 +72,10 @@ def triton_cmd(export_dir: str, repo: str, **options: Any) -> None:
         f"{result.artifact}) in {result.repo}"
     )
     click.echo(f"serve it: deploykit serve {result.repo}")
+    if result.server_args:  # a version-compatible plan: Triton loads it only with this server option
+        click.echo(
+            f"  (another tritonserver needs: {' '.join(result.server_args)}; deploykit serve passes it)"
+        )
 
 
 @cli.command("serve")
@@ -110,7 +114,7 @@ def serve(
 ) -> None:
     """Check ``repo``, start tritonserver, wait until it is ready, print its endpoints, and serve until
     SIGINT/SIGTERM (or until the server dies: :class:`ServerError` with its reason)."""
-    from deploykit.serving.checks import check_repository
+    from deploykit.serving.checks import check_repository, server_args
     from deploykit.serving.server import ServerError, TritonServer
 
     server = TritonServer(
@@ -120,6 +124,7 @@ def serve(
         metrics_port=metrics_port,
         host=host,
         log_path=log_path,
+        extra_args=server_args(repo),  # version-compatible plans: the TensorRT backend's server option
     )
     models = check_repository(repo, python_only=server.install.source == "nvidia-pytriton")
     stop = threading.Event()

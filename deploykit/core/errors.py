@@ -94,3 +94,29 @@ class EngineUnavailableError(DeployKitError):
     """TensorRT or a CUDA GPU is not available on this machine."""
 
     exit_code = 3
+
+
+class MissingPartError(DeployKitError, ImportError):
+    """A command needs an optional part of deploykit that is not installed here (PyTorch, ONNX Runtime,
+    ...): one line naming the extra that installs it (``export needs PyTorch: pip install
+    'deploykit[export]'``), exit 2. Raised by :func:`deploykit.core.parts.require`; an ``ImportError``, so
+    code that asks "does this import?" keeps working. ``what`` is the command (or the use) that needs it;
+    the command line fills in the command's name when the library did not know it."""
+
+    def __init__(self, *, module: str, label: str, install: str, what: str | None = None) -> None:
+        self.module, self.label, self.install, self.what = module, label, install, what
+        super().__init__(self.message(), name=module)
+
+    def message(self) -> str:
+        if self.what:
+            return f"{self.what} needs {self.label}: {self.install}"
+        return f"{self.label} is not installed here: {self.install}"
+
+    def __str__(self) -> str:
+        return self.message()
+
+    def __reduce__(self):  # keyword-only: pickled (a worker process's error) with its fields
+        import functools
+
+        fields = {"module": self.module, "label": self.label, "install": self.install, "what": self.what}
+        return functools.partial(MissingPartError, **fields), ()

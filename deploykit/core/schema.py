@@ -374,6 +374,20 @@ BASELINE = Obj(
     what="a JSON object (a deploykit baseline)",
 )
 
+#: one image of a recorded dataset: its path in the dataset, its file's sha256, its class
+DATASET_ROW = Leaf(
+    what="[name, sha256, class]",
+    test=lambda v: (
+        isinstance(v, list)
+        and len(v) == 3
+        and isinstance(v[0], str)
+        and isinstance(v[1], str)
+        and re.fullmatch(r"[0-9a-f]{64}", v[1]) is not None
+        and _int(v[2])
+        and v[2] >= 0
+    ),
+)
+
 _TOLERANCES = MapOf(
     MapOf(Opt(FINITE), what="a JSON object of finite numbers"),
     what="a JSON object of precisions, each a JSON object of finite numbers",
@@ -397,6 +411,18 @@ REFERENCE = Obj(
             what="a JSON object (preset, model_args, input, preprocessing, ...)",
         ),
         "names": Opt(ListOf(STRING)),
+        "dataset": Opt(
+            Obj(
+                {
+                    "source": STRING,
+                    "sha256": SHA256,
+                    "rows": ListOf(DATASET_ROW, min_len=1),
+                    "top1": FINITE,
+                    "top5": FINITE,
+                },
+                what="a JSON object (source, sha256, rows, top1, top5)",
+            )
+        ),
     },
-    what="a JSON object (format, tolerances, identity, names)",
+    what="a JSON object (format, tolerances, identity, names, dataset)",
 )

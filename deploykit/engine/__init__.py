@@ -1,7 +1,8 @@
 """The TensorRT engine stage (TensorRT 10.3+ and 11.x): build (builder.py, reading the built engine back
 through its inspector: inspection.py), run (runner.py), or write the trtexec script (script.py) when this
-machine has no TensorRT or GPU (device.py says whether it has). Nothing here imports ``tensorrt`` at import
-time.
+machine has no TensorRT or GPU (device.py says whether it has, and reads the device's facts: CUDA, GPU,
+Jetson); whether an engine can run here, from its sidecar, before TensorRT loads it (compat.py). Nothing
+here imports ``tensorrt`` at import time.
 
 Owns: everything that names a TensorRT API.
 May import: core, runtime."""

@@ -16,6 +16,13 @@ and this stage only checks, through the engine inspector, that the engine really
   constant scales, and the same strongly typed build makes their layers int8. No ``BuilderFlag.INT8``
   and no calibrator (implicit quantization, deprecated in 10.x and removed in 11); the sidecar records
   ``precision: "int8"``.
+* Where the engine runs: the sidecar records the TensorRT version, the GPU (compute capability), the L4T
+  release on a Jetson, and whether the engine is version-compatible (``BuilderFlag.VERSION_COMPATIBLE``,
+  asked with ``version_compatible``: the plan embeds TensorRT's lean runtime, so it runs on later
+  TensorRT versions; ``EXCLUDE_LEAN_RUNTIME`` is not set, which would make the runtime load a lean
+  runtime library itself) or hardware-compatible (``hardware_compatibility_level =
+  HardwareCompatibilityLevel.AMPERE_PLUS``: any Ampere-or-newer GPU; refused on a Jetson and on a pre-Ampere
+  GPU, :mod:`deploykit.engine.compat`). The only builder flag deploykit ever sets is VERSION_COMPATIBLE.
 
 ``tensorrt`` is imported lazily: importing this module never needs TensorRT or a GPU
 (:mod:`deploykit.engine.device` finds both). What the built engine is made of is read back through the
@@ -30,11 +37,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploykit.core.config import BatchProfile
-from deploykit.core.errors import ArtifactError, first_line
+from deploykit.core.errors import ArtifactError, ConfigError, first_line
 from deploykit.core.io import atomic_write_bytes, sha256_bytes, sha256_file
 from deploykit.core.onnx_io import read_onnx_graph
-from deploykit.core.record import ArtifactRecord, metadata_of, variant_of, write_sidecar
-from deploykit.engine.device import gpu_info, require_tensorrt, tensorrt_version
+from deploykit.core.record import (
+    ArtifactRecord,
+    EngineTarget,
+    HardwareCompatibility,
+    metadata_of,
+    variant_of,
+    write_sidecar,
+)
+from deploykit.engine.compat import check_hardware_compatible
+from deploykit.engine.device import gpu_info, is_jetson, l4t_release, require_tensorrt, tensorrt_version
 from deploykit.engine.errors import EngineError, EnginePrecisionError
 from deploykit.engine.inspection import engine_information, fp16_layer_share, int8_layer_count
 
@@ -66,6 +81,11 @@ TRT_API_USED = (
     "clear_flag",
     "BuilderFlag",
     "TF32",
+    "set_flag",
+    "VERSION_COMPATIBLE",
+    "hardware_compatibility_level",
+    "HardwareCompatibilityLevel",
+    "AMPERE_PLUS",
     "profiling_verbosity",
     "ProfilingVerbosity",
     "DETAILED",
@@ -154,6 +174,8 @@ class _Request:
     opt_level: int
     cache_path: Path | None
     int8: bool = False  # the graph is explicitly quantized (Q/DQ)
+    version_compatible: bool = False  # BuilderFlag.VERSION_COMPATIBLE
+    hardware_compatible: bool = False  # HardwareCompatibilityLevel.AMPERE_PLUS
 
     @classmethod
     def read(
@@ -164,6 +186,8 @@ class _Request:
         workspace_mib: int,
         opt_level: int,
         cache_path: Path | None,
+        version_compatible: bool = False,
+        hardware_compatible: bool = False,
     ) -> _Request:
         """The build of ``onnx_path`` with these builder settings: the file's input, its record (checked
         here, before the build, not after) and whether it is a Q/DQ graph."""
@@ -179,6 +203,8 @@ class _Request:
             opt_level=opt_level,
             cache_path=cache_path,
             int8=variant_of(proto=proto).qdq,
+            version_compatible=version_compatible,
+            hardware_compatible=hardware_compatible,
         )
 
     def shape(self, batch: int) -> tuple[int, int, int, int]:
@@ -206,6 +232,8 @@ def build_engine(
     opt_level: int = 3,
     timing_cache: str | Path | None = None,
     expect_fp16: bool = False,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
 ) -> EngineResult:
     """Build ``out_path`` (serialized engine) + ``<out_path>.json`` (sidecar) from ``onnx_path``.
 
@@ -216,22 +244,33 @@ def build_engine(
     model args, labels, weights hash, random weights: :meth:`~deploykit.core.record.ArtifactRecord.sidecar_fields`), so ``deploykit predict``
     can run the engine alone and ``deploykit validate`` knows what to rebuild. A graph with
     QuantizeLinear/DequantizeLinear nodes is built the same way (strongly typed, never an INT8 builder flag
-    or a calibrator) and recorded as ``precision: "int8"``. Raises :class:`EngineUnavailableError` without
-    TensorRT 10.3+ or a CUDA GPU.
+    or a calibrator) and recorded as ``precision: "int8"``. ``version_compatible``: it also runs on later
+    TensorRT versions; ``hardware_compatible``: on any Ampere-or-newer GPU (refused on a Jetson and on a
+    pre-Ampere GPU). Raises :class:`EngineUnavailableError` without TensorRT 10.3+ or a CUDA GPU.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     cache_path = Path(timing_cache) if timing_cache is not None else None
     if not onnx_path.is_file():
         raise ArtifactError(f"ONNX file not found: {onnx_path}")
     trt = require_tensorrt()
+    gpu = gpu_info()[0]
+    if hardware_compatible:
+        _check_hardware_compatible(trt, gpu)
     request = _Request.read(
-        onnx_path, batch=batch, workspace_mib=workspace_mib, opt_level=opt_level, cache_path=cache_path
+        onnx_path,
+        batch=batch,
+        workspace_mib=workspace_mib,
+        opt_level=opt_level,
+        cache_path=cache_path,
+        version_compatible=version_compatible,
+        hardware_compatible=hardware_compatible,
     )
     logger = trt.Logger(trt.Logger.WARNING)
     built = _build(trt, logger, request)
     info = engine_information(trt, logger, built.data)
     layers = _check_precision(info, request, built, expect_fp16)
-    sidecar = _sidecar(trt, request, built, layers, total_layers=len(info["Layers"]))
+    target = _target(trt, request, gpu)
+    sidecar = _sidecar(request, built, layers, target=target, total_layers=len(info["Layers"]))
     atomic_write_bytes(out_path, built.data)  # engine first: a sidecar never describes a missing engine
     sidecar_path = write_sidecar(out_path, sidecar)
     return EngineResult(
@@ -243,6 +282,31 @@ def build_engine(
         timing_cache=cache_path,
         timing_cache_loaded=built.cache_loaded,
         notes=built.notes,
+    )
+
+
+def _check_hardware_compatible(trt, gpu: dict[str, Any] | None) -> None:
+    """A hardware-compatible build needs TensorRT's HardwareCompatibilityLevel (TensorRT 8.6 and newer:
+    every version deploykit supports has it), an Ampere-or-newer GPU, and no Jetson."""
+    if not hasattr(trt, "HardwareCompatibilityLevel"):
+        raise ConfigError(
+            f"--hardware-compatible: TensorRT {trt.__version__} has no HardwareCompatibilityLevel "
+            "(TensorRT 8.6 and newer have it)"
+        )
+    check_hardware_compatible(jetson=is_jetson(), gpu=gpu)
+
+
+def _target(trt, request: _Request, gpu: dict[str, Any] | None) -> EngineTarget:
+    """Where the built engine can run: this TensorRT and GPU (and L4T on a Jetson), and how compatible."""
+    level = HardwareCompatibility.AMPERE_PLUS if request.hardware_compatible else HardwareCompatibility.NONE
+    return EngineTarget(
+        tensorrt=trt.__version__,
+        gpu_name=(gpu or {}).get("name"),
+        compute_capability=(gpu or {}).get("compute_capability"),
+        memory_mib=(gpu or {}).get("memory_mib"),
+        l4t=l4t_release(),
+        version_compatible=request.version_compatible,
+        hardware_compatibility=level,
     )
 
 
@@ -298,12 +362,17 @@ def _build(trt, logger, request: _Request) -> _Built:
 
 
 def _builder_config(trt, builder, request: _Request):
-    """Workspace, optimization level, DETAILED profiling (the inspector needs it), no TF32, one profile."""
+    """Workspace, optimization level, DETAILED profiling (the inspector needs it), no TF32, one profile;
+    version-compatible (the lean runtime embedded in the plan) and hardware-compatible when asked."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace_mib << 20)
     config.builder_optimization_level = request.opt_level
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     config.clear_flag(trt.BuilderFlag.TF32)  # FP32 layers really run FP32 (TF32 is on by default)
+    if request.version_compatible:  # the only flag deploykit sets: no precision flag, ever
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if request.hardware_compatible:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     profile = builder.create_optimization_profile()
     low, opt, high = request.batch.min, request.batch.opt, request.batch.max
     profile.set_shape(request.input_name, request.shape(low), request.shape(opt), request.shape(high))
@@ -327,19 +396,24 @@ def _use_timing_cache(config, cache_path: Path | None, notes: list[str]) -> bool
 
 
 def _sidecar(
-    trt, request: _Request, built: _Built, layers: tuple[float, int, int], *, total_layers: int
+    request: _Request,
+    built: _Built,
+    layers: tuple[float, int, int],
+    *,
+    target: EngineTarget,
+    total_layers: int,
 ) -> dict[str, Any]:
-    """The engine's sidecar JSON: how it was built, from what, on which GPU, and its precision."""
+    """The engine's sidecar JSON: how it was built, from what, where it runs (TensorRT, GPU, L4T, version-
+    and hardware-compatibility: :class:`EngineTarget`), and its precision."""
     import deploykit
 
     share, fp16_layers, float_layers = layers
     cache_path = request.cache_path
     return {
         "deploykit": deploykit.__version__,
-        "tensorrt": trt.__version__,
+        **target.sidecar_fields(),
         "strongly_typed": "creation flag STRONGLY_TYPED" if built.flags else "always (TensorRT 11)",
         "tf32": False,
-        "gpu": gpu_info()[0],
         # int8: the graph's Q/DQ pairs (strong typing makes them int8 layers); else the FP16 layer share
         "precision": "int8" if request.int8 else "fp16" if share >= FP16_SHARE_MIN else "fp32",
         "fp16_layer_share": round(share, 4),

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.core.errors import ArtifactError, EngineUnavailableError, InputError
-from deploykit.core.record import variant_of
-from deploykit.engine.device import require_tensorrt
+from deploykit.core.record import EngineTarget, read_sidecar, variant_of
+from deploykit.engine.compat import engine_compatibility
+from deploykit.engine.device import gpu_info, is_jetson, require_tensorrt
 from deploykit.engine.errors import EngineError
 
 #: Every TensorRT name this module uses; tests/test_engine_api.py checks each against the TensorRT 10.3 and
@@ -28,6 +29,7 @@ TRT_API_USED = (
     "Logger",
     "WARNING",
     "Runtime",
+    "engine_host_code_allowed",
     "deserialize_cuda_engine",
     "create_execution_context",
     "num_io_tensors",
@@ -87,6 +89,19 @@ class _DeviceBuffer:
         self.ptr, self.nbytes = 0, 0
 
 
+def check_runs_here(path: Path, target: EngineTarget, tensorrt: str) -> None:
+    """Refuse, in one line naming both sides and the rebuild command (:class:`ArtifactError`, exit 2), an
+    engine whose sidecar says it cannot run with this TensorRT on this GPU (:mod:`deploykit.engine.compat`)
+    — before TensorRT's deserialiser sees it. An engine that records nothing is left to TensorRT."""
+    if not target.recorded:
+        return
+    verdict = engine_compatibility(
+        target, tensorrt=tensorrt, gpu=gpu_info()[0], jetson=is_jetson(), engine=path
+    )
+    if not verdict.ok:
+        raise ArtifactError(verdict.message)
+
+
 class TensorRTRunner:
     """Run a serialized engine with one input and one output (both FLOAT or HALF)."""
 
@@ -95,13 +110,17 @@ class TensorRTRunner:
         if not path.is_file():
             raise ArtifactError(f"engine not found: {path}")
         variant = variant_of(path)  # a bad sidecar is bad input (exit 2) before a missing TensorRT
+        target = EngineTarget.from_sidecar(read_sidecar(path))
         trt = require_tensorrt()
         cudart = require_cudart()
+        check_runs_here(path, target, trt.__version__)
         self._cudart = cudart
         #: the variant the sidecar records (fp32, fp16 or int8: built from a Q/DQ graph)
         self.variant = variant
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
+        if target.version_compatible:  # its plan embeds the lean runtime: host code TensorRT must be allowed
+            self._runtime.engine_host_code_allowed = True
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise ArtifactError(
@@ -201,3 +220,41 @@ class TensorRTRunner:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown: the CUDA runtime may be gone already
             self.close()
+
+    def run_timed(self, x) -> tuple[np.ndarray, float]:
+        """:meth:`run` of a numpy batch, with the GPU time of the engine alone: ``(logits, gpu_ms)``.
+        Two CUDA events recorded on the runner's stream around ``execute_async_v3`` (after the copy in,
+        before the copy out) give the milliseconds the GPU spent computing; the caller's own clock around
+        this call is the host end-to-end time (``deploykit bench`` reports both). The events are created
+        on the first call, kept, and destroyed with the runner."""
+        import weakref
+
+        cudart = self._cudart
+        events = getattr(self, "_timing_events", None)
+        if events is None:
+            events = tuple(_check(cudart, cudart.cudaEventCreate(), "cudaEventCreate") for _ in range(2))
+            self._timing_events = events
+
+            def destroy(cudart=cudart, events=events) -> None:
+                with contextlib.suppress(Exception):
+                    for event in events:
+                        cudart.cudaEventDestroy(event)
+
+            weakref.finalize(self, destroy).atexit = False
+        start, end = events
+        host = np.ascontiguousarray(x, dtype=self.input_dtype)
+        result = np.empty(self._set_shape(host.shape), dtype=self.output_dtype)
+        d_in = self._input.reserve(host.nbytes)
+        d_out = self._output.reserve(result.nbytes)
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        stream = self._stream
+        _check(cudart, cudart.cudaMemcpyAsync(d_in, host.ctypes.data, host.nbytes, h2d, stream), "copy in")
+        _check(cudart, cudart.cudaEventRecord(start, stream), "cudaEventRecord")
+        self._execute(stream, d_in, d_out)
+        _check(cudart, cudart.cudaEventRecord(end, stream), "cudaEventRecord")
+        _check(
+            cudart, cudart.cudaMemcpyAsync(result.ctypes.data, d_out, result.nbytes, d2h, stream), "copy out"
+        )
+        _check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        gpu_ms = float(_check(cudart, cudart.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
+        return result.astype(np.float32, copy=False), gpu_ms

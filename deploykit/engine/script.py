@@ -12,7 +12,11 @@ trtexec from TensorRT 10.3 (JetPack 6) to 11.x and reads the version when it run
   layers, with no ``--int8`` and no calibration cache;
 * ``--noTF32`` where this trtexec offers it (read from its ``--help``), as the Python builder clears
   ``BuilderFlag.TF32``: FP32 layers compute FP32;
-* the workspace is ``--memPoolSize=workspace:<N>M`` (``--workspace`` was removed in 10.x).
+* the workspace is ``--memPoolSize=workspace:<N>M`` (``--workspace`` was removed in 10.x);
+* asked for (``deploykit build --version-compatible / --hardware-compatible``): ``--versionCompatible`` (the
+  engine runs on this TensorRT and later ones) and ``--hardwareCompatibilityLevel=ampere+`` (any
+  Ampere-or-newer GPU), each only where this trtexec lists it in ``--help`` (else the script stops with one
+  line), and the hardware level never on a Jetson (``/etc/nv_tegra_release``: JetPack does not support it).
 
 ``trtexec`` is taken from ``$TRTEXEC``, else ``PATH``, else JetPack's ``/usr/src/tensorrt/bin/trtexec``.
 One script may build several engines of one export (``extra_builds``: e.g. ``model.int8.engine`` from
@@ -124,8 +128,37 @@ _FIND_TRTEXEC = (
     "flags=()",
     'if [ "$major" -eq 10 ]; then flags+=(--stronglyTyped); fi',
     'case "$help" in *--noTF32*) flags+=(--noTF32) ;; esac',
-    'echo "build_engine.sh: TensorRT $major.$minor ($TRTEXEC), version flags: ${flags[*]:-none}" >&2',
 )
+#: says which flags the version (and the compatibility asked for) added
+_SAY_FLAGS = 'echo "build_engine.sh: TensorRT $major.$minor ($TRTEXEC), version flags: ${flags[*]:-none}" >&2'
+
+
+def _need_flag(flag: str, value: str) -> list[str]:
+    """Add ``value`` to the flags when this trtexec lists ``flag`` in its ``--help``, else stop in one line."""
+    missing = f"build_engine.sh: $TRTEXEC (TensorRT $major.$minor) has no {flag}; build without it"
+    return [f'case "$help" in *{flag}*) flags+=({value}) ;; *) echo "{missing}" >&2; exit 2 ;; esac']
+
+
+def _compat_lines(version_compatible: bool, hardware_compatible: bool) -> list[str]:
+    """The version- and hardware-compatibility flags asked for (trtexec's spelling: ``--versionCompatible``,
+    ``--hardwareCompatibilityLevel=ampere+``); the hardware level is refused on a Jetson."""
+    lines = []
+    if version_compatible:
+        lines += [
+            "# --versionCompatible: the plan embeds the lean runtime; it runs on this TensorRT and later ones",
+            *_need_flag("--versionCompatible", "--versionCompatible"),
+        ]
+    if hardware_compatible:
+        lines += [
+            "# --hardwareCompatibilityLevel=ampere+: runs on any Ampere-or-newer GPU (not on Jetson/JetPack)",
+            "if [ -e /etc/nv_tegra_release ]; then",
+            '    echo "build_engine.sh: --hardwareCompatibilityLevel=ampere+ is not supported on a Jetson '
+            '(JetPack); build without it" >&2',
+            "    exit 2",
+            "fi",
+            *_need_flag("--hardwareCompatibilityLevel", "--hardwareCompatibilityLevel=ampere+"),
+        ]
+    return lines
 
 
 def _exec_lines(args: list[str], *, last: bool = True) -> list[str]:
@@ -161,13 +194,17 @@ def write_build_script(
     engine_name: str,
     reason: str,
     extra_builds: Sequence[tuple[str, str]] = (),
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
 ) -> Path:
     """Write ``build_engine.sh`` beside ``onnx_path`` (atomically, executable) and return its path.
 
     ``reason`` (why this machine did not build the engine) goes into the script's comment on one line.
     ``extra_builds``: further ``(onnx file name, engine file name)`` pairs beside ``onnx_path`` (e.g.
     ``("model.int8.onnx", "model.int8.engine")``) built after ``engine_name`` with the same input, shapes,
-    workspace, optimization level and timing cache, strongly typed like it (never ``--int8``)."""
+    workspace, optimization level and timing cache, strongly typed like it (never ``--int8``).
+    ``version_compatible`` / ``hardware_compatible``: every build gets ``--versionCompatible`` /
+    ``--hardwareCompatibilityLevel=ampere+``."""
     onnx_path = Path(onnx_path)
     builds = [(onnx_path.name, engine_name)]
     for onnx_name, extra_engine in extra_builds:
@@ -196,7 +233,8 @@ def write_build_script(
         )
         for onnx_name, engine in builds
     ]
-    lines = [*_header(builds, reason), *_FIND_TRTEXEC, *_build_lines(commands)]
+    compat = _compat_lines(version_compatible, hardware_compatible)
+    lines = [*_header(builds, reason), *_FIND_TRTEXEC, *compat, _SAY_FLAGS, *_build_lines(commands)]
     path = onnx_path.parent / SCRIPT_NAME
     atomic_write_text(path, "\n".join(lines) + "\n", executable=True)
     return path

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from deploykit.core.errors import ArtifactError, first_line
+from deploykit.core.parts import require
 
 
 class OrtRunner:
@@ -19,8 +20,12 @@ class OrtRunner:
         threads: int | None = None,
         name: str = "onnxruntime",
         profile_prefix: str | None = None,
+        spin: bool = True,
     ) -> None:
-        import onnxruntime as ort
+        """``spin=False`` when the session shares the process's cores with another runtime (PyTorch in
+        ``validate``): ONNX Runtime's idle worker threads otherwise keep spinning after each run and take
+        the cores the other runtime's next batch needs."""
+        ort = require("onnxruntime")
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -30,6 +35,9 @@ class OrtRunner:
         if profile_prefix is not None:
             options.enable_profiling = True
             options.profile_file_prefix = profile_prefix
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         wanted = providers or default_providers()
         source = model if isinstance(model, bytes) else str(model)
         try:
@@ -95,22 +103,10 @@ def cuda_provider_loads() -> bool:
 @functools.cache
 def provider_loads(provider: str) -> bool:
     """True only when a session really runs on ``provider`` (not merely listed as available)."""
-    import onnxruntime as ort
+    ort = require("onnxruntime")
 
     if provider not in ort.get_available_providers():
         return False
-    import onnx
-    from onnx import TensorProto, helper
+    from deploykit.runtime.providers import probe_provider
 
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    try:
-        sess = ort.InferenceSession(onnx._serialize(probe), providers=[provider])
-    except Exception:
-        return False
-    return sess.get_providers()[0] == provider
+    return probe_provider(provider).runs  # a one-node graph, shipped serialized: no onnx needed

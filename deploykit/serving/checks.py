@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from deploykit.core.errors import ArtifactError, ConfigError
+from deploykit.serving.choices import VERSION_COMPATIBLE_ARG, VERSION_COMPATIBLE_PARAM
 from deploykit.serving.install import ServerUnavailableError
 
 
@@ -66,6 +67,27 @@ def check_repository(repo: str | Path, python_only: bool = False) -> list[str]:
     if uses_python:
         _check_numpy()
     return sorted(names)
+
+
+#: a config.pbtxt parameter ``<VERSION_COMPATIBLE_PARAM>: "true"`` as the repository writes it
+_MARKED = re.compile(
+    rf'key\s*:\s*"{VERSION_COMPATIBLE_PARAM}"\s*,?\s*value\s*:?\s*\{{\s*string_value\s*:\s*"true"', re.S
+)
+
+
+def server_args(repo: str | Path) -> tuple[str, ...]:
+    """The options tritonserver needs for the models of ``repo``: :data:`VERSION_COMPATIBLE_ARG` when a
+    ``tensorrt_plan`` model is marked version-compatible (``deploykit triton`` marks it from the engine's
+    sidecar). Read from the text, so it works without tritonclient; an unreadable config adds nothing
+    (:func:`check_repository` reports it)."""
+    for path in sorted(Path(repo).glob("*/config.pbtxt")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if re.search(r'^platform\s*:\s*"tensorrt_plan"', text, re.MULTILINE) and _MARKED.search(text):
+            return (VERSION_COMPATIBLE_ARG,)
+    return ()
 
 
 def _parse_config(path: Path):

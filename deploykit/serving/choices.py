@@ -19,3 +19,12 @@ class InstanceKind(Named):
 
     CPU = "cpu"
     GPU = "gpu"
+
+
+#: Triton's TensorRT backend loads a version-compatible plan (one that embeds TensorRT's lean runtime, host
+#: code it runs) only when the whole server is started with this backend option (tensorrt_backend README,
+#: "Command-line Options"); there is no per-model setting in config.pbtxt
+VERSION_COMPATIBLE_ARG = "--backend-config=tensorrt,version-compatible=true"
+#: the config.pbtxt parameter (``"true"``) with which a repository marks a model whose plan needs that
+#: option: Triton ignores it, ``deploykit serve`` reads it and passes :data:`VERSION_COMPATIBLE_ARG`
+VERSION_COMPATIBLE_PARAM = "version_compatible"

@@ -15,13 +15,16 @@ The wheel's server needs wiring that pytriton normally does itself (all of it me
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import sys
 import sysconfig
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from deploykit.core.errors import DeployKitError
 
@@ -70,6 +73,28 @@ def find_server() -> ServerInstall:
                 f"nvidia-pytriton has no {what.replace('_', ' ')} for Python {version} ({getattr(install, what)})"
             )
     return install
+
+
+def describe_server() -> dict[str, Any]:
+    """``deploykit doctor``: the Triton server :func:`find_server` finds (``found``, ``binary``, ``source``,
+    ``version`` where known: the NGC container's ``TRITON_SERVER_VERSION`` / ``NVIDIA_TRITON_SERVER_VERSION``,
+    or the nvidia-pytriton wheel's version, which has only the Python backend) or ``found: False`` with the
+    reason. Nothing is started. Never raises."""
+    try:
+        install = find_server()
+    except ServerUnavailableError as exc:
+        return {"found": False, "reason": str(exc)}
+    facts: dict[str, Any] = {"found": True, "binary": str(install.binary), "source": install.source}
+    if install.source == "nvidia-pytriton":
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            facts["version"] = f"nvidia-pytriton {metadata.version('nvidia-pytriton')}"
+        facts["backends"] = ["python"]
+    else:
+        for var in ("TRITON_SERVER_VERSION", "NVIDIA_TRITON_SERVER_VERSION"):
+            if os.environ.get(var):
+                facts["version"] = os.environ[var]
+                break
+    return facts
 
 
 def server_env(install: ServerInstall) -> dict[str, str]:

@@ -37,6 +37,7 @@ from deploykit.core.errors import ArtifactError, ConfigError
 from deploykit.core.io import sha256_file
 from deploykit.core.record import (
     MANIFEST_NAME,
+    EngineTarget,
     ExportManifest,
     artifact_record,
     read_export_manifest,
@@ -44,7 +45,12 @@ from deploykit.core.record import (
     variant_of,
 )
 from deploykit.runtime.postprocess import class_labels
-from deploykit.serving.choices import Backend, InstanceKind
+from deploykit.serving.choices import (
+    VERSION_COMPATIBLE_ARG,
+    VERSION_COMPATIBLE_PARAM,
+    Backend,
+    InstanceKind,
+)
 from deploykit.serving.pbtxt import Enum
 from deploykit.serving.versions import choose_version, locked, open_repository, publish
 
@@ -77,6 +83,9 @@ class RepositoryResult:
     replaced: bool = False
     #: the export's file the main model serves (model.int8.cpu.onnx, model.fp16.engine, ...)
     artifact: str = ""
+    #: what tritonserver must be started with to load it (a version-compatible plan:
+    #: ``--backend-config=tensorrt,version-compatible=true``; ``deploykit serve`` passes it)
+    server_args: tuple[str, ...] = ()
 
 
 def read_export(export_dir: str | Path) -> ExportManifest:
@@ -170,6 +179,8 @@ class _Options:
     precision: Precision
     top_k: int
     ort_tensorrt: bool
+    #: the TensorRT plan was built version-compatible (its sidecar says so)
+    version_compatible: bool = False
 
 
 #: how the main model names what serves it
@@ -211,6 +222,10 @@ def _main_config(export: ExportManifest, options: _Options, io_type: str) -> dic
         main["parameters"] = _params(
             onnx_file="model.onnx", intra_op_threads=max(1, (os.cpu_count() or 1) // instances)
         )
+    if options.backend is Backend.TENSORRT and options.version_compatible:
+        # Triton's TensorRT backend has no per-model switch for it: this marks the model, and the server
+        # needs VERSION_COMPATIBLE_ARG (deploykit serve reads the mark and passes it)
+        main["parameters"] = _params(**{VERSION_COMPATIBLE_PARAM: "true"})
     if options.backend is Backend.ONNXRUNTIME and options.ort_tensorrt:
         accelerator = {
             "name": "tensorrt",
@@ -315,6 +330,8 @@ def write_repository(
         precision=precision,
         top_k=top_k,
         ort_tensorrt=ort_tensorrt,
+        version_compatible=backend is Backend.TENSORRT
+        and bool(EngineTarget.from_sidecar(read_sidecar(source)).version_compatible),
     )
     record = artifact_record(source)
     if record.headless:
@@ -337,6 +354,7 @@ def write_repository(
         models=list(configs),
         replaced=replaced,
         artifact=source.name,
+        server_args=(VERSION_COMPATIBLE_ARG,) if options.version_compatible else (),
     )
 
 

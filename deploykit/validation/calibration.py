@@ -1,5 +1,6 @@
 """Calibration images for INT8: a folder of images, or an ImageFolder (one subfolder per class, named by
-the class's label or index), preprocessed exactly as the artifact will be fed.
+the class's label or index: the rule of :func:`deploykit.validation.dataset.class_index`), preprocessed
+exactly as the artifact will be fed.
 
 With class subfolders the images are labelled, so the export can report accuracy (FP32 and INT8 side by
 side). Every bad input is one :class:`InputError` line: a missing or empty folder, a file that is not a
@@ -16,6 +17,7 @@ import numpy as np
 
 from deploykit.core.errors import DeployKitError, InputError, display_path
 from deploykit.runtime.preprocess import IMAGE_SUFFIXES, Preprocessing, load_image
+from deploykit.validation.dataset import class_index
 
 #: labelled images the accuracy is measured on (all of a folder up to this many, an even draw beyond)
 MAX_EVAL_IMAGES = 512
@@ -52,18 +54,6 @@ def _files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
 
 
-def _class_index(name: str, labels: Sequence[str] | None, num_classes: int, folder: Path) -> int:
-    if labels is not None and name in labels:
-        return list(labels).index(name)
-    if name.isdigit() and int(name) < num_classes:
-        return int(name)
-    known = f"its labels ({', '.join(list(labels)[:5])}, ...)" if labels else f"0..{num_classes - 1}"
-    raise InputError(
-        f"calibration folder {display_path(folder)}: class folder {name!r} is not one of the model's "
-        f"classes {known}"
-    )
-
-
 def _listing(folder: Path, labels: Sequence[str] | None, num_classes: int) -> list[tuple[Path, int | None]]:
     if not folder.is_dir():
         raise InputError(f"calibration folder {display_path(folder)} does not exist or is not a directory")
@@ -75,7 +65,9 @@ def _listing(folder: Path, labels: Sequence[str] | None, num_classes: int) -> li
             )
         entries = []
         for d in subdirs:
-            index = _class_index(d.name, labels, num_classes, folder)
+            index = class_index(
+                d.name, labels, num_classes, f"calibration folder {display_path(folder)}: class folder"
+            )
             entries.extend((f, index) for f in _files(d))
         return entries
     return [(f, None) for f in _files(folder)]

@@ -65,6 +65,9 @@ MAX_MEMBER_BYTES = {
     "record": 16 * _MIB,
     "int8_images": 512 * _MIB,
     "int8_outputs": 256 * _MIB,
+    # a recorded dataset's answers: top-5 classes and their probabilities (3 million images fit)
+    "dataset_top5": 64 * _MIB,
+    "dataset_probs": 64 * _MIB,
 }
 #: the most all members together may declare: what reading a reference can inflate, at most
 MAX_TOTAL_BYTES = 768 * _MIB
@@ -78,12 +81,37 @@ _CHUNK = 16 * _MIB
 
 
 @dataclass(frozen=True, kw_only=True)
+class RecordedDataset:
+    """A labelled dataset as an export recorded it: every image's ``(name, sha256, class)`` and PyTorch
+    FP32's top-5 classes (best first) and their probabilities on it, and its top-1 / top-5 accuracy."""
+
+    source: str
+    sha256: str
+    rows: tuple[tuple[str, str, int], ...]
+    top5: np.ndarray
+    probs: np.ndarray
+    top1_accuracy: float
+    top5_accuracy: float
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "sha256": self.sha256,
+            "rows": [list(r) for r in self.rows],
+            "top1": self.top1_accuracy,
+            "top5": self.top5_accuracy,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
 class GoldenReference:
     images: np.ndarray  # uint8 (N, H, W, C)
     outputs: np.ndarray
     record: dict[str, Any]
     int8_images: np.ndarray | None = None
     int8_outputs: np.ndarray | None = None
+    #: the dataset the export was given (``export --dataset``) and PyTorch FP32's answers on it
+    dataset: RecordedDataset | None = None
     sha256: str = ""
     path: str = ""
 
@@ -131,9 +159,12 @@ def reference_bytes(
     identity: dict[str, Any],
     names: list[str],
     int8: tuple[np.ndarray, np.ndarray] | None = None,
+    dataset: RecordedDataset | None = None,
 ) -> bytes:
     """The ``reference.npz`` file's bytes (deterministic: fixed zip member times)."""
     record = {"format": FORMAT, "tolerances": tolerances, "identity": identity, "names": names}
+    if dataset is not None:
+        record["dataset"] = dataset.to_record()
     arrays = {
         "images": np.ascontiguousarray(images_u8, dtype=np.uint8),
         "outputs": np.ascontiguousarray(outputs, dtype=np.float32),
@@ -142,6 +173,9 @@ def reference_bytes(
     if int8 is not None:
         arrays["int8_images"] = np.ascontiguousarray(int8[0], dtype=np.uint8)
         arrays["int8_outputs"] = np.ascontiguousarray(int8[1], dtype=np.float32)
+    if dataset is not None:
+        arrays["dataset_top5"] = np.ascontiguousarray(dataset.top5, dtype=np.int32)
+        arrays["dataset_probs"] = np.ascontiguousarray(dataset.probs, dtype=np.float32)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
@@ -183,17 +217,36 @@ def read_reference(
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, ValueError, OSError, EOFError, RuntimeError,
             NotImplementedError, struct.error) as exc:  # fmt: skip
         raise _refused(path, f"{type(exc).__name__}: {first_line(exc)}") from None
-    for name in ("outputs", "int8_outputs"):
+    for name in ("outputs", "int8_outputs", "dataset_probs"):
         if name in arrays and not np.isfinite(arrays[name]).all():
             raise _refused(path, f"{name} hold NaN or Inf")
+    top5 = arrays.get("dataset_top5")
+    if top5 is not None and top5.size and (top5.min() < 0 or top5.max() >= arrays["outputs"].shape[1]):
+        raise _refused(path, "dataset_top5 holds classes the outputs do not have")
     return GoldenReference(
         images=arrays["images"],
         outputs=arrays["outputs"],
         record=record,
         int8_images=arrays.get("int8_images"),
         int8_outputs=arrays.get("int8_outputs"),
+        dataset=_recorded_dataset(record, arrays),
         sha256=sha,
         path=str(path),
+    )
+
+
+def _recorded_dataset(record: dict[str, Any], arrays: dict[str, np.ndarray]) -> RecordedDataset | None:
+    found = record.get("dataset")
+    if found is None:
+        return None
+    return RecordedDataset(
+        source=found["source"],
+        sha256=found["sha256"],
+        rows=tuple((r[0], r[1], int(r[2])) for r in found["rows"]),
+        top5=arrays["dataset_top5"].astype(np.int64),
+        probs=arrays["dataset_probs"].astype(np.float32),
+        top1_accuracy=float(found["top1"]),
+        top5_accuracy=float(found["top5"]),
     )
 
 
@@ -262,6 +315,8 @@ _UINT8 = np.dtype(np.uint8)
 def _allowed(name: str, dtype: np.dtype) -> bool:
     if name in ("images", "int8_images", "record"):
         return dtype == _UINT8
+    if name == "dataset_top5":
+        return dtype.kind in "iu" and dtype.itemsize <= 8
     return dtype.kind == "f" and dtype.itemsize in (2, 4, 8)
 
 
@@ -376,6 +431,7 @@ def _check_shapes(path: Path, members: dict[str, _Member], record: dict[str, Any
     n = images.shape[0]
     if len(outputs.shape) != 2 or outputs.shape[0] != n or outputs.shape[1] < 1:
         raise wrong("outputs", f"float (N, classes) with the images' N = {n}", outputs)
+    _check_dataset(where, members, record, outputs.shape[1])
     int8_images, int8_outputs = members.get("int8_images"), members.get("int8_outputs")
     if (int8_images is None) != (int8_outputs is None):
         given = "int8_images" if int8_images is not None else "int8_outputs"
@@ -389,6 +445,23 @@ def _check_shapes(path: Path, members: dict[str, _Member], record: dict[str, Any
                 "int8_outputs",
                 f"float ({m}, {outputs.shape[1]}) (int8_images' N, the outputs' classes)",
                 int8_outputs,
+            )
+
+
+def _check_dataset(where: str, members: dict[str, _Member], record: dict[str, Any], classes: int) -> None:
+    """A recorded dataset's two arrays: both or neither, with its record; ``(images, k)`` each, k <= 5."""
+    top5, probs = members.get("dataset_top5"), members.get("dataset_probs")
+    dataset = record.get("dataset")
+    present = [top5 is not None, probs is not None, dataset is not None]
+    if any(present) and not all(present):
+        raise ArtifactError(f"{where}: dataset_top5, dataset_probs and record.dataset go together")
+    if dataset is None:
+        return
+    n, k = len(dataset["rows"]), min(5, classes)
+    for member in (top5, probs):
+        if member.shape != (n, k):
+            raise ArtifactError(
+                f"{where}: {member.name} must be ({n}, {k}) (the recorded images, top-{k}), got {member.describe()}"
             )
 
 

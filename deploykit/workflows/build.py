@@ -44,6 +44,8 @@ def build_or_script(
     expect_fp16: bool,
     script_dir: Path | None = None,
     extra_builds: Sequence[tuple[Path, Path]] = (),
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
 ) -> EngineOutcome:
     """``engine_path`` from ``source`` (strongly typed, one profile over ``config.batch``), or
     ``build_engine.sh`` in ``script_dir`` (default: beside ``source``) for a copy of ``source`` there when
@@ -52,19 +54,15 @@ def build_or_script(
     ``extra_builds``: further ``(source ONNX, engine path)`` pairs of the same export, in ``source``'s
     folder (e.g. ``model.int8.onnx`` -> ``model.int8.engine``), built after the first with the same settings
     (each FP16-gated only when its own graph is FP16; a Q/DQ graph is recorded ``int8``), or added to the
-    same ``build_engine.sh``."""
+    same ``build_engine.sh``. ``version_compatible`` / ``hardware_compatible``: the engines (or the script's
+    trtexec commands) are built version-compatible / hardware-compatible (Ampere and newer)."""
     from deploykit.engine.builder import build_engine
     from deploykit.engine.device import tensorrt_available
     from deploykit.engine.script import write_build_script
 
-    extra = tuple((Path(s), Path(e)) for s, e in extra_builds)
-    for extra_source, extra_engine in extra:
-        if extra_source.parent != source.parent or extra_engine.parent != engine_path.parent:
-            raise ConfigError(
-                f"{extra_source.name} -> {extra_engine.name}: extra builds stay beside {source.name} "
-                f"and {engine_path.name}"
-            )
+    extra = _extra_builds(source, engine_path, extra_builds)
     names = tuple((s.name, e.name) for s, e in extra)
+    compat = {"version_compatible": version_compatible, "hardware_compatible": hardware_compatible}
     ok, reason = tensorrt_available()
     if not ok:
         script = write_build_script(
@@ -78,6 +76,7 @@ def build_or_script(
             engine_name=engine_path.name,
             reason=reason,
             extra_builds=names,
+            **compat,
         )
         return EngineOutcome(script=script, reason=reason, extra=names)
     settings = {
@@ -85,6 +84,7 @@ def build_or_script(
         "workspace_mib": config.workspace_mib,
         "opt_level": config.builder_optimization_level,
         "timing_cache": timing_cache,
+        **compat,
     }
     result = build_engine(source, engine_path, expect_fp16=expect_fp16, **settings)
     extra_results = tuple(
@@ -92,6 +92,20 @@ def build_or_script(
         for s, e in extra
     )
     return EngineOutcome(result=result, extra=names, extra_results=extra_results)
+
+
+def _extra_builds(
+    source: Path, engine_path: Path, extra_builds: Sequence[tuple[Path, Path]]
+) -> tuple[tuple[Path, Path], ...]:
+    """The further ``(source ONNX, engine)`` builds, each beside ``source`` and ``engine_path``."""
+    extra = tuple((Path(s), Path(e)) for s, e in extra_builds)
+    for extra_source, extra_engine in extra:
+        if extra_source.parent != source.parent or extra_engine.parent != engine_path.parent:
+            raise ConfigError(
+                f"{extra_source.name} -> {extra_engine.name}: extra builds stay beside {source.name} "
+                f"and {engine_path.name}"
+            )
+    return extra
 
 
 def _built_info(result: Any, source: str) -> dict[str, Any]:
@@ -131,15 +145,22 @@ def build_onnx(
     config_path: str | Path | None = None,
     timing_cache: str | Path | None = None,
     out_dir: str | Path | None = None,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
 ):
     """``deploykit build``: the engine of ``onnx_file`` (FP16 when the graph is; INT8 from a Q/DQ graph,
     strongly typed: ``model.int8.onnx`` -> ``model.int8.engine``) and its
     :class:`~deploykit.engine.builder.EngineResult`, or build_engine.sh and :class:`EngineUnavailableError`
-    where TensorRT or a GPU is missing."""
+    where TensorRT or a GPU is missing. ``version_compatible``: the engine also runs on later TensorRT
+    versions; ``hardware_compatible``: on any Ampere-or-newer GPU (refused on a Jetson, in one line)."""
     import dataclasses
 
     from deploykit.engine.builder import onnx_input
+    from deploykit.engine.compat import check_hardware_compatible
+    from deploykit.engine.device import is_jetson
 
+    if hardware_compatible:  # before anything is read or written (the GPU is checked where it is known)
+        check_hardware_compatible(jetson=is_jetson())
     source = Path(onnx_file)
     proto = load_onnx(source)
     config = load_config(config_path) if config_path else ExportConfig(family="any")
@@ -161,6 +182,8 @@ def build_onnx(
             input_chw=chw,
             expect_fp16=variant_of(proto=proto) is Variant.FP16,
             script_dir=out,
+            version_compatible=version_compatible,
+            hardware_compatible=hardware_compatible,
         )
     except BaseException:
         if created and not any(out.iterdir()):

@@ -31,12 +31,15 @@ from deploykit.core.record.files import (
 )
 from deploykit.core.record.keys import *  # noqa: F403  (the keys, file names and schemas)
 from deploykit.core.record.keys import METADATA_KEYS, WeightsSource
+from deploykit.core.record.target import EngineTarget, HardwareCompatibility
 from deploykit.core.record.variant import variant_of
 
 __all__ = [
     "METADATA_KEYS",
     "ArtifactRecord",
+    "EngineTarget",
     "ExportManifest",
+    "HardwareCompatibility",
     "WeightsSource",
     "artifact_record",
     "listed_artifacts",

@@ -3,8 +3,10 @@ schemas of the three files that carry a record (ONNX metadata, an engine's sidec
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
+from deploykit.core.record.target import HardwareCompatibility
 from deploykit.core.schema import (
     BOOL,
     FILE_NAME,
@@ -118,6 +120,30 @@ SIDECAR = Obj(
             null=False,
         ),
         "source_onnx": Opt(Obj({"file": Opt(FILE_NAME), "sha256": Opt(SHA256)}), null=False),
+        # where the engine can run (deploykit.core.record.target.EngineTarget); absent in older sidecars
+        "tensorrt": Opt(STRING),
+        "gpu": Opt(
+            Obj(
+                {
+                    "name": Opt(STRING),
+                    "compute_capability": Opt(
+                        Leaf(
+                            what="a compute capability such as '8.7'",
+                            test=lambda v: isinstance(v, str) and re.fullmatch(r"\d{1,3}\.\d{1,3}", v),
+                        )
+                    ),
+                    "memory_mib": Opt(int_in(0)),
+                }
+            )
+        ),
+        "l4t": Opt(STRING),
+        "version_compatible": Opt(BOOL),
+        "hardware_compatibility": Opt(
+            Leaf(
+                what=" or ".join(repr(level.value) for level in HardwareCompatibility),
+                test=lambda v: v in [level.value for level in HardwareCompatibility],
+            )
+        ),
     },
     what="a JSON object (an engine sidecar)",
 )

@@ -1,6 +1,8 @@
-"""What ``deploykit bench`` measures: the interleaved timing of its cases and their results, the model's
-FLOPs, the machine's dense-MatMul ceiling (ONNX Runtime, same thread count), latency statistics and a
-description of the machine."""
+"""What ``deploykit bench`` measures: the interleaved timing of its cases and their results (host end to
+end for every case; the GPU compute alone, by CUDA events, where the runner can say it), the machine's
+dense-MatMul ceiling (ONNX Runtime, same thread count), latency statistics and a description of the
+machine (on a Jetson its power mode and clocks, with a warning when the clocks are not locked). Neither
+PyTorch nor ONNX Runtime is needed to import this module or to time a TensorRT engine."""
 
 from __future__ import annotations
 
@@ -8,19 +10,21 @@ import datetime
 import gc
 import os
 import platform
+import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploykit.core.artifacts import Precision, Variant
-from deploykit.core.errors import ArtifactError, first_line
+from deploykit.core.errors import ArtifactError, DeployKitWarning, first_line
+from deploykit.core.parts import have
 from deploykit.workflows.bench.report import CaseResult, Runtime
 
 if TYPE_CHECKING:
     import numpy as np
-    from torch import nn
 
     from deploykit.runtime.base import Runner
 
@@ -55,9 +59,21 @@ class Case:
     batch: int
     runner: Runner
     x: np.ndarray
+    #: host end to end per timed run: the call, with any copies in and out and the synchronisation
     samples_ms: list[float] = field(default_factory=list)
+    #: the GPU compute alone per timed run (CUDA events around the engine's execution), where measured
+    gpu_samples_ms: list[float] = field(default_factory=list)
     #: the file it runs (None: the eager model)
     artifact: str | None = None
+
+    def run_timed(self) -> float | None:
+        """One run of the case; the GPU milliseconds when its runner measures them (``run_timed``: the
+        TensorRT runner), else None."""
+        timed = getattr(self.runner, "run_timed", None)
+        if timed is None:
+            self.runner.run(self.x)
+            return None
+        return timed(self.x)[1]
 
 
 def make_cases(runners, batches, input_size, skipped: list[dict[str, Any]]) -> list[Case]:
@@ -132,10 +148,12 @@ def time_cases(
                 while clock() < settled:
                     case.runner.run(case.x)
                 start = clock()
-                case.runner.run(case.x)
+                gpu_ms = case.run_timed()
                 elapsed_ms = (clock() - start) * 1e3
                 if round_ >= warmup:
                     case.samples_ms.append(elapsed_ms)
+                    if gpu_ms is not None:
+                        case.gpu_samples_ms.append(gpu_ms)
                 progress.advance(phase)
             if gc_was_enabled:
                 gc.enable()
@@ -146,10 +164,12 @@ def time_cases(
             gc.enable()
 
 
-def case_results(cases: list[Case], gflop_per_image: float, machine: dict[str, Any]) -> list[CaseResult]:
+def case_results(
+    cases: list[Case], gflop_per_image: float | None, machine: dict[str, Any]
+) -> list[CaseResult]:
     """The statistics of every case, with its p50 relative to eager PyTorch (``ratio_to_torch``) and to
     ONNX Runtime's FP32 artifact (``ratio_to_fp32``) at the same batch; sorted by batch, runtime and
-    :data:`PRECISION_ORDER`."""
+    :data:`PRECISION_ORDER`. ``gflop_per_image`` None (not counted): no GFLOP/s."""
     stats = [latency_stats(case.samples_ms) for case in cases]
     base: dict[tuple[str, int], float] = {}
     for case, s in zip(cases, stats):
@@ -158,23 +178,26 @@ def case_results(cases: list[Case], gflop_per_image: float, machine: dict[str, A
     results = []
     for case, s in zip(cases, stats):
         seconds = s["p50_ms"] / 1e3
-        gflops = gflop_per_image * case.batch / seconds
+        gflops = None if gflop_per_image is None else gflop_per_image * case.batch / seconds
         ceiling = machine.get(f"matmul_gflops_{ceiling_precision(case.precision)}") or machine.get(
             "matmul_gflops_fp32"
         )
         to_torch, to_fp32 = base.get((Runtime.TORCH, case.batch)), base.get((Runtime.ONNXRUNTIME, case.batch))
+        providers = getattr(case.runner, "providers", None)
         results.append(
             CaseResult(
                 runtime=case.runtime,
                 precision=case.precision,
                 batch=case.batch,
                 runner=case.runner.name,
+                provider=providers[0] if providers else None,
                 samples_ms=tuple(case.samples_ms),
                 **s,
+                gpu_ms=latency_stats(case.gpu_samples_ms) if case.gpu_samples_ms else None,
                 images_per_s=case.batch / seconds,
                 gflops=gflops,
                 ratio_to_torch=s["p50_ms"] / to_torch if to_torch else None,
-                pct_of_matmul_ceiling=100 * gflops / ceiling if ceiling else None,
+                pct_of_matmul_ceiling=100 * gflops / ceiling if ceiling and gflops is not None else None,
                 ratio_to_fp32=s["p50_ms"] / to_fp32 if to_fp32 and case.runtime != Runtime.TORCH else None,
                 artifact=case.artifact,
             )
@@ -187,32 +210,21 @@ def case_results(cases: list[Case], gflop_per_image: float, machine: dict[str, A
     )
 
 
-def count_flops(model: nn.Module, input_size: Sequence[int]) -> int:
-    """FLOPs of one ``(1, *input_size)`` forward of ``model``, as :data:`FLOPS_COUNTED` says."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, *input_size)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return int(counter.get_total_flops())
-
-
 def matmul_ceiling(
     threads: int, precision: str = Precision.FP32, size: int = 1024, seconds: float = 0.5
 ) -> float | None:
     """The dense-MatMul rate (GFLOP/s) ONNX Runtime reaches here: one ``size``^3 MatMul, ``threads`` intra-op
     threads, the same providers the artifacts run with, best of as many runs as fit in ``seconds`` (at
     least 3). ``int8`` (or ``int8-cpu``) probes ``MatMulInteger`` (uint8 x int8 -> int32, what dynamic
-    quantization runs; GOP/s). ``None`` when this ONNX Runtime has no MatMul for ``precision``, or the
-    precision is unknown. On CUDA the timing includes the host/device copies, as every ONNX Runtime timing
-    of :func:`run_bench` does."""
+    quantization runs; GOP/s). ``None`` when this ONNX Runtime has no MatMul for ``precision``, the
+    precision is unknown or ONNX Runtime is not installed (a TensorRT-only device). On CUDA the timing
+    includes the host/device copies, as every ONNX Runtime timing of :func:`run_bench` does."""
     import numpy as np
     from onnx import helper
 
     from deploykit.runtime.ort_runner import OrtRunner
 
-    if ceiling_precision(precision) not in _PROBES:
+    if ceiling_precision(precision) not in _PROBES or not have("onnxruntime"):
         return None
     a_type, b_type, op = _PROBES[ceiling_precision(precision)]
     c_type = "int32" if op == "MatMulInteger" else a_type
@@ -267,21 +279,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(threads: int, precisions: Sequence[str] = (Precision.FP32,)) -> dict[str, Any]:
-    """The machine and software the numbers belong to, with the MatMul ceiling for each precision."""
+def machine_info(
+    threads: int, precisions: Sequence[str] = (Precision.FP32,), *, gpu: bool = False
+) -> dict[str, Any]:
+    """The machine and software the numbers belong to, with the MatMul ceiling for each precision (none
+    without ONNX Runtime), the GPU (``gpu``: engines are timed) and, on a Jetson, its power mode and
+    clocks (:func:`jetson_record`). torch and ONNX Runtime are named by their installed versions (None:
+    not installed); neither is imported for it."""
     import numpy
-    import onnxruntime
-    import torch
 
     import deploykit
-    from deploykit.engine.device import tensorrt_available
+    from deploykit.engine.device import gpu_info, tensorrt_available
     from deploykit.runtime.ort_runner import default_providers
 
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": threads,
-        "onnxruntime_providers": default_providers(),
+        # asked for: CUDA first where a session really runs on it (each row names what ran)
+        "onnxruntime_providers": default_providers() if have("onnxruntime") else [],
     }
     for precision in sorted({Precision.FP32, *(ceiling_precision(p) for p in precisions)}):
         info[f"matmul_gflops_{precision}"] = matmul_ceiling(threads, precision)
@@ -293,12 +309,65 @@ def machine_info(threads: int, precisions: Sequence[str] = (Precision.FP32,)) ->
         {
             "tensorrt": tensorrt_available()[1],
             "deploykit": deploykit.__version__,
-            "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__,
+            "torch": installed_version("torch"),
+            "onnxruntime": installed_version("onnxruntime", "onnxruntime-gpu"),
             "numpy": numpy.__version__,
             "python": platform.python_version(),
             "platform": platform.platform(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
     )
+    if gpu:
+        info["gpu"] = gpu_info()[0]
+    info.update(jetson_record())
     return info
+
+
+def installed_version(module: str, *distributions: str) -> str | None:
+    """The version of ``module``: its ``__version__`` when it is imported already, else the installed
+    distribution's (``distributions``, default the module's name); None when it is not installed."""
+    from importlib import metadata
+
+    loaded = sys.modules.get(module)
+    if loaded is not None and getattr(loaded, "__version__", None):
+        return str(loaded.__version__)
+    for name in distributions or (module,):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def jetson_record() -> dict[str, Any]:
+    """``{"jetson": {model, l4t, jetpack, power_mode, clocks_locked, ...}}`` on a Jetson (empty elsewhere),
+    from :func:`deploykit.engine.device.jetson_facts`. Clocks that are not locked move with DVFS, and so do
+    the latencies: a :class:`DeployKitWarning` says so (the command line shows it as one ``warning:``)."""
+    from deploykit.engine.device import jetson_facts
+
+    try:
+        facts = jetson_facts()
+    except Exception as exc:  # a fact that cannot be read must not cost the benchmark
+        warnings.warn(
+            f"cannot read the Jetson's power mode and clocks: {first_line(exc)}",
+            DeployKitWarning,
+            stacklevel=2,
+        )
+        return {}
+    if facts is None:
+        return {}
+    mode = f"power mode {facts.power_mode}" if facts.power_mode is not None else "power mode unknown"
+    if facts.clocks_locked is False:
+        warnings.warn(
+            f"the Jetson's clocks are not locked, so the latencies move with the clock governor ({mode}; "
+            f"{facts.clocks})",
+            DeployKitWarning,
+            stacklevel=2,
+        )
+    elif facts.clocks_locked is None:
+        warnings.warn(
+            f"cannot tell whether the Jetson's clocks are locked ({mode}; {facts.clocks})",
+            DeployKitWarning,
+            stacklevel=2,
+        )
+    return {"jetson": facts.to_dict()}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploykit.core.artifacts import Named, Variant
 from deploykit.core.errors import ConfigError
+from deploykit.workflows.bench.flops import FLOPS_COUNTED
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -37,17 +38,20 @@ INT8_NOTES = {
     Variant.INT8_CPU: "int8 dynamic: model.int8.cpu.onnx, ONNX Runtime dynamic quantization (the CPU artifact)",
 }
 
-FLOPS_COUNTED = (
-    "matmul, linear, convolution and attention FLOPs (2 per multiply-add) of one image through the eager "
-    "model, counted by torch.utils.flop_counter; normalisation, softmax, activations, pooling and other "
-    "elementwise ops are not counted"
-)
+#: how each case is timed (the bench JSON's ``settings.timing``)
+TIMING = {
+    "host": "min/p50/p90/p99/mean_ms: host end to end, perf_counter around one run call (copies in and out "
+    "and the synchronisation included)",
+    "gpu": "gpu_ms (TensorRT rows): the engine's GPU compute alone, CUDA events on the runner's stream around "
+    "execute_async_v3 (the copies are not in it)",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
 class CaseResult:
     """One runtime x precision x batch: latency statistics over the timed rounds (``samples_ms`` is kept
-    for plots but not written to JSON)."""
+    for plots but not written to JSON). The ``*_ms`` fields are host end-to-end times; ``gpu_ms`` the GPU
+    compute alone where it was measured (TensorRT engines, by CUDA events)."""
 
     runtime: Runtime
     precision: Variant
@@ -60,7 +64,12 @@ class CaseResult:
     p99_ms: float
     mean_ms: float
     images_per_s: float
-    gflops: float
+    #: None: the model's FLOPs are unknown (no ONNX graph to count them on)
+    gflops: float | None
+    #: the ONNX Runtime execution provider the session really ran on (CUDA asked, CPU ran: CPU)
+    provider: str | None = None
+    #: {"min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms"} of the GPU compute alone, where measured
+    gpu_ms: dict[str, float] | None = None
     ratio_to_torch: float | None = None
     pct_of_matmul_ceiling: float | None = None
     #: p50 over ONNX Runtime's FP32 artifact (model.onnx) at the same batch; None for eager PyTorch
@@ -71,6 +80,13 @@ class CaseResult:
     @property
     def label(self) -> str:
         return f"{self.runtime} {self.precision}"
+
+    @property
+    def shown_runtime(self) -> str:
+        """The runtime as the table shows it: ONNX Runtime rows name the provider that ran."""
+        if self.provider is None:
+            return str(self.runtime)
+        return f"{self.runtime} ({self.provider.removesuffix('ExecutionProvider')})"
 
     @property
     def shown_precision(self) -> str:
@@ -87,6 +103,7 @@ class CaseResult:
             "p90_ms": self.p90_ms,
             "p99_ms": self.p99_ms,
             "mean_ms": self.mean_ms,
+            "gpu_ms": None if self.gpu_ms is None else dict(self.gpu_ms),
             "images_per_s": self.images_per_s,
             "gflops": self.gflops,
             "ratio_to_torch": self.ratio_to_torch,
@@ -94,6 +111,7 @@ class CaseResult:
             "ratio_to_fp32": self.ratio_to_fp32,
             "artifact": self.artifact,
             "runner": self.runner,
+            "provider": self.provider,
         }
 
 
@@ -105,7 +123,8 @@ class BenchReport:
     preset: str
     artifact_dir: str | None  # None: a preset exported into a temporary directory
     input_shape: tuple[int, ...]  # (C, H, W)
-    gflop_per_image: float
+    #: None: unknown (no ONNX graph to count on, or a shape inference left open)
+    gflop_per_image: float | None
     results: list[CaseResult]
     skipped: list[dict[str, Any]]
     machine: dict[str, Any]
@@ -142,18 +161,14 @@ def format_table(report: BenchReport) -> Table:
     from rich.table import Table
 
     m = report.machine
-    shown = {r.precision for r in report.results if r.runtime is Runtime.ONNXRUNTIME}
-    notes = "".join(f"\n{INT8_NOTES[p]}" for p in INT8_NOTES if p in shown)
+    gpu = any(r.gpu_ms for r in report.results)
     table = Table(
         title=f"deploykit bench: {report.preset} {'x'.join(map(str, report.input_shape))}, "
         f"{m['threads']} threads, median of {report.settings.get('timed_rounds')} interleaved rounds",
-        caption=f"{m['cpu']}; ONNX Runtime MatMul ceiling {_num(m.get('matmul_gflops_fp32'))} GFLOP/s fp32"
-        + (f", {_num(m['matmul_gflops_fp16'])} fp16" if m.get("matmul_gflops_fp16") else "")
-        + (f", {_num(m['matmul_gflops_int8'])} GOP/s int8" if m.get("matmul_gflops_int8") else "")
-        + f"; model {report.gflop_per_image:.3f} GFLOP/image; x fp32: p50 over ONNX Runtime's model.onnx"
-        + notes,
+        caption=_caption(report, gpu),
     )
     columns = ["runtime", "precision", "batch", "min ms", "p50 ms", "p90 ms", "p99 ms", "mean ms"]
+    columns += ["GPU p50 ms"] if gpu else []
     columns += ["images/s", "x torch", "x fp32", "GFLOP/s", "% ceiling"]
     for col in columns:
         table.add_column(col, justify="left" if col in ("runtime", "precision") else "right")
@@ -163,18 +178,41 @@ def format_table(report: BenchReport) -> Table:
             table.add_section()
         previous = r.batch
         cells = [
-            r.runtime,
+            r.shown_runtime,
             r.shown_precision,
             str(r.batch),
             *(f"{v:.2f}" for v in (r.min_ms, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms)),
+            *([f"{r.gpu_ms['p50_ms']:.2f}" if r.gpu_ms else ""] if gpu else []),
             f"{r.images_per_s:.1f}",
             "" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.2f}",
             "" if r.ratio_to_fp32 is None else f"{r.ratio_to_fp32:.2f}",
-            f"{r.gflops:.1f}",
+            "" if r.gflops is None else f"{r.gflops:.1f}",
             "" if r.pct_of_matmul_ceiling is None else f"{r.pct_of_matmul_ceiling:.0f}%",
         ]
         table.add_row(*cells)
     return table
+
+
+def _caption(report: BenchReport, gpu: bool) -> str:
+    m = report.machine
+    shown = {r.precision for r in report.results if r.runtime is Runtime.ONNXRUNTIME}
+    flops = "unknown" if report.gflop_per_image is None else f"{report.gflop_per_image:.3f}"
+    jetson = m.get("jetson") or {}
+    return (
+        f"{m['cpu']}; ONNX Runtime MatMul ceiling {_num(m.get('matmul_gflops_fp32'))} GFLOP/s fp32"
+        + (f", {_num(m['matmul_gflops_fp16'])} fp16" if m.get("matmul_gflops_fp16") else "")
+        + (f", {_num(m['matmul_gflops_int8'])} GOP/s int8" if m.get("matmul_gflops_int8") else "")
+        + f"; model {flops} GFLOP/image; x fp32: p50 over ONNX Runtime's model.onnx"
+        + "\nms: host end to end (copies and synchronisation included)"
+        + ("; GPU p50 ms: the engine's GPU compute alone (CUDA events)" if gpu else "")
+        + (
+            f"\n{jetson.get('model')}: power mode {jetson.get('power_mode')}, clocks "
+            f"{'locked' if jetson.get('clocks_locked') else 'NOT locked'}"
+            if jetson
+            else ""
+        )
+        + "".join(f"\n{INT8_NOTES[p]}" for p in INT8_NOTES if p in shown)
+    )
 
 
 def _num(value: float | None) -> str:

@@ -11,15 +11,22 @@ milliseconds after a run and slow down whatever runs next (measured in docs/meas
 first settles: it runs untimed until ``settle_ms`` (50 ms) have passed, then its one timed run follows;
 each timed sample is thus taken in the state a back-to-back loop of that runtime alone would be in.
 
-Per case: min/p50/p90/p99/mean latency in ms, images/s at the p50, the p50 relative to eager and to ONNX
-Runtime's FP32 artifact at the same batch, and the achieved GFLOP/s: the model's FLOPs (counted once on the eager model, see
-:func:`count_flops`) over the p50, beside the machine's dense-MatMul ceiling measured by ONNX Runtime with
-the same thread count (:func:`matmul_ceiling`). Heavy imports (torch, onnxruntime, matplotlib) happen
-inside the functions, so importing this module is cheap.
+Per case: min/p50/p90/p99/mean latency in ms (host end to end), the GPU compute alone where the runner
+measures it (TensorRT: CUDA events around the engine's execution), images/s at the p50, the p50 relative to
+eager and to ONNX Runtime's FP32 artifact at the same batch, and the achieved GFLOP/s: the model's FLOPs
+(counted once on the export's ONNX graph, :mod:`.flops`) over the p50, beside the machine's dense-MatMul
+ceiling measured by ONNX Runtime with the same thread count (:func:`matmul_ceiling`).
+
+Without PyTorch (a device install) an export directory is benchmarked on ONNX Runtime and TensorRT: the
+input size comes from its ``manifest.json``, the FLOPs from its graph, and eager PyTorch is skipped with the
+reason (so is ONNX Runtime where it is not installed); a preset name needs PyTorch, to export it first.
+Heavy imports (torch, onnxruntime, matplotlib) happen inside the functions, so importing this module is
+cheap.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 from deploykit.core.artifacts import Precision, Variant
 from deploykit.core.config import MAX_BATCH
 from deploykit.core.errors import ArtifactError, ConfigError, UnknownModelError
+from deploykit.core.parts import have, missing, require
 from deploykit.core.record import artifact_record, manifest_path, read_export_manifest
+from deploykit.workflows.bench.flops import graph_flops
 from deploykit.workflows.bench.measure import (
     INPUT_SEED,
     RUNTIMES,
@@ -37,15 +46,12 @@ from deploykit.workflows.bench.measure import (
     Runtime,
     case_results,
     ceiling_precision,
-    count_flops,
     machine_info,
     make_cases,
     matmul_ceiling,
     time_cases,
 )
-from deploykit.workflows.bench.report import (
-    BenchReport,
-)
+from deploykit.workflows.bench.report import TIMING, BenchReport
 
 if TYPE_CHECKING:
     from torch import nn
@@ -114,6 +120,7 @@ def _export_dir(
         return
     if path.suffix in ONNX_SUFFIXES + ENGINE_SUFFIXES or len(path.parts) > 1:
         raise ArtifactError(f"artifact not found: {path}")
+    require("torch", f"bench {target} (no export directory of that name: a preset, exported first)")
     from deploykit.models import get_preset
 
     try:
@@ -158,7 +165,7 @@ def _runners(
     runtimes: Sequence[Runtime],
     *,
     threads: int,
-    model: nn.Module,
+    model: nn.Module | None,
     say: Callable[[str], None],
     skipped: list[dict[str, Any]],
 ) -> list[tuple[Runtime, Variant, Runner, tuple[int, int] | None, str | None]]:
@@ -249,30 +256,30 @@ def run_bench(
     name, which is first exported with its default config into a temporary directory) on ``runtimes`` at
     every batch size of ``batches``: ``warmup`` untimed and ``iters`` timed rounds, each running every case
     once in a shuffled order (after ``settle_ms`` of untimed runs of that case, see the module docstring).
-    ``threads`` (default: PyTorch's, i.e. the physical cores) is used by PyTorch, ONNX Runtime and the
-    MatMul probe alike. ``progress`` hears of each step and timing round (default: nothing is said). An
-    existing path wins over a preset of the same name. ``weights``: the export's, when its recorded weights file moved."""
+    ``threads`` (default: the physical cores) is used by PyTorch, ONNX Runtime and the MatMul probe alike.
+    ``progress`` hears of each step and timing round (default: nothing is said). An existing path wins
+    over a preset of the same name. ``weights``: the export's, when its recorded weights file moved. A
+    runtime that is not installed here (PyTorch, ONNX Runtime) is skipped with the reason."""
     batches = parse_batches(batches)
     runtimes = parse_runtimes(runtimes)
     _check_counts(iters=iters, warmup=warmup, settle_ms=settle_ms, threads=threads)
 
     progress = progress or BenchProgress()
     say = progress.say
+    skipped: list[dict[str, Any]] = []
     with _export_dir(target, runtimes, say) as (directory, temporary):
         manifest = read_export_manifest(directory)
-        with _torch_threads(threads) as threads:
-            say(f"building {manifest.preset} (torch eager, from {manifest_path(directory)})")
-            model = _eager_model(directory, Runtime.TORCH in runtimes, weights, weights_format)
-            input_size = tuple(int(v) for v in model.input_size)
-            gflop_per_image = count_flops(model, input_size) / 1e9
-            skipped: list[dict[str, Any]] = []
-            runners = _runners(directory, runtimes, threads=threads, model=model, say=say, skipped=skipped)
-            cases = make_cases(runners, batches, input_size, skipped)
-            if not cases:
-                reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped)
-                raise ArtifactError(
-                    f"nothing to benchmark in {directory} ({reasons or 'no runtime asked for'})"
-                )
+        input_size = tuple(int(v) for v in manifest.input_dims)
+        usable = _installed(runtimes, skipped)
+        with _threads(threads, torch=Runtime.TORCH in usable) as threads:
+            model = None
+            if Runtime.TORCH in usable:
+                say(f"building {manifest.preset} (torch eager, from {manifest_path(directory)})")
+                model = _eager_model(directory, True, weights, weights_format)
+            flops = graph_flops(directory)
+            gflop_per_image = None if flops is None else flops / 1e9
+            runners = _runners(directory, usable, threads=threads, model=model, say=say, skipped=skipped)
+            cases = _some(make_cases(runners, batches, input_size, skipped), directory, skipped)
             timing = {"warmup": warmup, "iters": iters, "settle_s": settle_ms / 1e3, "progress": progress}
             machine = _time_with_ceilings(cases, threads, **timing)
 
@@ -292,26 +299,71 @@ def run_bench(
     )
 
 
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[int]:
-    """PyTorch's thread count set to ``threads`` (default: its own) while benchmarking, restored after."""
-    import torch
+def _some(cases: list, directory: Path, skipped: list[dict[str, Any]]) -> list:
+    """``cases``, or one :class:`ArtifactError` line with every reason when there is nothing to time."""
+    if not cases:
+        reasons = "; ".join(f"{s['runtime']}: {s['reason']}" for s in skipped)
+        raise ArtifactError(f"nothing to benchmark in {directory} ({reasons or 'no runtime asked for'})")
+    return cases
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads or previous)
+
+#: the runtimes that are a Python package, by the module that must import
+_RUNTIME_MODULES = {Runtime.TORCH: "torch", Runtime.ONNXRUNTIME: "onnxruntime"}
+
+
+def _installed(runtimes: Sequence[Runtime], skipped: list[dict[str, Any]]) -> tuple[Runtime, ...]:
+    """``runtimes`` without those not installed here, each of which goes to ``skipped`` with the line
+    naming the extra that installs it (a device install has no PyTorch)."""
+    kept = []
+    for runtime in runtimes:
+        module = _RUNTIME_MODULES.get(runtime)
+        if module is None or have(module):
+            kept.append(runtime)
+            continue
+        reason = str(missing(module))
+        skipped.append({"runtime": runtime, "precision": None, "reason": reason})
+    return tuple(kept)
+
+
+@contextmanager
+def _threads(threads: int | None, *, torch: bool) -> Iterator[int]:
+    """The thread count of the benchmark: ``threads``, else the physical cores (PyTorch's own default,
+    where PyTorch is benchmarked: its thread count is set for the run and restored after)."""
+    if not torch:
+        yield threads or physical_cores()
+        return
+    torch_module = require("torch", "bench --runtime torch")
+    previous = torch_module.get_num_threads()
+    torch_module.set_num_threads(threads or previous)
     try:
         yield threads or previous
     finally:
-        torch.set_num_threads(previous)
+        torch_module.set_num_threads(previous)
+
+
+def physical_cores() -> int:
+    """The physical cores this process may run on (one per set of hyper-thread siblings), as PyTorch and
+    ONNX Runtime count them by default; the logical count where the topology is unreadable."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        try:
+            topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+            cores.add(topology.read_text().strip())
+        except OSError:
+            return len(allowed)
+    return max(1, len(cores))
 
 
 def _time_with_ceilings(cases, threads: int, *, progress: BenchProgress, **timing):
     """Time ``cases`` between two MatMul ceiling probes; the machine record keeps the better probe of each
     precision (in case the first was disturbed)."""
-    progress.say(f"MatMul ceiling probe (ONNX Runtime, {threads} threads)")
+    if have("onnxruntime"):
+        progress.say(f"MatMul ceiling probe (ONNX Runtime, {threads} threads)")
     probed = (ceiling_precision(c.precision) for c in cases if c.runtime is not Runtime.TORCH)
     precisions = sorted({Precision.FP32, *probed})
-    machine = machine_info(threads, precisions)
+    gpu = any(c.runtime is Runtime.TENSORRT for c in cases)
+    machine = machine_info(threads, precisions, gpu=gpu)
     time_cases(cases, progress=progress, **timing)
     for precision in precisions:
         key = f"matmul_gflops_{precision}"
@@ -331,4 +383,5 @@ def _settings(batches, runtimes, *, threads, warmup, iters, settle_ms) -> dict[s
         "order": "every round runs each case once, in a seeded random order (interleaved)",
         "settle_ms": settle_ms,
         "input": f"fixed standard-normal batch (seed {INPUT_SEED}) in each runner's input dtype",
+        "timing": dict(TIMING),
     }

@@ -30,7 +30,8 @@ from deploykit.transforms.lint import lint_model
 from deploykit.transforms.onnx_export import OUTPUT_NAME
 from deploykit.validation.calibration import DEFAULT_CALIB_COUNT, CalibrationSet, calibration_set
 from deploykit.validation.metrics import CheckKind
-from deploykit.workflows.export.products import BULK_BATCH, ExportRun, Fp16Result, Fp32Graph, Int8Result
+from deploykit.workflows.export.dataset import gate_images
+from deploykit.workflows.export.products import BULK_BATCH, ExportRun, Int8Result, Products
 
 #: what the warning says when no --calib folder is given
 BUNDLED_WARNING = (
@@ -71,15 +72,14 @@ def _quiet_onnxruntime_quantization():
         root.setLevel(level)
 
 
-def stage_int8(
-    run: ExportRun, graph: Fp32Graph, fp16: Fp16Result, calibration: CalibrationSet | None
-) -> Int8Result:
+def stage_int8(run: ExportRun, products: Products) -> Int8Result:
     """Calibrate, build and gate ``model.int8.onnx`` (TensorRT Q/DQ) and ``model.int8.cpu.onnx``."""
+    graph, fp16, calibration = products.graph, products.fp16, products.calibration
     options = run.request.int8
     timings: dict[str, float] = {}
     t = time.perf_counter()
     images = calibration.images if calibration is not None else fp16.images[: options.calib_count or None]
-    gate = _gate(run, fp16, calibration)
+    gate = _gate(run, products)
     with _quiet_onnxruntime_quantization():
         amax = q.calibrate(graph.proto, images, options.calib_method)
         timings["calibrate"] = round(time.perf_counter() - t, 3)
@@ -92,7 +92,10 @@ def stage_int8(
         t = time.perf_counter()
         cpu, cpu_info, cpu_found = int8_gated.quantize_cpu(graph.proto, blocks, gate)
         timings["cpu graph"] = round(time.perf_counter() - t, 3)
-    where = f"{len(gate.images)} {'calibration-folder' if calibration is not None else 'validation'} images"
+    kind = (
+        "dataset" if products.listing else "calibration-folder" if calibration is not None else "validation"
+    )
+    where = f"{len(gate.images)} {kind} images"
     tol = run.config.tolerances(Precision.INT8)
     for key, proto, found in (("int8", qdq, qdq_found), ("int8-cpu", cpu, cpu_found)):
         label = f"{key} (onnxruntime, {where})"
@@ -132,15 +135,19 @@ def _accuracy(fp32: float | None, qdq_info: dict, cpu_info: dict) -> dict | None
     }
 
 
-def _gate(run: ExportRun, fp16: Fp16Result, calibration: CalibrationSet | None) -> int8_gated.Int8Gate:
-    """The INT8 graphs' gate: parity against PyTorch FP32 on the calibration folder's images (where the model
-    will be deployed; with their labels, the accuracy drop too), else on the FP16 check's images."""
+def _gate(run: ExportRun, products: Products) -> int8_gated.Int8Gate:
+    """The INT8 graphs' gate: parity against PyTorch FP32 and the accuracy drop on the ``--dataset``'s
+    images (an even draw); else on the calibration folder's images (where the model will be deployed; with
+    their labels, the accuracy drop too); else on the FP16 check's images."""
     tol = run.config.tolerances(Precision.INT8)
     common = {"tolerances": tol, "output": OUTPUT_NAME, "batch": BULK_BATCH * 4}
-    if calibration is None:
-        return int8_gated.Int8Gate(images=fp16.images, reference=fp16.reference, **common)
+    calibration = products.calibration
+    if products.listing is not None:
+        images, labels = gate_images(run, products.listing)
+    elif calibration is not None:
+        images, labels = calibration.eval_images, calibration.eval_labels
+    else:
+        return int8_gated.Int8Gate(images=products.fp16.images, reference=products.fp16.reference, **common)
     # checked where it will run: on the user's images, against PyTorch FP32
-    torch_logits = run_batched(TorchRunner(run.model), calibration.eval_images, run.config.batch.max)
-    return int8_gated.Int8Gate(
-        images=calibration.eval_images, reference=torch_logits, labels=calibration.eval_labels, **common
-    )
+    torch_logits = run_batched(TorchRunner(run.model), images, run.config.batch.max)
+    return int8_gated.Int8Gate(images=images, reference=torch_logits, labels=labels, **common)

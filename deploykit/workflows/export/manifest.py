@@ -81,6 +81,7 @@ def build_manifest(run: ExportRun, products: Products, staged: Staged) -> dict[s
         "lint": graph.lint.to_dict(),
         **({"fp16": {**products.fp16.info, **staged.fp16_extra}} if products.fp16 is not None else {}),
         **({"int8": _int8_info(products, staged)} if products.int8 is not None else {}),
+        **({"dataset": products.dataset.info} if products.dataset is not None else {}),
         "engine": products.engine,
         "reference": staged.reference,
         "artifacts": _artifacts(run, products, staged),

@@ -30,8 +30,10 @@ if TYPE_CHECKING:
     from deploykit.transforms.lint import LintReport
     from deploykit.transforms.rewrites import RewriteRecord
     from deploykit.validation.calibration import CalibrationSet
+    from deploykit.validation.dataset import LabelledDataset
     from deploykit.validation.locate import LocateReport
     from deploykit.workflows.export.background import Job, Worker
+    from deploykit.workflows.export.dataset import DatasetResult
 
 Progress = Callable[[str, str], None]
 REPORT_NAME = "report.html"
@@ -202,6 +204,9 @@ class Products:
 
     built: Built | None = None
     calibration: CalibrationSet | None = None
+    #: ``--dataset``: the labelled images (listed when the export starts) and their accuracies (at the end)
+    listing: LabelledDataset | None = None
+    dataset: DatasetResult | None = None
     rewritten: Rewritten | None = None
     graph: Fp32Graph | None = None
     fp16: Fp16Result | None = None

@@ -156,13 +156,17 @@ def golden_reference(run: ExportRun, products: Products) -> tuple[bytes, dict[st
     }
     tolerances = {p.value: dataclasses.asdict(run.config.tolerances(p)) for p in Precision}
     names = list(built.batch.names)
-    data = reference_bytes(pixels, outputs, tolerances=tolerances, identity=identity, names=names, int8=int8)
+    recorded = products.dataset.recorded if products.dataset is not None else None
+    data = reference_bytes(
+        pixels, outputs, tolerances=tolerances, identity=identity, names=names, int8=int8, dataset=recorded
+    )
     info = {
         "file": REFERENCE_NAME,
         "sha256": sha256_bytes(data),
         "bytes": len(data),
         "images": len(pixels),
         "int8_images": 0 if int8 is None else len(int8[0]),
+        "dataset_images": 0 if recorded is None else len(recorded.rows),
     }
     return data, info
 
@@ -195,8 +199,28 @@ def write_manifest(run: ExportRun, products: Products, staged: Staged) -> dict[s
 
     manifest = build_manifest(run, products, staged)
     atomic_write_text(run.staging / MANIFEST_NAME, write_manifest_text(manifest))
-    atomic_write_text(run.staging / REPORT_NAME, render_report(manifest))
+    atomic_write_text(run.staging / REPORT_NAME, render_report(manifest, dataset=dataset_html(run, products)))
     return manifest
+
+
+def dataset_html(run: ExportRun, products: Products) -> str | None:
+    """report.html's dataset section: the flips of the lowest-precision file against PyTorch."""
+    if products.dataset is None:
+        return None
+    from deploykit.runtime.postprocess import class_labels
+    from deploykit.workflows.dataset_page import dataset_section
+    from deploykit.workflows.export.dataset import TORCH, lowest_precision
+
+    result = products.dataset
+    variant = lowest_precision(result)
+    classes = class_labels(int(run.model.num_classes), run.prepared.labels)
+    paired = None
+    info = result.info["files"].get(variant.file)
+    return dataset_section(
+        found=result.found, paired=paired, checks=[], classes=classes, artifact=variant, reference=TORCH,
+        caption=f"Images that changed their answer between PyTorch FP32 and {variant.file}"
+        + (f" (top-1 {info['artifact_top1']:.2%} vs {info['reference_top1']:.2%})" if info else ""),
+    )  # fmt: skip
 
 
 def publish(run: ExportRun, manifest: dict[str, Any]) -> None:

@@ -17,6 +17,8 @@ from collections import Counter
 from html import escape
 from typing import Any
 
+from deploykit.workflows.dataset_page import FLIP_CSS
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
@@ -99,6 +101,7 @@ def _charts(manifest: dict[str, Any]) -> str | None:
 
 # ------------------------------------------------------------------------------------------ sections
 def _parity(manifest: dict[str, Any]) -> str:
+    """Each metric beside its threshold, the threshold named by its metric (a dash: not gated)."""
     rows = []
     for stage, p in manifest["parity"].items():
         m, tol = p["outputs"]["logits"], p["tolerances"]
@@ -113,7 +116,9 @@ def _parity(manifest: dict[str, Any]) -> str:
                 m["cosine_min"],
                 tol["min_cosine"],
                 m["top1"],
+                tol.get("min_top1"),
                 m["top5"],
+                tol.get("min_top5"),
                 "PASS" if p["passed"] else "FAIL",
             ]
         )
@@ -122,15 +127,48 @@ def _parity(manifest: dict[str, Any]) -> str:
         "check",
         "images",
         "max abs",
-        "tol",
+        "max abs ≤",
         "mean abs",
         "cosine min",
-        "tol",
+        "cosine ≥",
         "top-1",
+        "top-1 ≥",
         "top-5",
+        "top-5 ≥",
         "",
     ]
     return _table(header, rows, left=2)
+
+
+def _dataset(manifest: dict[str, Any], section: str | None) -> str:
+    """Accuracy on the export's ``--dataset``: PyTorch FP32 and every file side by side, then the flips."""
+    info = manifest.get("dataset")
+    if not info:
+        return ""
+    rows = [["PyTorch FP32", info["pytorch"]["top1"], info["pytorch"]["top5"], None, None, None, None, None]]
+    for name, f in info["files"].items():
+        gated = f.get("gated") or []
+        verdict = "–" if not gated else "PASS" if all(c["passed"] for c in gated) else "FAIL"
+        lo, hi = f["ci95"]
+        flips = f"{f['flips']['reference_only']} / {f['flips']['artifact_only']}"
+        rows.append(
+            [
+                name,
+                f["artifact_top1"],
+                f["artifact_top5"],
+                f["drop_top1"] * 100,
+                f"{lo * 100:+.2f} to {hi * 100:+.2f}",
+                flips,
+                f["p_value"],
+                verdict,
+            ]  # fmt: skip
+        )
+    header = ["", "top-1", "top-5", "drop (points)", "95 % CI", "lost / gained", "McNemar p", ""]
+    head = (
+        f"<h2>Accuracy on {escape(info['source'])}</h2><p>{info['images']} labelled images "
+        f"({info['images_per_second']:.1f} images/s through PyTorch and every file)</p>"
+    )
+    return head + _table(header, rows) + (section or "")
 
 
 def _per_image(manifest: dict[str, Any]) -> str:
@@ -226,8 +264,8 @@ def _rewrites(manifest: dict[str, Any]) -> str:
     return ", ".join(f"{r['name']} ({r.get('kind', '?')})" for r in manifest["rewrites"]) or "none"
 
 
-def render_report(manifest: dict[str, Any]) -> str:
-    """The HTML page for an export's manifest."""
+def render_report(manifest: dict[str, Any], *, dataset: str | None = None) -> str:
+    """The HTML page for an export's manifest (``dataset``: the flipped images' section, HTML)."""
     title = f"deploykit export: {manifest['preset']}"
     status = _status(bool(manifest.get("passed")))
     artifacts = [[n, a["bytes"] / 1e6, a["sha256"][:16]] for n, a in manifest["artifacts"].items()]
@@ -240,7 +278,8 @@ def render_report(manifest: dict[str, Any]) -> str:
     charts = _charts(manifest)
     timings = manifest.get("timings_s", {})
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{CSS}{FLIP_CSS}</style></head><body>",
         f"<h1>{escape(title)} — {status}</h1>",
         f"<p>{escape(manifest['family'])} family; exporter {escape(manifest['exporter'])}, opset {manifest['opset']}; "
         f"nodes {manifest['nodes']['exported']} exported → {manifest['nodes']['final']} final "
@@ -257,6 +296,7 @@ def render_report(manifest: dict[str, Any]) -> str:
         or "<p><small>(install matplotlib — <code>pip install 'deploykit[plot]'</code> — for charts)</small></p>",
         "<h2>Per image</h2>",
         _per_image(manifest),
+        _dataset(manifest, dataset),
         _fp16(manifest),
         _lint(manifest),
         "<h2>Engine</h2>",

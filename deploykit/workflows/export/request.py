@@ -74,6 +74,8 @@ class ExportRequest:
     #: build (or script) the TensorRT engine
     engine: bool = False
     timing_cache: Path | None = None
+    #: the user's labelled images (an ImageFolder or a CSV of path,label rows): accuracy of every file
+    dataset: Path | None = None
 
     @property
     def family(self) -> str:
@@ -105,6 +107,7 @@ class ExportRequest:
         calib_method: str | CalibMethod | None = None,
         engine: bool = False,
         timing_cache: str | Path | None = None,
+        dataset: str | Path | None = None,
     ) -> ExportRequest:
         """The request for ``model`` with these flags (``None``: the config's value), checked: see the
         module doc. ``config``: an export TOML (path) or an :class:`ExportConfig` (default: the family's
@@ -117,15 +120,10 @@ class ExportRequest:
             raise ConfigError("--fp16-io needs --fp16")
         if weights is not None and not isinstance(model, str):
             raise ConfigError("weights= goes with a preset name; a model in memory brings its own weights")
-        overrides = {
-            "opset": opset,
-            "exporter": exporter,
-            "simplify": simplify,
-            "image_size": image_size,
-            "num_classes": num_classes,
-            "preprocessing": dict(preprocessing) if preprocessing else None,
-        }
-        resolved = _config(family, config, batch=batch, **overrides)
+        sizes = {"image_size": image_size, "num_classes": num_classes}
+        overrides = {"opset": opset, "exporter": exporter, "simplify": simplify, **sizes}
+        preprocessing = dict(preprocessing) if preprocessing else None
+        resolved = _config(family, config, batch=batch, preprocessing=preprocessing, **overrides)
         return cls(
             model=model,
             config=resolved,
@@ -139,6 +137,7 @@ class ExportRequest:
             int8=options,
             engine=engine,
             timing_cache=_path(timing_cache),
+            dataset=_path(dataset),
         )
 
 

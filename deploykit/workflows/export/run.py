@@ -23,6 +23,7 @@ from deploykit.core.interrupts import reraise_if_interrupted
 from deploykit.core.io import ensure_writable_dir, staging_dir
 from deploykit.core.record import MANIFEST_NAME, WeightsSource
 from deploykit.workflows.export import publish as pub
+from deploykit.workflows.export.dataset import stage_dataset, stage_dataset_accuracy
 from deploykit.workflows.export.fp16 import stage_fp16, stage_fp16_reference
 from deploykit.workflows.export.int8 import stage_calibration, stage_int8
 from deploykit.workflows.export.model import PreparedModel, from_memory, prepare_model
@@ -116,38 +117,21 @@ class _Steps:
 
 
 def _run_stages(run: ExportRun, progress: Progress) -> tuple[dict[str, Any], Staged]:
-    request, config = run.request, run.config
     step = _Steps(run, progress)
-    built = step("build", _describe_build(run), lambda: stage_build(run))
-    calibration = None
-    if request.int8 is not None:
-        source = request.int8.calib or "bundled"
-        calibration = step(
-            "calibration", f"INT8 calibration images ({source})", lambda: stage_calibration(run)
-        )
-    rewritten = step("rewrite", _REWRITE, lambda: stage_rewrite(run, built))
-    if request.fp16:
-        step("fp16-reference", _FP16_REFERENCE, lambda: stage_fp16_reference(run, built))
-    message = f"{config.exporter} exporter, opset {config.opset}"
-    graph = step("onnx", message, lambda: stage_onnx(run, built, rewritten))
-    if config.simplify:
-        graph = step("simplify", "onnxsim (fallback onnxslim)", lambda: stage_simplify(run, built, graph))
-    step(
-        "validate",
-        f"{len(built.images)} images, batch sizes through one file",
-        lambda: stage_validate(run, built, graph),
-    )
-    graph = step("lint", "TensorRT ONNX-parser operator support", lambda: stage_lint(graph))
-    products = Products(built=built, calibration=calibration, rewritten=rewritten, graph=graph)
-    if request.fp16:
-        fp16 = step("fp16", _FP16, lambda: stage_fp16(run, built, graph))
-        products = dataclasses.replace(products, fp16=fp16)
+    products = _graph_stages(run, step)
+    request = run.request
     if request.int8 is not None:
         message = (
             f"Q/DQ graph for TensorRT and dynamic INT8 for CPUs, {request.int8.calib_method} calibration"
         )
-        make = lambda: stage_int8(run, graph, products.fp16, calibration)  # noqa: E731
+        make = lambda: stage_int8(run, products)  # noqa: E731
         products = dataclasses.replace(products, int8=step("int8", message, make, products=products))
+    if products.listing is not None:
+        make = lambda: stage_dataset_accuracy(run, products, products.listing)  # noqa: E731
+        found = step(
+            "dataset", f"accuracy on {request.dataset}: PyTorch and every file", make, products=products
+        )
+        products = dataclasses.replace(products, dataset=found)
     staged = None
     if request.engine:
 
@@ -166,6 +150,39 @@ def _run_stages(run: ExportRun, progress: Progress) -> tuple[dict[str, Any], Sta
         return written, files
 
     return step("manifest", f"{MANIFEST_NAME}, {REPORT_NAME}, publish", manifest, products=products)
+
+
+def _graph_stages(run: ExportRun, step: _Steps) -> Products:
+    """build -> [dataset listing] -> [calibration] -> rewrite -> [fp16-reference] -> onnx -> [simplify] ->
+    validate -> lint -> [fp16]: the FP32 graph checked (and the FP16 graph made)."""
+    request, config = run.request, run.config
+    built = step("build", _describe_build(run), lambda: stage_build(run))
+    listing = calibration = None
+    if request.dataset is not None:
+        listing = step("dataset-list", f"labelled images of {request.dataset}", lambda: stage_dataset(run))
+    if request.int8 is not None:
+        source = request.int8.calib or "bundled"
+        calibration = step(
+            "calibration", f"INT8 calibration images ({source})", lambda: stage_calibration(run)
+        )
+    rewritten = step("rewrite", _REWRITE, lambda: stage_rewrite(run, built))
+    if request.fp16:
+        step("fp16-reference", _FP16_REFERENCE, lambda: stage_fp16_reference(run, built))
+    message = f"{config.exporter} exporter, opset {config.opset}"
+    graph = step("onnx", message, lambda: stage_onnx(run, built, rewritten))
+    if config.simplify:
+        graph = step("simplify", "onnxsim (fallback onnxslim)", lambda: stage_simplify(run, built, graph))
+    message = f"{len(built.images)} images, batch sizes through one file"
+    step("validate", message, lambda: stage_validate(run, built, graph))
+    graph = step("lint", "TensorRT ONNX-parser operator support", lambda: stage_lint(graph))
+    products = Products(
+        built=built, calibration=calibration, listing=listing, rewritten=rewritten, graph=graph
+    )
+    if request.fp16:
+        products = dataclasses.replace(
+            products, fp16=step("fp16", _FP16, lambda: stage_fp16(run, built, graph))
+        )
+    return products
 
 
 _REWRITE = "export-friendly module swaps; PyTorch reference and rewrite check in a background process"
@@ -203,6 +220,7 @@ def export(
     calib: str | Path | None = None,
     calib_count: int | None = None,
     calib_method: str = "entropy",
+    dataset: str | Path | None = None,
 ) -> ExportResult:
     """``deploykit.export``: the Python entry point of ``deploykit export``, for a preset name (with
     ``weights``) or a model held in memory (an ``nn.Module`` of one of the five families, e.g. built with
@@ -212,7 +230,9 @@ def export(
     the same ``model.onnx`` bytes. ``config``: an export TOML (path) or an :class:`ExportConfig`;
     ``image_size``, ``num_classes`` and ``preprocessing`` (crop_pct, mean, std, interpolation) override it.
     ``int8`` also writes ``model.int8.onnx`` (TensorRT Q/DQ) and ``model.int8.cpu.onnx``, calibrated on
-    ``calib`` (a folder of images or an ImageFolder; default: the bundled images) with ``calib_method``."""
+    ``calib`` (a folder of images or an ImageFolder; default: the bundled images) with ``calib_method``.
+    ``dataset``: labelled images (an ImageFolder or a CSV of path,label rows) every file's accuracy is
+    measured and gated on, recorded in the golden reference for ``validate --dataset`` without torch."""
     request = ExportRequest.create(
         model,
         out_dir=out_dir,
@@ -231,5 +251,6 @@ def export(
         calib_count=calib_count,
         calib_method=calib_method if int8 or calib_method != "entropy" else None,
         engine=engine,
+        dataset=dataset,
     )
     return run_export(request, progress=progress or silent)

@@ -11,8 +11,11 @@ from deploykit.core.record import (
     ArtifactRecord,
 )
 from deploykit.runtime.base import run_batched
+from deploykit.runtime.postprocess import class_labels
 from deploykit.validation.reference import REFERENCE_NAME, GoldenReference, check_reference, read_reference
+from deploykit.workflows.validate import on_dataset
 from deploykit.workflows.validate.artifact import artifact_parity, artifact_runner, read_artifact
+from deploykit.workflows.validate.on_dataset import DatasetRequest
 from deploykit.workflows.validate.report import ValidationReport
 
 
@@ -55,12 +58,17 @@ def reference_fact(golden: GoldenReference, outputs: str) -> dict[str, Any]:
 
 
 def validate_with_reference(
-    artifact: str | Path, *, reference: str | Path | None = None, batch: int = 32
+    artifact: str | Path,
+    *,
+    reference: str | Path | None = None,
+    batch: int = 32,
+    dataset: DatasetRequest | None = None,
 ) -> ValidationReport:
     """Parity of ``artifact`` against the PyTorch FP32 outputs its export stored in its golden reference
     (``reference``, else ``reference.npz`` beside it), on the reference's images, with the reference's
     tolerances for the artifact's precision: no PyTorch needed. ONNX files run on ONNX Runtime, engines on
-    the torch-free TensorRT runner."""
+    the torch-free TensorRT runner. With ``dataset``, the artifact also runs on every image of the user's
+    dataset and its answers are paired with the ones the export recorded for it (:mod:`.on_dataset`)."""
     path = Path(artifact)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
@@ -82,6 +90,20 @@ def validate_with_reference(
         "random_weights": golden.identity.get("random_weights"),
     }
     preset = str(golden.identity.get("preset") or record.preset or "?")
+    outcome = None
+    if dataset is not None:
+        names = record.checked_labels()
+        num_classes = int(outputs.shape[1])
+        found = on_dataset.dataset_of(dataset.path, class_names=names, num_classes=num_classes)
+        outcome = on_dataset.with_recorded(
+            found,
+            golden.preprocessing,
+            golden=golden,
+            artifact=runner,
+            gate=dataset.gate(golden.tolerances(precision).max_accuracy_drop),
+            class_names=class_labels(num_classes, names),
+            progress=dataset.progress,
+        )
     return ValidationReport(
         artifact=str(path),
         preset=preset,
@@ -89,4 +111,5 @@ def validate_with_reference(
         runtime=runner.name,
         parity=parity,
         facts=facts,
+        dataset=outcome,
     )

@@ -9,8 +9,11 @@ from deploykit.core.config import ExportConfig, default_config
 from deploykit.core.errors import ArtifactError, ConfigError
 from deploykit.core.io import sha256_file
 from deploykit.runtime.base import run_batched
+from deploykit.runtime.postprocess import class_labels
+from deploykit.runtime.preprocess import Preprocessing
 from deploykit.validation.inputs import validation_batch
 from deploykit.validation.locate import LocateReport
+from deploykit.workflows.validate import on_dataset
 from deploykit.workflows.validate.against_reference import golden_of, reference_fact
 from deploykit.workflows.validate.artifact import (
     artifact_parity,
@@ -18,6 +21,7 @@ from deploykit.workflows.validate.artifact import (
     engine_source,
     read_artifact,
 )
+from deploykit.workflows.validate.on_dataset import DatasetRequest
 from deploykit.workflows.validate.rebuild import artifact_preset, rebuild_model
 from deploykit.workflows.validate.report import ValidationReport
 
@@ -32,14 +36,14 @@ def validate_artifact(
     weights_format: str | None = None,
     locate: bool = False,
     reference: str | Path | None = None,
+    dataset: DatasetRequest | None = None,
 ) -> ValidationReport:
     """Parity of ``artifact`` against the PyTorch model it was exported from (its recorded preset, model
     args and weights; ``preset`` and ``weights``, when given, must agree with the record: see
     :func:`rebuild_model`); with ``locate``, a failure is traced to the first diverging module (no extra
     work when parity holds). With ``reference`` (a golden ``reference.npz``) the model's outputs are
-    recomputed on the reference's images, which the report names."""
-    from deploykit.runtime.torch_runner import TorchRunner
-
+    recomputed on the reference's images, which the report names. With ``dataset`` both run on every image
+    of the user's labelled dataset instead: parity on those images, and the accuracy records."""
     path = Path(artifact)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
@@ -49,7 +53,35 @@ def validate_artifact(
     prepared = rebuild_model(path, record, spec, config, weights=weights, weights_format=weights_format)
     model = prepared.model
     runner, precision = artifact_runner(path, proto, tuple(model.input_size))
+    common = {"prepared": prepared, "runner": runner, "precision": precision, "config": config}
+    if dataset is not None:
+        if inputs_dir is not None or reference is not None:
+            given = "--inputs" if inputs_dir is not None else "--reference"
+            raise ConfigError(f"--dataset and {given} both choose the images: give one")
+        return _on_dataset(path, record, preset=spec.name, dataset=dataset, **common)
     golden = golden_of(path, record, reference) if reference is not None else None
+    report, found = _on_images(path, preset=spec.name, golden=golden, inputs_dir=inputs_dir, **common)
+    if locate and not report.parity.passed:
+        images, reference_out, candidate = found
+        report.locate = _locate(
+            prepared.model,
+            path,
+            graph=proto,
+            precision=precision,
+            images=images,
+            reference=reference_out,
+            candidate=candidate,
+            config=config,
+        )
+    return report
+
+
+def _on_images(path: Path, *, preset: str, golden, inputs_dir, prepared, runner, precision, config):
+    """Parity on the validation images (or the golden reference's): the report, and ``(images, PyTorch's
+    outputs, the artifact's)`` for ``--locate``."""
+    from deploykit.runtime.torch_runner import TorchRunner
+
+    model = prepared.model
     images = _images(model, config, precision, golden=golden, inputs_dir=inputs_dir)
     reference_out = run_batched(TorchRunner(model), images, config.batch.max)
     candidate = run_batched(runner, images, config.batch.max)
@@ -63,24 +95,53 @@ def validate_artifact(
     }
     report = ValidationReport(
         artifact=str(path),
-        preset=spec.name,
+        preset=preset,
         precision=precision,
         runtime=runner.name,
         parity=parity,
         facts=facts,
     )
-    if locate and not parity.passed:
-        report.locate = _locate(
-            model,
-            path,
-            graph=proto,
-            precision=precision,
-            images=images,
-            reference=reference_out,
-            candidate=candidate,
-            config=config,
-        )
-    return report
+    return report, (images, reference_out, candidate)
+
+
+def _on_dataset(
+    path: Path, record, preset: str, prepared, runner, precision, config, dataset
+) -> ValidationReport:
+    """Both the rebuilt model and the artifact over the user's dataset: parity on its images, accuracy."""
+    from deploykit.runtime.torch_runner import TorchRunner
+
+    names = record.checked_labels()
+    model = prepared.model
+    num_classes = int(model.num_classes)
+    found = on_dataset.dataset_of(dataset.path, class_names=names, num_classes=num_classes)
+    outcome = on_dataset.with_torch(
+        found,
+        Preprocessing.from_dict(vars(model.data_config)),
+        reference=TorchRunner(model),
+        artifact=runner,
+        gate=dataset.gate(config.tolerances(precision).max_accuracy_drop),
+        class_names=class_labels(num_classes, names),
+        progress=dataset.progress,
+    )
+    answers = outcome.found.answers
+    tolerances = config.tolerances(precision)
+    parity = artifact_parity(answers["reference"].logits, answers["artifact"].logits, tolerances, precision)
+    facts = {
+        "sha256": sha256_file(path),
+        "images": len(outcome.found.rows),
+        "inputs": str(dataset.path),
+        "reference": None,
+        **_model_facts(prepared),
+    }
+    return ValidationReport(
+        artifact=str(path),
+        preset=preset,
+        precision=precision,
+        runtime=runner.name,
+        parity=parity,
+        facts=facts,
+        dataset=outcome,
+    )
 
 
 def _model_facts(prepared) -> dict:

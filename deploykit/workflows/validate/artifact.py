@@ -20,7 +20,7 @@ from deploykit.validation.metrics import ParityResult, compare_outputs
 def onnx_runner(path: Path, proto, expected: tuple[int, ...]):
     from deploykit.runtime.ort_runner import OrtRunner
 
-    runner = OrtRunner(path)
+    runner = OrtRunner(path, spin=False)  # PyTorch, the reference, runs between its batches
     runner.check_image_input(tuple(expected), str(path))  # one float image input of the model's size
     return runner, variant_of(path, proto=proto), proto
 

@@ -40,12 +40,15 @@ class ValidationReport:
     facts: dict[str, Any]
     locate: LocateReport | None = None
     baseline: list[Check] | None = None  # None: no baseline compared
+    #: ``--dataset``: accuracy on the user's labelled images (a DatasetOutcome); None: not asked for
+    dataset: Any = None
 
     @property
     def checks(self) -> list[Check]:
-        """Every record of the gate: parity, then the --locate finding, then the baseline comparison."""
+        """Every record of the gate: parity, the accuracy on a dataset, the --locate finding, the baseline."""
         found = [locate_check(self.locate)] if self.locate is not None else []
-        return [*self.parity.checks, *found, *(self.baseline or [])]
+        accuracy = self.dataset.checks if self.dataset is not None else []
+        return [*self.parity.checks, *accuracy, *found, *(self.baseline or [])]
 
     @property
     def failures(self) -> list[Check]:
@@ -82,11 +85,40 @@ class ValidationReport:
             for c in checks
             if c.kind is CheckKind.PARITY and not c.passed and c is not worst
         ]
+        lines += self._dataset_lines()
         lines += [c.describe() for c in checks if c.kind is CheckKind.LOCATE]
         if self.baseline is not None:
             regressed = [c for c in checks if c.kind is CheckKind.BASELINE and not c.passed]
             lines += [f"baseline: {c.describe()}" for c in regressed] or ["baseline: no metric regressed"]
         return "\n".join(lines)
+
+    def _dataset_lines(self) -> list[str]:
+        if self.dataset is None:
+            return []
+        found, facts = self.dataset, self.dataset.facts()
+        lines = [
+            f"dataset: {facts['dataset']}, {facts['images']} images in {facts['seconds']:.1f} s "
+            f"({facts['images_per_second']:.1f} images/s)"
+        ]
+        if found.floor_only:
+            lines.append(f"accuracy: {found.floor_only}")
+        for check in found.checks:
+            lines.append(f"accuracy {'PASS' if check.passed else 'FAIL'}: {check.describe()}")
+        if found.paired is not None and not any(c.metric == "accuracy_drop" for c in found.checks):
+            lines.append(f"accuracy (not gated): {found.paired.describe()}")
+        return lines
+
+    def _dataset_dict(self) -> dict[str, Any]:
+        if self.dataset is None:
+            return {}
+        found = self.dataset
+        accuracy = found.paired.to_dict(str(found.dataset.source)) if found.paired is not None else None
+        if accuracy is None:
+            answers = found.found.answers["artifact"]
+            labels = found.found.labels
+            accuracy = {"dataset": str(found.dataset.source), "images": len(labels),
+                        "artifact_top1": float((answers.top1 == labels).mean()) if len(labels) else 0.0}  # fmt: skip
+        return {"accuracy": accuracy, "dataset": found.facts()}
 
     def to_dict(self) -> dict[str, Any]:
         worst = self._worst()
@@ -106,6 +138,7 @@ class ValidationReport:
             if self.baseline is None
             else [regression_dict(c) for c in checks if c.kind is CheckKind.BASELINE and not c.passed],
             "checks": [c.to_dict() for c in checks],
+            **self._dataset_dict(),
         }
 
 
