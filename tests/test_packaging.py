@@ -7,6 +7,7 @@ added."""
 import glob
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -258,6 +259,10 @@ def _doctor_finds_no_onnxruntime(venv: DeviceVenv) -> None:
 
 def _device_commands_with_onnxruntime(venv: DeviceVenv, artifact: Path) -> None:
     model, photo = artifact / "model.onnx", artifact.parent / "photo.png"
+    doctor = venv.run("deploykit", "doctor", artifact, "--json", venv.work / "doctor-ort.json")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr  # every file of the folder runs here
+    onnxruntime = json.loads((venv.work / "doctor-ort.json").read_text())["components"]["onnxruntime"]
+    assert onnxruntime["status"] == "ok" and "CPUExecutionProvider" in doctor.stdout, onnxruntime
     predict = venv.run("deploykit", "predict", model, photo, "--json", "p.json")
     assert predict.returncode == 0, predict.stderr
     assert json.loads((venv.work / "p.json").read_text()), predict.stdout
@@ -268,3 +273,5 @@ def _device_commands_with_onnxruntime(venv: DeviceVenv, artifact: Path) -> None:
     assert bench.returncode == 0, bench.stderr
     assert f"skipped torch: PyTorch is not installed here: {NEEDS_EXPORT}" in bench.stdout, bench.stdout
     assert "onnxruntime (CPU)" in bench.stdout, bench.stdout
+    # the MatMul ceiling probe is a graph made here: it must load in the device's (older) ONNX Runtime
+    assert re.search(r"MatMul ceiling [0-9]", bench.stdout), bench.stdout

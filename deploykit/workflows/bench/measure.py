@@ -238,7 +238,9 @@ def matmul_ceiling(
         ],
         [helper.make_tensor_value_info("c", elem(np.dtype(c_type)), [size, size])],
     )
-    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 8 (what opset 17 needs), not this onnx's newest: a device's ONNX Runtime may read only older IR
+    # versions (onnxruntime 1.23, the last for Python 3.10, reads up to 11; onnx 1.23 writes 14)
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     try:
         session = OrtRunner(probe.SerializeToString(), threads=threads, name="matmul").session
     except ArtifactError:
