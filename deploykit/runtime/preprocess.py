@@ -90,6 +90,11 @@ class Preprocessing:
             crop_pct=float(record["crop_pct"] if record.get("crop_pct") is not None else 0.875),
         )
 
+    @classmethod
+    def from_data_config(cls, data_config: Any) -> Preprocessing:
+        """From a model's ``data_config`` (:class:`deploykit.models.base.DataConfig`), checked like a record."""
+        return cls.from_dict(vars(data_config))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "input_size": list(self.input_size),

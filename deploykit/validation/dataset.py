@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploykit.core.errors import DeployKitError, InputError, display_path
+from deploykit.core.errors import DeployKitError, InputError, display_path, distinct_prefixes
 from deploykit.runtime.preprocess import IMAGE_SUFFIXES, Preprocessing, load_image
 
 #: the largest CSV deploykit reads (a million rows of ``path,label`` fit)
@@ -220,7 +220,8 @@ def first_difference(recorded: Sequence[Sequence], found: Sequence[Sequence]) ->
             return f"{name} was added"
         (sha_then, label_then), (sha_now, label_now) = before[name], after[name]
         if sha_then != sha_now:
-            return f"{name} has changed (sha256 {sha_then[:12]} then, {sha_now[:12]} now)"
+            then, now = distinct_prefixes(sha_then, sha_now)
+            return f"{name} has changed (sha256 {then} then, {now} now)"
         if label_then != label_now:
             return f"{name} was relabelled (class {label_then} then, {label_now} now)"
     return None

@@ -18,7 +18,7 @@ from deploykit.runtime.base import Runner, run_batched
 from deploykit.runtime.postprocess import softmax, topk_indices
 from deploykit.runtime.preprocess import Preprocessing
 from deploykit.validation.accuracy import TOP_K
-from deploykit.validation.dataset import LabelledDataset, dataset_batches
+from deploykit.validation.dataset import LabelledDataset, dataset_batches, first_difference
 
 #: the pixels of one forward pass over a dataset: memory is the batch's activations in every runner, which
 #: grow with the image's area (CvT-13 at 224 px went past 2 GB at 32 images a batch, docs/measured.md)
@@ -84,14 +84,15 @@ def run_dataset_pass(
     runners: Mapping[str, Runner],
     *,
     known: Mapping[str, Answers] | None = None,
-    expected_sha: Sequence[str] | None = None,
+    expected: Sequence[tuple[str, str, int]] | None = None,
     stop_on_change: bool = True,
     keep_logits: bool = False,
     progress: Progress | None = None,
 ) -> DatasetPass:
     """Run ``runners`` over ``dataset`` (see the module doc). ``known``: answers recorded before (a
-    golden reference's), compared like a runner's. ``expected_sha``: the recorded sha256 of each image; a
-    file that differs is one :class:`InputError` (``stop_on_change``) or noted in ``changed``."""
+    golden reference's), compared like a runner's. ``expected``: the recorded ``(name, sha256, label)`` of
+    each image, in order; the first file that differs is one :class:`InputError` (``stop_on_change``) or
+    noted in ``changed``."""
     known = dict(known or {})
     batch = dataset_batch(preprocessing)
     t0 = time.perf_counter()
@@ -103,8 +104,8 @@ def run_dataset_pass(
     for chunk in dataset_batches(dataset, preprocessing, batch):
         start = len(rows)
         rows.extend((e.name, sha, e.label) for e, sha in zip(chunk.entries, chunk.sha256))
-        if expected_sha is not None and changed is None:
-            changed = _first_changed(chunk, expected_sha, start)
+        if expected is not None and changed is None:
+            changed = first_difference(expected[start : len(rows)], rows[start:])
             if changed is not None and stop_on_change:
                 raise InputError(f"the dataset differs from the one the export recorded: {changed}")
         for name, runner in runners.items():
@@ -135,14 +136,6 @@ def _answers(logits: np.ndarray, keep_logits: bool) -> Answers:
         probs=np.take_along_axis(probs, order, axis=1).astype(np.float32),
         logits=logits.astype(np.float32) if keep_logits else None,
     )
-
-
-def _first_changed(chunk, expected_sha: Sequence[str], start: int) -> str | None:
-    for offset, (entry, sha) in enumerate(zip(chunk.entries, chunk.sha256)):
-        want = expected_sha[start + offset]
-        if sha != want:
-            return f"{entry.name} has changed (sha256 {want[:12]} then, {sha[:12]} now)"
-    return None
 
 
 def _keep_flips(

@@ -44,7 +44,7 @@ class DatasetResult:
 
 
 def preprocessing_of(run: ExportRun) -> Preprocessing:
-    return Preprocessing.from_dict(vars(run.model.data_config))
+    return Preprocessing.from_data_config(run.model.data_config)
 
 
 def stage_dataset(run: ExportRun) -> LabelledDataset:

@@ -49,7 +49,7 @@ def stage_calibration(run: ExportRun) -> CalibrationSet | None:
     if options.calib is None:
         warnings.warn(BUNDLED_WARNING, DeployKitWarning, stacklevel=2)
         return None
-    pre = Preprocessing.from_dict(vars(model.data_config))
+    pre = Preprocessing.from_data_config(model.data_config)
     return calibration_set(
         options.calib,
         pre,

@@ -11,7 +11,6 @@ from deploykit.core.record import (
     ArtifactRecord,
 )
 from deploykit.runtime.base import run_batched
-from deploykit.runtime.postprocess import class_labels
 from deploykit.validation.reference import REFERENCE_NAME, GoldenReference, check_reference, read_reference
 from deploykit.workflows.validate import on_dataset
 from deploykit.workflows.validate.artifact import artifact_parity, artifact_runner, read_artifact
@@ -92,18 +91,13 @@ def validate_with_reference(
     preset = str(golden.identity.get("preset") or record.preset or "?")
     outcome = None
     if dataset is not None:
-        names = record.checked_labels()
-        num_classes = int(outputs.shape[1])
-        found = on_dataset.dataset_of(dataset.path, class_names=names, num_classes=num_classes)
-        outcome = on_dataset.with_recorded(
-            found,
-            golden.preprocessing,
-            golden=golden,
-            artifact=runner,
-            gate=dataset.gate(golden.tolerances(precision).max_accuracy_drop),
-            class_names=class_labels(num_classes, names),
-            progress=dataset.progress,
+        side = on_dataset.ArtifactSide(
+            runner=runner,
+            labels=record.checked_labels(),
+            num_classes=int(outputs.shape[1]),
+            max_drop=golden.tolerances(precision).max_accuracy_drop,
         )
+        outcome = on_dataset.with_recorded(dataset, golden.preprocessing, side=side, golden=golden)
     return ValidationReport(
         artifact=str(path),
         preset=preset,

@@ -9,7 +9,6 @@ from deploykit.core.config import ExportConfig, default_config
 from deploykit.core.errors import ArtifactError, ConfigError
 from deploykit.core.io import sha256_file
 from deploykit.runtime.base import run_batched
-from deploykit.runtime.postprocess import class_labels
 from deploykit.runtime.preprocess import Preprocessing
 from deploykit.validation.inputs import validation_batch
 from deploykit.validation.locate import LocateReport
@@ -86,20 +85,16 @@ def _on_images(path: Path, *, preset: str, golden, inputs_dir, prepared, runner,
     reference_out = run_batched(TorchRunner(model), images, config.batch.max)
     candidate = run_batched(runner, images, config.batch.max)
     parity = artifact_parity(reference_out, candidate, config.tolerances(precision), precision)
-    facts = {
-        "sha256": sha256_file(path),
-        "images": len(images),
-        "inputs": str(inputs_dir) if inputs_dir else "built-in" if golden is None else "reference",
-        "reference": None if golden is None else reference_fact(golden, "recomputed with PyTorch"),
-        **_model_facts(prepared),
-    }
-    report = ValidationReport(
-        artifact=str(path),
+    report = _report(
+        path,
         preset=preset,
+        prepared=prepared,
+        runner=runner,
         precision=precision,
-        runtime=runner.name,
         parity=parity,
-        facts=facts,
+        images=len(images),
+        inputs=str(inputs_dir) if inputs_dir else "built-in" if golden is None else "reference",
+        reference=None if golden is None else reference_fact(golden, "recomputed with PyTorch"),
     )
     return report, (images, reference_out, candidate)
 
@@ -110,27 +105,51 @@ def _on_dataset(
     """Both the rebuilt model and the artifact over the user's dataset: parity on its images, accuracy."""
     from deploykit.runtime.torch_runner import TorchRunner
 
-    names = record.checked_labels()
     model = prepared.model
-    num_classes = int(model.num_classes)
-    found = on_dataset.dataset_of(dataset.path, class_names=names, num_classes=num_classes)
-    outcome = on_dataset.with_torch(
-        found,
-        Preprocessing.from_dict(vars(model.data_config)),
-        reference=TorchRunner(model),
-        artifact=runner,
-        gate=dataset.gate(config.tolerances(precision).max_accuracy_drop),
-        class_names=class_labels(num_classes, names),
-        progress=dataset.progress,
-    )
-    answers = outcome.found.answers
     tolerances = config.tolerances(precision)
+    side = on_dataset.ArtifactSide(
+        runner=runner,
+        labels=record.checked_labels(),
+        num_classes=int(model.num_classes),
+        max_drop=tolerances.max_accuracy_drop,
+    )
+    preprocessing = Preprocessing.from_data_config(model.data_config)
+    outcome = on_dataset.with_torch(dataset, preprocessing, side=side, reference=TorchRunner(model))
+    answers = outcome.found.answers
     parity = artifact_parity(answers["reference"].logits, answers["artifact"].logits, tolerances, precision)
+    return _report(
+        path,
+        preset=preset,
+        prepared=prepared,
+        runner=runner,
+        precision=precision,
+        parity=parity,
+        images=len(outcome.found.rows),
+        inputs=str(dataset.path),
+        dataset=outcome,
+    )
+
+
+def _report(
+    path: Path,
+    *,
+    preset: str,
+    prepared,
+    runner,
+    precision: Variant,
+    parity,
+    images: int,
+    inputs: str,
+    reference=None,
+    dataset=None,
+) -> ValidationReport:
+    """The report of a run against the rebuilt model: its facts name the images, their source, the reference
+    file (if any) and the model."""
     facts = {
         "sha256": sha256_file(path),
-        "images": len(outcome.found.rows),
-        "inputs": str(dataset.path),
-        "reference": None,
+        "images": images,
+        "inputs": inputs,
+        "reference": reference,
         **_model_facts(prepared),
     }
     return ValidationReport(
@@ -140,7 +159,7 @@ def _on_dataset(
         runtime=runner.name,
         parity=parity,
         facts=facts,
-        dataset=outcome,
+        dataset=dataset,
     )
 
 

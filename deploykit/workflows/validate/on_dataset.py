@@ -12,10 +12,12 @@ why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deploykit.core.errors import ConfigError
+from deploykit.runtime.base import Runner
+from deploykit.runtime.postprocess import class_labels
 from deploykit.runtime.preprocess import Preprocessing
 from deploykit.validation.accuracy import PairedAccuracy, accuracy_checks, paired_accuracy
 from deploykit.validation.dataset import LabelledDataset, read_dataset
@@ -76,69 +78,69 @@ class DatasetOutcome:
         }
 
 
-def dataset_of(path: str | Path, *, class_names: tuple[str, ...] | None, num_classes: int) -> LabelledDataset:
-    return read_dataset(path, labels=class_names, num_classes=num_classes)
+@dataclass(frozen=True, kw_only=True)
+class ArtifactSide:
+    """What both entry points need of the artifact under test: its runner, its class names (None: none
+    recorded), its class count and its precision's ``max_accuracy_drop``."""
+
+    runner: Runner
+    labels: tuple[str, ...] | None
+    num_classes: int
+    max_drop: float | None
+
+    def read(self, request: DatasetRequest) -> LabelledDataset:
+        return read_dataset(request.path, labels=self.labels, num_classes=self.num_classes)
+
+    def outcome(self, request: DatasetRequest, dataset, found: DatasetPass, floor_only) -> DatasetOutcome:
+        return _outcome(
+            dataset,
+            found,
+            request.gate(self.max_drop),
+            class_labels(self.num_classes, self.labels),
+            floor_only=floor_only,
+        )
 
 
 def with_torch(
-    dataset: LabelledDataset,
-    preprocessing: Preprocessing,
-    *,
-    reference,
-    artifact,
-    gate: AccuracyGate,
-    class_names: tuple[str, ...] = (),
-    progress: Progress | None = None,
+    request: DatasetRequest, preprocessing: Preprocessing, *, side: ArtifactSide, reference: Runner
 ) -> DatasetOutcome:
-    """Both runners over every image of ``dataset``: their logits (for parity) and their answers."""
-    runners = {"reference": reference, "artifact": artifact}
-    found = run_dataset_pass(dataset, preprocessing, runners, keep_logits=True, progress=progress)
-    return _outcome(dataset, found, gate, class_names, floor_only=None)
+    """The reference and the artifact over every image of the dataset: their logits (for parity) and their
+    answers."""
+    dataset = side.read(request)
+    runners = {"reference": reference, "artifact": side.runner}
+    found = run_dataset_pass(dataset, preprocessing, runners, keep_logits=True, progress=request.progress)
+    return side.outcome(request, dataset, found, floor_only=None)
 
 
 def with_recorded(
-    dataset: LabelledDataset,
-    preprocessing: Preprocessing,
-    *,
-    golden: GoldenReference,
-    artifact,
-    gate: AccuracyGate,
-    class_names: tuple[str, ...] = (),
-    progress: Progress | None = None,
+    request: DatasetRequest, preprocessing: Preprocessing, *, side: ArtifactSide, golden: GoldenReference
 ) -> DatasetOutcome:
-    """The artifact over every image of ``dataset``, paired with the answers ``golden`` recorded for it."""
+    """The artifact over every image of the dataset, paired with the answers ``golden`` recorded for it."""
+    dataset = side.read(request)
     recorded = golden.dataset
     why = _unusable(recorded, dataset, golden)
-    if why is not None and gate.min_accuracy is None:
+    if why is not None and request.min_accuracy is None:
         raise ConfigError(f"{why}; pass --min-accuracy for the accuracy floor alone")
     floor_only = f"{why}: only --min-accuracy ran" if why is not None else None
     known, expected = {}, None
     if why is None:
         known = {"reference": Answers(topk=recorded.top5, probs=recorded.probs)}
-        expected = [row[1] for row in recorded.rows]
-    stop = gate.min_accuracy is None  # a changed file: exit 2, unless the floor can still run
+        expected = recorded.rows
     found = run_dataset_pass(
         dataset,
         preprocessing,
-        {"artifact": artifact},
+        {"artifact": side.runner},
         known=known,
-        expected_sha=expected,
-        stop_on_change=stop,
-        progress=progress,
+        expected=expected,
+        stop_on_change=request.min_accuracy is None,  # a changed file: exit 2, unless the floor can run
+        progress=request.progress,
     )
     if found.changed is not None:
         floor_only = (
             f"the dataset differs from the one the export recorded ({found.changed}): only --min-accuracy ran"
         )
-        found = DatasetPass(
-            rows=found.rows,
-            answers={"artifact": found.answers["artifact"]},
-            thumbnails={},
-            seconds=found.seconds,
-            inference_seconds=found.inference_seconds,
-            changed=found.changed,
-        )
-    return _outcome(dataset, found, gate, class_names, floor_only=floor_only)
+        found = replace(found, answers={"artifact": found.answers["artifact"]}, thumbnails={})
+    return side.outcome(request, dataset, found, floor_only=floor_only)
 
 
 def _unusable(recorded, dataset: LabelledDataset, golden: GoldenReference) -> str | None:
